@@ -1,0 +1,1 @@
+"""The API edge: gRPC methods, protobuf <-> domain conversion, error statuses."""

@@ -1,0 +1,112 @@
+"""The gRPC methods of ChatService over a `Gateway`: the API edge.
+
+Protobuf is converted to domain types on the way in and back on the way out; every
+`MuseError` becomes its gRPC status. Anything else is a server fault: it is logged with
+its traceback and reaches the client as INTERNAL with the request id only, never the
+traceback. The context is any object with the ServicerContext methods used below (a
+Ray Serve gRPC context or a grpc.aio one).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+
+from museserve.api.convert import event_to_pb, model_info_to_pb, request_from_pb, result_to_pb
+from museserve.api.grpc_status import to_grpc_status
+from museserve.domain import Identity
+from museserve.errors import Internal, InvalidArgument, MuseError
+from museserve.gateway.gateway import Gateway
+from museserve.v1 import chat_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RpcContext(Protocol):
+    def invocation_metadata(self) -> list[tuple[str, str]]: ...
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+    def set_details(self, details: str) -> None: ...
+    def set_trailing_metadata(self, trailing_metadata: list[tuple[str, str | bytes]]) -> None: ...
+
+
+class RpcFailed(Exception):
+    """Raised after the status is set on the context, to end a stream with that status."""
+
+
+class GrpcChatApi:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    async def chat(self, msg: pb.ChatRequest, context: RpcContext) -> pb.ChatResponse:
+        request_id = _request_id(msg, context)
+        try:
+            request = request_from_pb(msg, request_id, _identity(context))
+            result = await self.gateway.chat(request)
+        except Exception as e:
+            _set_status(context, e, request_id)
+            return pb.ChatResponse()
+        context.set_trailing_metadata([("x-request-id", request_id), ("x-served-by", result.model)])
+        return result_to_pb(result, request_id)
+
+    async def chat_stream(self, msg: pb.ChatRequest, context: RpcContext) -> AsyncIterator[pb.ChatEvent]:
+        request_id = _request_id(msg, context)
+        context.set_trailing_metadata([("x-request-id", request_id)])
+        try:
+            request = request_from_pb(msg, request_id, _identity(context))
+            async for event in self.gateway.stream(request):
+                yield event_to_pb(event, request_id)
+        except Exception as e:
+            _set_status(context, e, request_id)
+            raise RpcFailed(str(e)) from None
+
+    async def count_tokens(self, msg: pb.ChatRequest, context: RpcContext) -> pb.CountTokensResponse:
+        request_id = _request_id(msg, context)
+        try:
+            count = await self.gateway.count_tokens(request_from_pb(msg, request_id, _identity(context)))
+        except Exception as e:
+            _set_status(context, e, request_id)
+            return pb.CountTokensResponse()
+        return pb.CountTokensResponse(
+            prompt_tokens=count.prompt_tokens, context_length=count.context_length, model=count.pool
+        )
+
+    def list_models(self, msg: pb.ListModelsRequest, context: RpcContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_info_to_pb(m, d) for m, d in self.gateway.list_models()])
+
+
+def _metadata(context: RpcContext, key: str) -> str:
+    for k, v in context.invocation_metadata():
+        if k == key:
+            return v
+    return ""
+
+
+def _request_id(msg: pb.ChatRequest, context: RpcContext) -> str:
+    candidate = msg.request_id or _metadata(context, "x-request-id")
+    return candidate if REQUEST_ID.match(candidate) else uuid.uuid4().hex
+
+
+def _identity(context: RpcContext) -> Identity:
+    user = _metadata(context, "x-user-id")
+    if len(user) > 256:
+        raise InvalidArgument("at most 256 characters", field="metadata.x-user-id")
+    return Identity(tenant="anonymous", user=user)
+
+
+def _set_status(context: RpcContext, error: BaseException, request_id: str) -> None:
+    if not isinstance(error, MuseError):
+        logger.exception("request %s failed in the server", request_id, exc_info=error)
+        error = Internal(f"internal error; request id {request_id}")
+    elif error.code.name in ("INTERNAL", "UNAVAILABLE"):
+        logger.warning("request %s: %s %s", request_id, error.code.name, error)
+    status = to_grpc_status(error, request_id)
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(list(status.trailing_metadata))

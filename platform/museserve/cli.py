@@ -1,0 +1,161 @@
+"""`museserve`: serve the platform locally, talk to it, check a config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+
+from museserve.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, read_environment
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="museserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="start local Ray and the museserve app")
+    serve_cmd.add_argument("--config", help=f"YAML config (default: $MUSESERVE_CONFIG or {DEFAULT_CONFIG_PATH})")
+    serve_cmd.set_defaults(func=_serve)
+
+    chat = commands.add_parser("chat", help="send one chat request over gRPC")
+    chat.add_argument("text", help="the user message")
+    chat.add_argument("--address", default="127.0.0.1:50051", help="gRPC address (default %(default)s)")
+    chat.add_argument("--model", default="", help="model name (default: the server's default)")
+    chat.add_argument("--mode", choices=["instant", "thinking", "contemplating"], default="instant")
+    chat.add_argument("--thinking-budget", type=int, help="most reasoning tokens (thinking mode)")
+    chat.add_argument("--system", default="", help="a system message")
+    chat.add_argument("--max-output-tokens", type=int, help="most answer tokens")
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--seed", type=int)
+    chat.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    chat.add_argument("--image", action="append", type=Path, default=[], help="an image file (repeatable)")
+    chat.add_argument("--audio", action="append", type=Path, default=[], help="a WAV or FLAC file (repeatable)")
+    chat.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds (default %(default)s)")
+    chat.add_argument("--api-key", default="", help="sent as x-api-key")
+    chat.add_argument("--user", default="", help="sent as x-user-id")
+    chat.set_defaults(func=_chat)
+
+    config_cmd = commands.add_parser("config", help="configuration tools")
+    config_sub = config_cmd.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_config_check)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    pools = ", ".join(f"{p.name} ({p.model.size}, {p.model.load_format})" for p in config.pools)
+    print(f"{args.file}: valid; pools: {pools}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    env = read_environment()
+    try:
+        config = load_config(args.config or env.config_path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    import ray  # deferred: `museserve chat` and `config check` never pay for importing Ray
+
+    from museserve.logs import setup_logging
+    from museserve.serve.app import ray_process_environment, run_app
+
+    setup_logging(env.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    os.environ.update(ray_process_environment(config))
+    ray.init(include_dashboard=False, log_to_driver=env.log_level == "DEBUG")
+    try:
+        run_app(config, env.log_level)
+        s = config.server
+        print(f"museserve is serving {', '.join(p.name for p in config.pools)}")
+        print(f"  gRPC  127.0.0.1:{s.grpc_port}  (ChatService, grpc.health.v1, reflection; all interfaces)")
+        print(f"  HTTP  http://{s.http_host}:{s.http_port}  (/healthz, /v1/models)")
+        if config.gateway.auth == "none":
+            print("  auth  none: every caller is tenant 'anonymous' (local use only)")
+        print("Press Ctrl-C to stop.", flush=True)
+        stop.wait()
+        print("stopping...", flush=True)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from museserve.client import ChatClient, build_request
+    from museserve.v1 import chat_pb2 as pb
+
+    for path in [*args.image, *args.audio]:
+        if not path.is_file():
+            print(f"no such file: {path}", file=sys.stderr)
+            return 2
+    request = build_request(
+        args.text,
+        system=args.system,
+        model=args.model,
+        mode=args.mode,
+        thinking_budget=args.thinking_budget,
+        max_output_tokens=args.max_output_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        stop=args.stop,
+        images=args.image,
+        audio=args.audio,
+    )
+    metadata = [(k, v) for k, v in (("x-api-key", args.api_key), ("x-user-id", args.user)) if v]
+    client = ChatClient(args.address, metadata)
+    try:
+        if not args.stream:
+            response = client.chat(request, timeout=args.timeout)
+            if response.reasoning:
+                print(f"[reasoning] {response.reasoning}", file=sys.stderr)
+            print(response.text)
+            _print_usage(response.usage, response.model, pb.FinishReason.Name(response.finish_reason))
+            return 0
+        for event in client.stream(request, timeout=args.timeout):
+            kind = event.WhichOneof("event")
+            if kind == "text_delta":
+                print(event.text_delta, end="", flush=True)
+            elif kind == "reasoning_delta":
+                print(event.reasoning_delta, end="", file=sys.stderr, flush=True)
+            elif kind == "usage":
+                usage = event.usage
+            elif kind == "finish":
+                print()
+                _print_usage(usage, event.finish.model, pb.FinishReason.Name(event.finish.reason))
+        return 0
+    except grpc.RpcError as e:
+        print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+def _print_usage(usage, model: str, finish: str) -> None:
+    print(
+        f"[{model}] finish={finish.removeprefix('FINISH_REASON_').lower()} prompt={usage.prompt_tokens} "
+        f"reasoning={usage.reasoning_tokens} output={usage.output_tokens}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generation: per-request state, sampling, detokenization and the engine loop."""

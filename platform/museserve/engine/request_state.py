@@ -1,0 +1,97 @@
+"""What one request has generated so far, and whether it is done. Pure: no tensors.
+
+Token handling per step: a sampled (or forced) token goes into the reasoning segment
+until `<|/think|>` closes it, then into the answer; `<|eos|>` or `<|end|>` ends the
+request, as do a stop string, the output budget, or the context window. When the
+reasoning budget is spent, the next token is forced to `<|/think|>`.
+"""
+
+from __future__ import annotations
+
+from museserve.domain import FinishReason, Usage
+from museserve.engine.detokenizer import IncrementalDetokenizer
+from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+
+class RequestState:
+    def __init__(self, request: PreparedRequest, tokenizer: MuseTokenizer):
+        self.request = request
+        self._think_end_id = tokenizer.think_end_id
+        self._end_ids = frozenset((tokenizer.eos_id, tokenizer.end_id))
+        self.in_reasoning = request.thinking_budget > 0  # the template opened the segment
+        self.reasoning_tokens = 0
+        self.output_tokens = 0
+        self.finish: FinishReason | None = None
+        self._reasoning = IncrementalDetokenizer(tokenizer)
+        self._answer = IncrementalDetokenizer(tokenizer, stop=request.stop)
+        self._pending_reasoning: list[str] = []
+        self._pending_text: list[str] = []
+        self._pending_tokens = 0
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return self.reasoning_tokens + self.output_tokens
+
+    @property
+    def num_tokens(self) -> int:
+        return self.request.num_prompt_tokens + self.num_generated_tokens
+
+    def forced_token(self) -> int | None:
+        if self.in_reasoning and self.reasoning_tokens >= self.request.thinking_budget:
+            return self._think_end_id
+        return None
+
+    def append(self, token_id: int) -> None:
+        assert self.finish is None, "no token may follow the end of a request"
+        self._pending_tokens += 1
+        if self.in_reasoning:
+            self.reasoning_tokens += 1
+            if token_id == self._think_end_id:
+                self.in_reasoning = False
+                self._pending_reasoning.append(self._reasoning.flush())
+            elif token_id in self._end_ids:
+                self._pending_reasoning.append(self._reasoning.flush())
+                self.finish = FinishReason.STOP
+            else:
+                self._pending_reasoning.append(self._reasoning.push([token_id]))
+            return
+        self.output_tokens += 1
+        if token_id in self._end_ids:
+            self._end(FinishReason.STOP)
+            return
+        self._pending_text.append(self._answer.push([token_id]))
+        if self._answer.stopped:
+            self.finish = FinishReason.STOP
+        elif self.output_tokens >= self.request.max_output_tokens:
+            self._end(FinishReason.LENGTH)
+
+    def end_for_length(self) -> None:
+        """The context window is full."""
+        self._pending_reasoning.append(self._reasoning.flush())
+        self._end(FinishReason.LENGTH)
+
+    def _end(self, reason: FinishReason) -> None:
+        self._pending_text.append(self._answer.flush())
+        self.finish = reason
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.request.num_prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            output_tokens=self.output_tokens,
+        )
+
+    def take_chunk(self) -> GenerationChunk:
+        """Everything produced since the last call; the final chunk carries finish and usage."""
+        chunk = GenerationChunk(
+            text="".join(self._pending_text),
+            reasoning="".join(self._pending_reasoning),
+            num_new_tokens=self._pending_tokens,
+            finish=self.finish,
+            usage=self.usage() if self.finish is not None else None,
+        )
+        self._pending_text.clear()
+        self._pending_reasoning.clear()
+        self._pending_tokens = 0
+        return chunk

@@ -1,0 +1,134 @@
+"""Checks a request against the request limits and its pool before any work starts.
+
+Every refusal is an `InvalidArgument` naming the field by its path in the API
+(`messages[2].content`, `sampling.top_p`), so a client can fix exactly that field.
+Prompt length is checked later, by the preprocess tier, once the prompt is tokenized.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from museserve.config import PoolConfig, RequestLimits
+from museserve.domain import (
+    AudioPart,
+    ChatRequest,
+    ImagePart,
+    Message,
+    Mode,
+    Role,
+    TextPart,
+    ToolChoiceKind,
+)
+from museserve.errors import InvalidArgument
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MIN_AGENTS, MAX_AGENTS = 2, 8
+
+
+def validate_request(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
+    _check_messages(request.messages, limits)
+    _check_tools(request, limits)
+    _check_sampling(request, pool, limits)
+    _check_mode(request, pool)
+
+
+def _check_messages(messages: tuple[Message, ...], limits: RequestLimits) -> None:
+    if not messages:
+        raise InvalidArgument("at least one message is required", field="messages")
+    if len(messages) > limits.max_messages:
+        raise InvalidArgument(f"at most {limits.max_messages} messages are allowed", field="messages")
+    text_bytes = 0
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if len(message.parts) > limits.max_parts_per_message:
+            raise InvalidArgument(
+                f"at most {limits.max_parts_per_message} content parts are allowed", field=f"{where}.content"
+            )
+        for j, part in enumerate(message.parts):
+            if isinstance(part, TextPart):
+                text_bytes += len(part.text.encode("utf-8", errors="surrogatepass"))
+            elif isinstance(part, ImagePart) and (part.data is None) == (part.url is None):
+                raise InvalidArgument("exactly one of data and url must be set", field=f"{where}.content[{j}].image")
+            elif isinstance(part, AudioPart) and not part.data:
+                raise InvalidArgument("audio data must not be empty", field=f"{where}.content[{j}].audio.data")
+        has_content = any(not isinstance(p, TextPart) or p.text.strip() for p in message.parts)
+        if message.role is Role.ASSISTANT and message.tool_calls:
+            has_content = True
+        if not has_content:
+            raise InvalidArgument("content must not be empty", field=f"{where}.content")
+        if message.role is Role.TOOL and not message.tool_call_id:
+            raise InvalidArgument("tool messages must name the call they answer", field=f"{where}.tool_call_id")
+        if message.tool_calls and message.role is not Role.ASSISTANT:
+            raise InvalidArgument("only assistant messages carry tool calls", field=f"{where}.tool_calls")
+    if text_bytes > limits.max_text_bytes:
+        raise InvalidArgument(f"text exceeds {limits.max_text_bytes} bytes ({text_bytes})", field="messages")
+    if messages[-1].role is Role.ASSISTANT:
+        raise InvalidArgument(
+            "the last message must not be from the assistant", field=f"messages[{len(messages) - 1}].role"
+        )
+
+
+def _check_tools(request: ChatRequest, limits: RequestLimits) -> None:
+    if len(request.tools) > limits.max_tools:
+        raise InvalidArgument(f"at most {limits.max_tools} tools are allowed", field="tools")
+    names: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        if not TOOL_NAME.match(tool.name):
+            raise InvalidArgument("names use letters, digits, _ and -, 1 to 64 characters", field=f"tools[{i}].name")
+        if tool.name in names:
+            raise InvalidArgument(f"tool {tool.name!r} is declared twice", field=f"tools[{i}].name")
+        names.add(tool.name)
+        try:
+            schema = json.loads(tool.parameters_json_schema or "{}")
+        except ValueError as e:
+            raise InvalidArgument(f"not valid JSON: {e}", field=f"tools[{i}].parameters_json_schema") from None
+        if not isinstance(schema, dict):
+            raise InvalidArgument("must be a JSON object", field=f"tools[{i}].parameters_json_schema")
+    choice = request.tool_choice
+    if choice.kind in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED) and not request.tools:
+        raise InvalidArgument(f"tool_choice {choice.kind} needs at least one tool", field="tool_choice.kind")
+    if choice.kind is ToolChoiceKind.NAMED and choice.name not in names:
+        raise InvalidArgument(f"no tool named {choice.name!r} was declared", field="tool_choice.name")
+
+
+def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
+    s = request.sampling
+    if not 0.0 <= s.temperature <= 2.0:
+        raise InvalidArgument("must be between 0 and 2", field="sampling.temperature")
+    if not 0.0 < s.top_p <= 1.0:
+        raise InvalidArgument("must be in (0, 1]", field="sampling.top_p")
+    if s.top_k < 0:
+        raise InvalidArgument("must not be negative", field="sampling.top_k")
+    cap = pool.engine.max_output_tokens
+    if s.max_output_tokens is not None and not 1 <= s.max_output_tokens <= cap:
+        raise InvalidArgument(f"must be between 1 and {cap} for model {pool.name}", field="sampling.max_output_tokens")
+    if len(s.stop) > limits.max_stop_strings:
+        raise InvalidArgument(f"at most {limits.max_stop_strings} stop strings are allowed", field="sampling.stop")
+    for i, stop in enumerate(s.stop):
+        if not stop or len(stop) > limits.max_stop_string_chars:
+            raise InvalidArgument(
+                f"must be 1 to {limits.max_stop_string_chars} characters", field=f"sampling.stop[{i}]"
+            )
+
+
+def _check_mode(request: ChatRequest, pool: PoolConfig) -> None:
+    m = request.mode
+    if m.mode not in pool.modes:
+        accepted = ", ".join(pool.modes)
+        raise InvalidArgument(
+            f"model {pool.name} does not accept mode {m.mode} (accepts: {accepted})", field="mode.mode"
+        )
+    if m.thinking_budget is not None:
+        if m.mode is Mode.INSTANT:
+            raise InvalidArgument("only THINKING and CONTEMPLATING take a budget", field="mode.thinking_budget")
+        if not 0 <= m.thinking_budget <= pool.engine.max_output_tokens:
+            raise InvalidArgument(
+                f"must be between 0 and {pool.engine.max_output_tokens}", field="mode.thinking_budget"
+            )
+    if m.num_agents is not None:
+        if m.mode is not Mode.CONTEMPLATING:
+            raise InvalidArgument("only CONTEMPLATING takes a number of agents", field="mode.num_agents")
+        if not MIN_AGENTS <= m.num_agents <= MAX_AGENTS:
+            raise InvalidArgument(f"must be between {MIN_AGENTS} and {MAX_AGENTS}", field="mode.num_agents")

@@ -1,0 +1,54 @@
+"""Messages between tiers: gateway -> preprocess -> model pool -> gateway.
+
+Small, picklable, frozen values. A `PreparedRequest` is everything a model pool needs:
+limits are resolved and checked before it exists, so a pool never refuses one for a
+reason the client could have been told earlier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from museserve.domain import FinishReason, Mode, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    request_id: str
+    tenant: str
+    pool: str
+    prompt_token_ids: tuple[int, ...]
+    mode: Mode
+    thinking_budget: int  # reasoning tokens allowed; 0 when the mode does not reason
+    max_output_tokens: int  # answer tokens allowed, reasoning excluded
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: tuple[str, ...]
+    deadline_unix_s: float  # wall clock: processes on different hosts share no monotonic clock
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCount:
+    prompt_tokens: int
+    context_length: int
+    pool: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """What a model pool streams: deltas coalesced over a short window.
+
+    The last chunk of a request carries `finish` and `usage`; no chunk follows it.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    num_new_tokens: int = 0
+    finish: FinishReason | None = None
+    usage: Usage | None = None

@@ -1,0 +1,154 @@
+"""Building blocks of the decoder: RMSNorm, rotary embedding, GQA attention, SwiGLU MLP."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from museserve.model.config import MuseConfig, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight, computed in float32.
+
+    With `residual`, the input is first added to it and the sum is returned as the new
+    residual stream, so that a fused add+norm kernel can replace this forward unchanged.
+    """
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def _norm(self, x: Tensor, out_dtype: torch.dtype) -> Tensor:
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return x.to(out_dtype) * self.weight
+
+    @overload
+    def forward(self, x: Tensor, residual: None = None) -> Tensor: ...
+
+    @overload
+    def forward(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        if residual is None:
+            return self._norm(x, x.dtype)
+        summed = x + residual
+        return self._norm(summed, x.dtype), summed
+
+
+def llama3_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> Tensor:
+    """Inverse frequencies [head_dim // 2] (float32, CPU), stretched as llama3 prescribes."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling is not None:
+        wavelength = 2 * math.pi / inv_freq
+        original = scaling.original_max_position_embeddings
+        short_wavelength = original / scaling.high_freq_factor
+        long_wavelength = original / scaling.low_freq_factor
+        # 0 at the long-wavelength edge (fully stretched), 1 at the short one (unchanged).
+        blend = (original / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        interpolated = (1 - blend) * inv_freq / scaling.factor + blend * inv_freq
+        inv_freq = torch.where(
+            wavelength < short_wavelength,
+            inv_freq,
+            torch.where(wavelength > long_wavelength, inv_freq / scaling.factor, interpolated),
+        )
+    return inv_freq.float()
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for the positions asked, [T, head_dim] each; no per-position table is kept.
+
+    The inverse frequencies are a plain attribute rather than a buffer so that a model
+    materialised from the meta device (`to_empty`) never holds uninitialised values.
+    """
+
+    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self._inv_freq_cpu = llama3_inverse_frequencies(head_dim, theta, scaling)
+        self._inv_freq_by_device: dict[torch.device, Tensor] = {}
+
+    def inverse_frequencies(self, device: torch.device) -> Tensor:
+        if device not in self._inv_freq_by_device:
+            self._inv_freq_by_device[device] = self._inv_freq_cpu.to(device)
+        return self._inv_freq_by_device[device]
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        inv_freq = self.inverse_frequencies(positions.device)
+        angles = positions.float()[:, None] * inv_freq[None, :]  # [T, head_dim // 2]
+        angles = torch.cat((angles, angles), dim=-1)  # [T, head_dim], half-split layout as in HF
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [T, heads, head_dim]; cos/sin: [T, head_dim]. Rotates pairs (i, i + head_dim/2)."""
+    first, second = x.chunk(2, dim=-1)
+    rotated_half = torch.cat((-second, first), dim=-1)
+    return x * cos[:, None, :] + rotated_half * sin[:, None, :]
+
+
+class LayerKVStore(Protocol):
+    """The one thing attention needs from a KV cache."""
+
+    def append(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k/v [T, kv_heads, head_dim]; return all of this layer's k/v [S, ...], S >= T."""
+        ...
+
+
+class Attention(nn.Module):
+    """Grouped-query attention: query head h reads KV head h // (heads // kv_heads)."""
+
+    def __init__(self, config: MuseConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(hidden, self.num_heads * d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * d, hidden, bias=False)
+
+    def forward(self, hidden: Tensor, cos: Tensor, sin: Tensor, cache: LayerKVStore) -> Tensor:
+        num_new = hidden.shape[0]
+        q = self.q_proj(hidden).view(num_new, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k_all, v_all = cache.append(self.layer_idx, k, v)  # [S, kv_heads, head_dim], S >= T
+        num_cached = k_all.shape[0] - num_new
+        # New token i sits at cache index num_cached + i and sees keys 0..num_cached + i.
+        if num_cached == 0:
+            mask, causal = None, True
+        else:
+            key_idx = torch.arange(k_all.shape[0], device=hidden.device)
+            query_idx = torch.arange(num_new, device=hidden.device) + num_cached
+            mask, causal = key_idx[None, :] <= query_idx[:, None], False
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1),  # [heads, T, head_dim]
+            k_all.transpose(0, 1),  # [kv_heads, S, head_dim]
+            v_all.transpose(0, 1),
+            attn_mask=mask,
+            is_causal=causal,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        return self.o_proj(out.transpose(0, 1).reshape(num_new, self.num_heads * self.head_dim))
+
+
+class SwiGLUMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

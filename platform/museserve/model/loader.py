@@ -1,0 +1,124 @@
+"""Build a MuseForCausalLM: seeded dummy weights or Hugging Face safetensors checkpoints.
+
+The module is first built on the meta device and materialised once on the target device
+in the target dtype, so weights are never allocated twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from museserve.model.config import MuseConfig
+from museserve.model.muse import MuseForCausalLM
+
+LOAD_FORMATS = ("dummy", "safetensors")
+DUMMY_INIT_STD = 0.02
+_MAX_NAMES_IN_ERROR = 10
+
+
+def load_config_json(path: str | Path) -> MuseConfig:
+    """Read `config.json` from a checkpoint directory (or the file itself)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"no config.json at {file}")
+    return MuseConfig.from_hf_dict(json.loads(file.read_text()))
+
+
+def build_model(
+    config: MuseConfig,
+    *,
+    load_format: str = "dummy",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> MuseForCausalLM:
+    """A model in eval mode with gradients off, on `device` in `dtype`."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format: unknown value {load_format!r}; expected one of {LOAD_FORMATS}")
+    if load_format == "safetensors" and path is None:
+        raise ValueError("path: required when load_format is 'safetensors'")
+    with torch.device("meta"):
+        model = MuseForCausalLM(config)
+    model = model.to(dtype=dtype).to_empty(device=torch.device(device))
+    model.requires_grad_(False)
+    with torch.no_grad():
+        if load_format == "dummy":
+            _init_dummy(model, seed)
+        else:
+            assert path is not None
+            _load_safetensors(model, Path(path))
+    return model.eval()
+
+
+def _name_seed(seed: int, name: str) -> int:
+    """A 63-bit seed per parameter, so each tensor depends only on (seed, name, shape)."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _init_dummy(model: MuseForCausalLM, seed: int) -> None:
+    """Normal(0, 0.02) matrices and embeddings, ones for norms, zeros for biases.
+
+    Values are drawn on the CPU in float32, so they match across machines and devices.
+    """
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        elif name.endswith(".bias"):
+            param.zero_()
+        else:
+            generator = torch.Generator(device="cpu").manual_seed(_name_seed(seed, name))
+            values = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, DUMMY_INIT_STD, generator=generator)
+            param.copy_(values)
+
+
+def _is_ignorable(name: str, config: MuseConfig) -> bool:
+    # Older checkpoints store the rotary table; tied checkpoints may still carry lm_head.
+    return name.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and name == "lm_head.weight")
+
+
+def _format_names(names: set[str]) -> str:
+    shown = sorted(names)[:_MAX_NAMES_IN_ERROR]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" (and {more} more)" if more else "")
+
+
+def _load_safetensors(model: MuseForCausalLM, directory: Path) -> None:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {directory}")
+    params: dict[str, Tensor] = dict(model.named_parameters())
+    loaded: set[str] = set()
+    unexpected: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as reader:
+            for name in reader.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                if name not in params:
+                    if not _is_ignorable(name, model.config):
+                        unexpected.add(name)
+                    continue
+                tensor = reader.get_tensor(name)
+                param = params[name]
+                if tensor.shape != param.shape:
+                    raise ValueError(
+                        f"{file.name}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
+                    )
+                param.copy_(tensor)
+                loaded.add(name)
+    missing = set(params) - loaded
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {_format_names(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_format_names(unexpected)}")
+        raise ValueError(f"checkpoint {directory} does not match the model; " + "; ".join(problems))

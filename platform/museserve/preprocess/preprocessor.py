@@ -1,0 +1,124 @@
+"""Turns a validated `ChatRequest` into a `PreparedRequest` for one pool.
+
+Everything that needs the tokenizer is decided here, before a model pool sees the
+request: the prompt's token count against the context window, the output budget that
+still fits, and the reasoning budget of the mode.
+"""
+
+from __future__ import annotations
+
+import time
+
+from museserve.config import MediaLimits, PoolConfig
+from museserve.domain import AudioPart, ChatRequest, ImagePart, Mode
+from museserve.errors import InvalidArgument, Unimplemented
+from museserve.messages import PreparedRequest, PromptCount
+from museserve.preprocess.chat_template import render_prompt
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+
+class Preprocessor:
+    def __init__(self, tokenizer: MuseTokenizer, media: MediaLimits, request_timeout_s: float):
+        self.tokenizer = tokenizer
+        self._media = media
+        self._request_timeout_s = request_timeout_s
+
+    def count(self, request: ChatRequest, pool: PoolConfig) -> PromptCount:
+        """The prompt's size, also when it exceeds the context window (so a client can trim)."""
+        ids = self._render(request, self._requested_budget(request, pool) > 0)
+        return PromptCount(len(ids), pool.engine.context_length, pool.name)
+
+    def prepare(self, request: ChatRequest, pool: PoolConfig) -> PreparedRequest:
+        """Positions used: prompt + reasoning (budget + its closing marker) + output <= context."""
+        context_length = pool.engine.context_length
+        budget = self._requested_budget(request, pool)
+        ids = self._render(request, budget > 0)
+        room = _room_after_prompt(ids, pool)
+        requested = request.sampling.max_output_tokens
+        if requested is not None:
+            if _reasoning_positions(budget) + requested > room:
+                raise InvalidArgument(
+                    f"prompt ({len(ids)}) + reasoning budget ({budget}) + {requested} output tokens "
+                    f"exceed the context window of {context_length}",
+                    field="sampling.max_output_tokens",
+                )
+            max_output = requested
+        else:
+            if budget > 0 and budget + 2 > room:  # the budget must leave its marker and one answer token
+                budget = room - 2
+                if budget <= 0:
+                    budget = 0
+                    ids = self._render(request, thinking_enabled=False)  # closes the segment
+                    room = _room_after_prompt(ids, pool)
+            max_output = min(pool.engine.default_max_output_tokens, room - _reasoning_positions(budget))
+        s = request.sampling
+        return PreparedRequest(
+            request_id=request.request_id,
+            tenant=request.identity.tenant,
+            pool=pool.name,
+            prompt_token_ids=tuple(ids),
+            mode=request.mode.mode,
+            thinking_budget=budget,
+            max_output_tokens=max_output,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+            stop=s.stop,
+            deadline_unix_s=time.time() + self._request_timeout_s,
+        )
+
+    def _render(self, request: ChatRequest, thinking_enabled: bool) -> list[int]:
+        self._check_media(request)
+        if request.mode.mode is Mode.CONTEMPLATING:
+            raise Unimplemented("contemplating mode is not served by this version", field="mode.mode")
+        return render_prompt(
+            request.messages,
+            request.tools,
+            mode=request.mode.mode,
+            thinking_enabled=thinking_enabled,
+            tokenizer=self.tokenizer,
+        )
+
+    @staticmethod
+    def _requested_budget(request: ChatRequest, pool: PoolConfig) -> int:
+        if request.mode.mode is Mode.INSTANT:
+            return 0
+        budget = request.mode.thinking_budget
+        return pool.engine.default_thinking_budget if budget is None else budget
+
+    def _check_media(self, request: ChatRequest) -> None:
+        for i, message in enumerate(request.messages):
+            for j, part in enumerate(message.parts):
+                where = f"messages[{i}].content[{j}]"
+                if isinstance(part, ImagePart):
+                    if part.data is not None and len(part.data) > self._media.max_image_bytes:
+                        raise InvalidArgument(
+                            f"image is {len(part.data)} bytes; at most {self._media.max_image_bytes} are accepted",
+                            field=f"{where}.image.data",
+                        )
+                    raise Unimplemented("image input is not served by this version", field=f"{where}.image")
+                if isinstance(part, AudioPart):
+                    if len(part.data) > self._media.max_audio_bytes:
+                        raise InvalidArgument(
+                            f"audio is {len(part.data)} bytes; at most {self._media.max_audio_bytes} are accepted",
+                            field=f"{where}.audio.data",
+                        )
+                    raise Unimplemented("audio input is not served by this version", field=f"{where}.audio")
+
+
+def _reasoning_positions(budget: int) -> int:
+    """A reasoning segment of `budget` tokens also holds its closing `<|/think|>`."""
+    return budget + 1 if budget > 0 else 0
+
+
+def _room_after_prompt(ids: list[int], pool: PoolConfig) -> int:
+    """Positions left for generation; at least one, or the prompt is refused."""
+    room = pool.engine.context_length - len(ids)
+    if room < 1:
+        raise InvalidArgument(
+            f"the prompt is {len(ids)} tokens; model {pool.name} reads at most "
+            f"{pool.engine.context_length - 1} prompt tokens",
+            field="messages",
+        )
+    return room

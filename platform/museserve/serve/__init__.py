@@ -1,0 +1,1 @@
+"""Ray Serve deployments and the app builder: thin shells around the plain classes."""

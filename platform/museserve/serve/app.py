@@ -1,0 +1,65 @@
+"""Builds the Serve application from the config: gateway -> preprocess -> model pools."""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve import Application
+
+from museserve.config import DeploymentConfig, MuseServeConfig
+from museserve.serve.gateway_ingress import GatewayIngress
+from museserve.serve.model_pool_deployment import ModelPoolDeployment
+from museserve.serve.preprocess_deployment import PreprocessDeployment
+
+GRPC_SERVICER_FUNCTIONS = [
+    "museserve.serve.grpc_proxy.add_chat_service",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+
+
+def ray_process_environment(config: MuseServeConfig) -> dict[str, str]:
+    """Settings Ray's own processes read from their environment: apply them to
+    `os.environ` before `ray.init` starts a local node (its processes inherit it)."""
+    size = str(config.server.max_request_bytes)
+    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": size, "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": size}
+
+
+def _options(name: str, d: DeploymentConfig) -> dict:
+    return {
+        "name": name,
+        "num_replicas": d.num_replicas,
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
+        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+    }
+
+
+def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
+    pools = {
+        pool.name: ModelPoolDeployment.options(**_options(f"pool-{pool.name}", pool.deployment)).bind(
+            pool, config.preprocess.tokenizer, log_level
+        )
+        for pool in config.pools
+    }
+    preprocess = PreprocessDeployment.options(**_options("preprocess", config.preprocess.deployment)).bind(
+        config, log_level
+    )
+    return GatewayIngress.options(**_options("gateway", config.gateway.deployment)).bind(
+        config, preprocess, pools, log_level
+    )
+
+
+def start_serve(config: MuseServeConfig) -> None:
+    """Starts the Serve proxies on the configured ports (Ray must be initialised)."""
+    serve.start(
+        http_options={"host": config.server.http_host, "port": config.server.http_port},
+        grpc_options={
+            "port": config.server.grpc_port,
+            "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS,
+            "request_timeout_s": config.server.request_timeout_s,
+        },
+    )
+
+
+def run_app(config: MuseServeConfig, log_level: str = "INFO") -> None:
+    start_serve(config)
+    serve.run(build_app(config, log_level), name=config.app_name, route_prefix="/")

@@ -1,0 +1,86 @@
+"""Registers ChatService on Ray Serve's gRPC proxy so that a client cancel always
+reaches the replicas.
+
+Why: the proxy's streaming handler forwards a client cancel to the gateway replica only
+when the cancel lands while it awaits the next message. When it lands while a message is
+being handed to gRPC, the proxy's generator is closed at a `yield`, swallows the
+GeneratorExit and never cancels the replica call (Ray 2.60: "async generator ignored
+GeneratorExit" in the proxy log), and the model keeps generating for nobody.
+
+The fix, from the servicer function Serve lets us register: each server-streaming
+handler runs Ray's handler in a pump task that copies messages into an unbounded queue,
+so the pump is only ever suspended inside Ray's wait for the next message. The gRPC side
+reads from the queue; when it goes away, the pump is cancelled right there, and Ray's
+own cancellation path runs (proxy -> gateway -> model pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from museserve.v1 import chat_pb2_grpc
+
+_END = object()
+
+
+def add_chat_service(servicer: Any, server: Any) -> None:
+    """A `grpc_servicer_functions` entry: ChatService with cancel-safe streams."""
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, _CancelSafeRegistration(server))
+
+
+class _CancelSafeRegistration:
+    """Lets Serve's server install its routing handlers, then wraps the streaming ones.
+
+    Only generic handlers are registered: they are looked up per call, so the wrapped
+    ones are what serves. (Registered-method handlers would bypass the wrapping.)
+    """
+
+    def __init__(self, server: Any):
+        self._server = server
+
+    def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(generic_handlers)
+        for handler in generic_handlers:
+            methods = handler._method_handlers
+            handler._method_handlers = {name: _cancel_safe(h) for name, h in methods.items()}
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
+        return None
+
+
+def _cancel_safe(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.request_streaming or not handler.response_streaming or handler.unary_stream is None:
+        return handler
+    return handler._replace(unary_stream=_pumped(handler.unary_stream))
+
+
+def _pumped(stream: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, Any], Awaitable[None]]:
+    # A coroutine handler that writes through the context, not an async generator: gRPC's
+    # cancel then always lands inside it, while the RPC is still alive, and Ray's cleanup
+    # (which reads the context) finishes before the handler returns. Letting Ray's
+    # generator outlive the RPC crashes the proxy in grpc's C core.
+    async def unary_stream(request: Any, context: Any) -> None:
+        queue: asyncio.Queue = asyncio.Queue()  # unbounded: the pump must never wait on it
+
+        async def pump() -> None:
+            try:
+                async for message in stream(request, context):
+                    queue.put_nowait(message)
+            finally:
+                queue.put_nowait(_END)
+
+        task = asyncio.ensure_future(pump())
+        try:
+            while (message := await queue.get()) is not _END:
+                await context.write(message)
+            await task  # re-raises what the pump raised
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    return unary_stream

@@ -1,0 +1,79 @@
+"""Ray Serve handles behind the gateway's client protocols, and Ray errors as MuseErrors.
+
+A MuseError raised in a replica arrives wrapped in a RayTaskError: it is unwrapped so the
+client sees the replica's own status and message. A replica that died, or a deployment
+with no replica to take the call, is UNAVAILABLE (the request may be retried); queues
+that are full are RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from museserve.domain import ChatRequest
+from museserve.errors import Internal, MuseError, ResourceExhausted, Unavailable
+from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
+
+logger = logging.getLogger(__name__)
+
+
+def as_muse_error(error: BaseException, tier: str) -> MuseError:
+    if isinstance(error, RayTaskError):
+        # Ray re-raises a replica's exception as a subclass of both RayTaskError and the
+        # original class, whose str() is the remote traceback: take the original.
+        error = error.cause
+    if isinstance(error, MuseError):
+        return error
+    if isinstance(error, BackPressureError):
+        return ResourceExhausted(f"the {tier} tier is at capacity", retry_after_s=1.0)
+    if isinstance(error, (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError, TaskCancelledError)):
+        return Unavailable(f"the {tier} tier is unavailable; the request may be retried", retry_after_s=1.0)
+    logger.error("unexpected error from the %s tier: %r", tier, error)
+    return Internal(f"the {tier} tier failed")
+
+
+class HandlePreprocessClient:
+    def __init__(self, handle: DeploymentHandle):
+        self._handle = handle
+
+    async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
+        try:
+            return await self._handle.prepare.remote(request, pool)
+        except Exception as e:
+            raise as_muse_error(e, "preprocess") from None
+
+    async def count(self, request: ChatRequest, pool: str) -> PromptCount:
+        try:
+            return await self._handle.count.remote(request, pool)
+        except Exception as e:
+            raise as_muse_error(e, "preprocess") from None
+
+
+class HandlePoolClient:
+    def __init__(self, handle: DeploymentHandle, pool: str):
+        self._handle = handle.options(stream=True)
+        self._tier = f"model pool {pool}"
+
+    async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+        responses = self._handle.generate.remote(request)
+        finished = False
+        try:
+            async for chunk in responses:
+                yield chunk
+                if chunk.finish is not None:
+                    finished = True
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:
+            raise as_muse_error(e, self._tier) from None
+        finally:
+            if not finished:
+                # The caller went away (client cancel, deadline) or the stream failed:
+                # stop the replica's generation instead of letting it run to the end.
+                responses.cancel()

@@ -1,0 +1,28 @@
+"""The preprocess tier: chat template, tokenizer and (later) media encoders, on CPU."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from museserve.config import MuseServeConfig
+from museserve.domain import ChatRequest
+from museserve.logs import setup_logging
+from museserve.messages import PreparedRequest, PromptCount
+from museserve.preprocess.preprocessor import Preprocessor
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+
+@serve.deployment
+class PreprocessDeployment:
+    def __init__(self, config: MuseServeConfig, log_level: str = "INFO"):
+        setup_logging(log_level)
+        self._pools = {p.name: p for p in config.pools}
+        self._preprocessor = Preprocessor(
+            MuseTokenizer.load(config.preprocess.tokenizer), config.preprocess.media, config.server.request_timeout_s
+        )
+
+    async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
+        return self._preprocessor.prepare(request, self._pools[pool])
+
+    async def count(self, request: ChatRequest, pool: str) -> PromptCount:
+        return self._preprocessor.count(request, self._pools[pool])

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of proto/museserve/v1 (`make proto`); do not edit."""

@@ -1,0 +1,46 @@
+"""Starting the real local app for integration tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from museserve.config import MuseServeConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_app(config: MuseServeConfig, timeout_s: float = 120) -> None:
+    """Starts a local Ray node and the app; returns once gRPC health answers SERVING.
+    The caller owns the node: `ray.shutdown()` tears everything down."""
+    import ray
+
+    from museserve.serve.app import ray_process_environment, run_app
+
+    os.environ.update(ray_process_environment(config))
+    ray.init(include_dashboard=False, log_to_driver=False)
+    run_app(config)
+    wait_serving(f"127.0.0.1:{config.server.grpc_port}", timeout_s)
+
+
+def wait_serving(address: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
