@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -21,12 +20,9 @@ def free_port() -> int:
 def start_local_app(config: MuseServeConfig, timeout_s: float = 120) -> None:
     """Starts a local Ray node and the app; returns once gRPC health answers SERVING.
     The caller owns the node: `ray.shutdown()` tears everything down."""
-    import ray
+    from museserve.serve.app import init_local_ray, run_app
 
-    from museserve.serve.app import ray_process_environment, run_app
-
-    os.environ.update(ray_process_environment(config))
-    ray.init(include_dashboard=False, log_to_driver=False)
+    init_local_ray(config)
     run_app(config)
     wait_serving(f"127.0.0.1:{config.server.grpc_port}", timeout_s)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -73,14 +72,13 @@ def _serve(args: argparse.Namespace) -> int:
     import ray  # deferred: `museserve chat` and `config check` never pay for importing Ray
 
     from museserve.logs import setup_logging
-    from museserve.serve.app import ray_process_environment, run_app
+    from museserve.serve.app import init_local_ray, run_app
 
     setup_logging(env.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    os.environ.update(ray_process_environment(config))
-    ray.init(include_dashboard=False, log_to_driver=env.log_level == "DEBUG")
+    init_local_ray(config, log_to_driver=env.log_level == "DEBUG")
     try:
         run_app(config, env.log_level)
         s = config.server
@@ -89,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  HTTP  http://{s.http_host}:{s.http_port}  (/healthz, /v1/models)")
         if config.gateway.auth == "none":
             print("  auth  none: every caller is tenant 'anonymous' (local use only)")
+        print("  rate limits  off (this version admits by model-replica capacity only)")
         print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
         print("stopping...", flush=True)

@@ -33,6 +33,11 @@ class ServerConfig(_Section):
     request_timeout_s: float = Field(
         600.0, gt=0, description="End-to-end bound on one request when the client sets no deadline."
     )
+    throughput_optimized: bool = Field(
+        True,
+        description="Ray Serve's throughput-optimized mode: replicas run our code on their own event loop "
+        "(so no deployment may block its loop) and buffer request logs.",
+    )
     max_request_bytes: int = Field(
         64 << 20, ge=1 << 20, description="Largest gRPC message the proxy accepts; larger: RESOURCE_EXHAUSTED."
     )
@@ -63,8 +68,8 @@ class RequestLimits(_Section):
 
 class GatewayConfig(_Section):
     deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=1024)
-    auth: Literal["none", "api_key"] = Field("none", description="How callers are identified.")
-    redis_url: str | None = Field(None, description="Redis for rate limits; none: in-process state.")
+    auth: Literal["none"] = Field("none", description="How callers are identified; none: all are 'anonymous'.")
+    redis_url: str | None = Field(None, description="Redis for shared gateway state (rate limits); none: in-process.")
     default_model: str | None = Field(None, description="Pool used when a request names none; first pool if unset.")
     limits: RequestLimits = RequestLimits()
 

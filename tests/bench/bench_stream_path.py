@@ -3,7 +3,8 @@
 Baseline: the plain `Gateway` with the preprocessor and engine in this process (no Ray,
 no gRPC). Measured against it, in the same process and run: the full path (gRPC client
 -> Ray Serve proxy -> gateway -> preprocess -> model pool) with one message per token,
-and with deltas coalesced over 15 ms. Reported per variant: time to first token, output
+and with deltas coalesced over 15 ms, each with Ray Serve's throughput-optimized mode off
+and on (a fresh local Ray node for each). Reported per variant: time to first token, output
 tokens/s of one stream, and aggregate tokens/s of 8 concurrent streams; ratios are
 variant / baseline (throughput: higher is better; TTFT: lower is better).
 
@@ -40,11 +41,11 @@ CONCURRENCY = 8
 PROMPT = "Describe the request path of a serving platform in detail."
 
 
-def bench_config(grpc_port: int, http_port: int) -> MuseServeConfig:
+def bench_config(grpc_port: int, http_port: int, throughput_optimized: bool) -> MuseServeConfig:
     engine = {"context_length": 4096, "max_output_tokens": 1024, "default_max_output_tokens": 64}
     return parse_config(
         {
-            "server": {"grpc_port": grpc_port, "http_port": http_port},
+            "server": {"grpc_port": grpc_port, "http_port": http_port, "throughput_optimized": throughput_optimized},
             "pools": [
                 {"name": "per-token", "engine": {**engine, "stream_interval_ms": 0}},
                 {"name": "coalesced", "engine": {**engine, "stream_interval_ms": 15}},
@@ -139,38 +140,44 @@ def _ratios(variant: dict, baseline: dict) -> dict:
     return {key: variant[key] / baseline[key] for key in baseline}
 
 
+def _served_variants(throughput_optimized: bool) -> dict[str, dict]:
+    import ray
+
+    config = bench_config(free_port(), free_port(), throughput_optimized)
+    mode = "optimized" if throughput_optimized else "default"
+    try:
+        start_local_app(config)
+        address = f"127.0.0.1:{config.server.grpc_port}"
+        return {f"{mode}_{model}": _over_grpc(address, model) for model in ("per-token", "coalesced")}
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("build/bench/stream_path.json"))
     args = parser.parse_args()
 
-    import ray
-
-    config = bench_config(free_port(), free_port())
     # Ray starts replicas that reserve no CPU with one intra-op thread; the baseline
     # runs the same way, so the ratios measure the serving path, not threading.
     torch.set_num_threads(1)
-    baseline = asyncio.run(_baseline(config))
-    try:
-        start_local_app(config)
-        address = f"127.0.0.1:{config.server.grpc_port}"
-        per_token = _over_grpc(address, "per-token")
-        coalesced = _over_grpc(address, "coalesced")
-    finally:
-        ray.shutdown()
-
+    baseline = asyncio.run(_baseline(bench_config(free_port(), free_port(), False)))
+    variants = {**_served_variants(throughput_optimized=False), **_served_variants(throughput_optimized=True)}
     report = {
         "benchmark": "stream_path",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "torch_threads_per_model": 1,
-        "workload": {"model": "tiny (dummy weights)", "output_tokens": OUTPUT_TOKENS, "repeats": REPEATS},
-        "baseline_in_process": baseline,
-        "grpc_ray_per_token_messages": per_token,
-        "grpc_ray_coalesced_15ms": coalesced,
-        "ratios_vs_baseline": {
-            "grpc_ray_per_token_messages": _ratios(per_token, baseline),
-            "grpc_ray_coalesced_15ms": _ratios(coalesced, baseline),
+        "workload": {
+            "model": "tiny (dummy weights)",
+            "output_tokens": OUTPUT_TOKENS,
+            "repeats": REPEATS,
+            "concurrency": CONCURRENCY,
+            "variants": "{default,optimized}: Ray Serve throughput-optimized mode off/on; "
+            "per-token: one gRPC message per token; coalesced: deltas within 15 ms in one message",
         },
+        "baseline_in_process": baseline,
+        **variants,
+        "ratios_vs_baseline": {name: _ratios(result, baseline) for name, result in variants.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ray
 from ray import serve
 from ray.serve import Application
 
@@ -17,10 +18,22 @@ GRPC_SERVICER_FUNCTIONS = [
 
 
 def ray_process_environment(config: MuseServeConfig) -> dict[str, str]:
-    """Settings Ray's own processes read from their environment: apply them to
-    `os.environ` before `ray.init` starts a local node (its processes inherit it)."""
+    """Settings that Ray's own processes (proxies, replicas) read from their environment."""
     size = str(config.server.max_request_bytes)
-    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": size, "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": size}
+    env = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": size, "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": size}
+    if config.server.throughput_optimized:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    return env
+
+
+def init_local_ray(config: MuseServeConfig, *, log_to_driver: bool = False) -> None:
+    """Starts a local Ray node whose processes carry `ray_process_environment`; this
+    process keeps its own environment."""
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=log_to_driver,
+        runtime_env={"env_vars": ray_process_environment(config)},
+    )
 
 
 def _options(name: str, d: DeploymentConfig) -> dict:

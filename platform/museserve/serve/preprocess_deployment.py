@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ray import serve
 
 from museserve.config import MuseServeConfig
@@ -21,8 +23,9 @@ class PreprocessDeployment:
             MuseTokenizer.load(config.preprocess.tokenizer), config.preprocess.media, config.server.request_timeout_s
         )
 
+    # Tokenizing a long prompt takes milliseconds of CPU: off the replica's event loop.
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
-        return self._preprocessor.prepare(request, self._pools[pool])
+        return await asyncio.to_thread(self._preprocessor.prepare, request, self._pools[pool])
 
     async def count(self, request: ChatRequest, pool: str) -> PromptCount:
-        return self._preprocessor.count(request, self._pools[pool])
+        return await asyncio.to_thread(self._preprocessor.count, request, self._pools[pool])
