@@ -43,7 +43,7 @@ integration: install redis
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m tests.bench.bench_stream_path --out build/bench/stream_path.json
+	$(PY) -m tests.bench.bench_stream_path --out .bench/stream_path.json
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=platform --pyi_out=platform --grpc_python_out=platform \
@@ -54,4 +54,4 @@ lint: install
 	$(VENV)/bin/ruff format --check platform tests
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf .bench .pytest_cache .ruff_cache

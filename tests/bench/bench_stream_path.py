@@ -8,7 +8,7 @@ and on (a fresh local Ray node for each). Reported per variant: time to first to
 tokens/s of one stream, and aggregate tokens/s of 8 concurrent streams; ratios are
 variant / baseline (throughput: higher is better; TTFT: lower is better).
 
-    python -m tests.bench.bench_stream_path --out build/bench/stream_path.json
+    python -m tests.bench.bench_stream_path --out .bench/stream_path.json
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _served_variants(throughput_optimized: bool) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("build/bench/stream_path.json"))
+    parser.add_argument("--out", type=Path, default=Path(".bench/stream_path.json"))
     args = parser.parse_args()
 
     # Ray starts replicas that reserve no CPU with one intra-op thread; the baseline
