@@ -104,8 +104,13 @@ class EngineConfig(_Section):
     max_output_tokens: int = Field(32_768, ge=1, description="Largest max_output_tokens a request may ask for.")
     default_max_output_tokens: int = Field(512, ge=1, description="Used when a request sets none.")
     default_thinking_budget: int = Field(1024, ge=0, description="Reasoning tokens when a request sets none.")
-    max_running_requests: int = Field(64, ge=1, description="Requests generating at once per replica.")
+    max_running_requests: int = Field(64, ge=1, description="Requests in one batch per replica.")
     max_waiting_requests: int = Field(256, ge=0, description="Requests queued per replica beyond the running ones.")
+    max_batched_tokens: int = Field(2048, ge=1, description="Token budget of one step: prefill chunks plus decodes.")
+    max_prefill_chunk: int = Field(512, ge=1, description="Most prompt tokens one request computes in one step.")
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
+    kv_cache_bytes: int = Field(256 << 20, ge=1, description="Memory for the KV cache per replica; sets its blocks.")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of equal prefixes (per tenant).")
     stream_interval_ms: float = Field(
         15.0, ge=0, description="Deltas produced within this window are sent as one message (first token never waits)."
     )
@@ -116,6 +121,8 @@ class EngineConfig(_Section):
             raise ValueError("default_max_output_tokens exceeds max_output_tokens")
         if self.max_output_tokens >= self.context_length:
             raise ValueError("max_output_tokens must be below context_length")
+        if self.max_prefill_chunk > self.max_batched_tokens:
+            raise ValueError("max_prefill_chunk exceeds max_batched_tokens")
         return self
 
 

@@ -29,7 +29,7 @@ import torch
 from museserve.client import ChatClient, build_request
 from museserve.config import MuseServeConfig, parse_config
 from museserve.domain import ChatRequest, Message, Role, SamplingParams, TextDelta, TextPart, Usage
-from museserve.engine.plain_engine import PlainEngine
+from museserve.engine.engine import MuseEngine
 from museserve.gateway.gateway import Gateway
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
@@ -67,7 +67,7 @@ class _LocalPreprocess:
 
 
 class _LocalPool:
-    def __init__(self, engine: PlainEngine):
+    def __init__(self, engine: MuseEngine):
         self._engine = engine
 
     def generate(self, request):
@@ -84,7 +84,7 @@ def _summary(ttfts: list[float], rates: list[float], aggregate: float) -> dict:
 
 async def _baseline(config: MuseServeConfig) -> dict:
     tokenizer = MuseTokenizer.load(None)
-    pools = {p.name: _LocalPool(PlainEngine(p, tokenizer)) for p in config.pools}
+    pools = {p.name: _LocalPool(MuseEngine(p, tokenizer)) for p in config.pools}
     gateway = Gateway(config, _LocalPreprocess(config, tokenizer), pools)
 
     def request() -> ChatRequest:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing
 from typing import Any
 
 import pytest
+import torch
 
 from museserve import errors
 from museserve.config import MuseServeConfig, PoolConfig, parse_config
@@ -27,7 +28,9 @@ from museserve.domain import (
     TextPart,
     Usage,
 )
-from museserve.engine.plain_engine import PlainEngine
+from museserve.engine.engine import MuseEngine, local_runner
+from museserve.engine.model_runner import ModelRunner
+from museserve.engine.scheduler import SchedulerPlan
 from museserve.engine.stats import RequestPhase
 from museserve.gateway.gateway import Gateway
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
@@ -81,9 +84,9 @@ class PreprocessAdapter:
 
 
 class EnginePool:
-    """The PoolClient protocol over an in-process PlainEngine."""
+    """The PoolClient protocol over an in-process MuseEngine."""
 
-    def __init__(self, engine: PlainEngine):
+    def __init__(self, engine: MuseEngine):
         self.engine = engine
 
     def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
@@ -109,9 +112,9 @@ def preprocessor(tokenizer: MuseTokenizer) -> Preprocessor:
 
 
 @pytest.fixture
-def engine(tokenizer: MuseTokenizer) -> Iterator[PlainEngine]:
+def engine(tokenizer: MuseTokenizer) -> Iterator[MuseEngine]:
     # One per test: its semaphore belongs to the event loop that first waits on it.
-    eng = PlainEngine(CONFIG.pools[0], tokenizer)
+    eng = MuseEngine(CONFIG.pools[0], tokenizer)
     yield eng
     eng.shutdown()
 
@@ -122,7 +125,7 @@ def prep(preprocessor: Preprocessor) -> PreprocessAdapter:
 
 
 @pytest.fixture
-def gateway(prep: PreprocessAdapter, engine: PlainEngine) -> Gateway:
+def gateway(prep: PreprocessAdapter, engine: MuseEngine) -> Gateway:
     return Gateway(CONFIG, prep, {POOL_NAME: EnginePool(engine)})
 
 
@@ -247,7 +250,7 @@ async def test_validation_runs_before_preprocess(gateway: Gateway, prep: Preproc
     assert prep.prepare_calls == 1
 
 
-async def test_preprocess_refusal_reaches_the_caller(gateway: Gateway, engine: PlainEngine) -> None:
+async def test_preprocess_refusal_reaches_the_caller(gateway: Gateway, engine: MuseEngine) -> None:
     with pytest.raises(errors.InvalidArgument) as info:
         await gateway.chat(chat_request(" x" * 600))
     assert info.value.field == "messages"
@@ -332,64 +335,58 @@ async def test_stream_without_finish_is_unavailable(prep: PreprocessAdapter) -> 
         await gateway.chat(chat_request())
 
 
-async def _hold_stream(gateway: Gateway, request: ChatRequest, started: asyncio.Event, release: asyncio.Event) -> None:
-    """Reads one event, then stops reading, so the request keeps its engine slot."""
-    async with aclosing(gateway.stream(request)) as stream:
-        async for _ in stream:
-            started.set()
-            await release.wait()
+class GatedExecutor:
+    """A real model runner whose steps wait for a gate: holds requests in the batch."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.num_blocks = runner.num_blocks
+        self.gate = threading.Event()
+
+    def execute(self, plan: SchedulerPlan) -> torch.Tensor:
+        self.gate.wait(timeout=30)
+        return self.runner.execute(plan)
 
 
-async def test_admission_rejects_beyond_running_and_waiting(gateway: Gateway, engine: PlainEngine) -> None:
-    release = asyncio.Event()
-    started = [asyncio.Event() for _ in range(3)]
-    tasks = [
-        asyncio.create_task(
-            _hold_stream(
-                gateway,
-                chat_request(request_id=f"held-{i}", temperature=0.0, max_output_tokens=64),
-                started[i],
-                release,
-            )
-        )
-        for i in range(3)
-    ]
+async def _read_all(gateway: Gateway, request: ChatRequest) -> None:
+    async for _ in gateway.stream(request):
+        pass
+
+
+async def test_admission_rejects_beyond_running_and_waiting(prep: PreprocessAdapter, tokenizer: MuseTokenizer) -> None:
+    pool = CONFIG.pools[0]
+    executor = GatedExecutor(local_runner(pool, tokenizer))
+    engine = MuseEngine(pool, tokenizer, executor=executor)
+    gateway = Gateway(CONFIG, prep, {POOL_NAME: EnginePool(engine)})
+    tasks = [asyncio.create_task(_read_all(gateway, chat_request(request_id="held-0", max_output_tokens=8)))]
     try:
-        await asyncio.wait_for(started[0].wait(), 5)
-        await asyncio.wait_for(started[1].wait(), 5)
+        # The gated step holds held-0 in the batch; held-1 then waits in the queue, which
+        # holds max_waiting_requests (1): the next request is refused, not queued.
+        await wait_until(lambda: engine.stats.num_running == 1)
+        tasks.append(asyncio.create_task(_read_all(gateway, chat_request(request_id="held-1", max_output_tokens=8))))
         await wait_until(lambda: engine.stats.num_waiting == 1)
-        assert engine.stats.num_running == 2
-        assert not started[2].is_set()
-
         with pytest.raises(errors.ResourceExhausted) as info:
             await gateway.chat(chat_request(request_id="fourth", max_output_tokens=1))
         assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
-        assert POOL_NAME in info.value.message
         assert engine.stats.num_rejected == 1
         assert "fourth" not in engine.stats.recent
     finally:
         for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        executor.gate.set()
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
-
     await wait_until(lambda: engine.stats.num_running == 0 and engine.stats.num_waiting == 0)
-    assert engine.stats.num_cancelled == 3
-    assert engine.stats.num_finished == 0
-    assert {rid: r.phase for rid, r in engine.stats.recent.items()} == {
-        "held-0": RequestPhase.CANCELLED,
-        "held-1": RequestPhase.CANCELLED,
-        "held-2": RequestPhase.CANCELLED,
-    }
-    assert engine.stats.recent["held-2"].generated_tokens == 0
-    assert engine.stats.num_rejected == 1
+    assert engine.stats.num_cancelled == 2
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks  # cancel freed every block
 
     result = await gateway.chat(chat_request(request_id="after", temperature=0.0, max_output_tokens=3))
     assert result.usage.output_tokens == 3
     assert engine.stats.recent["after"].phase is RequestPhase.FINISHED
+    engine.shutdown()
 
 
-async def test_abort_ends_a_running_stream(gateway: Gateway, engine: PlainEngine) -> None:
+async def test_abort_ends_a_running_stream(gateway: Gateway, engine: MuseEngine) -> None:
     events: list[StreamEvent] = []
     stream = gateway.stream(chat_request(request_id="to-abort", temperature=0.0, max_output_tokens=64))
     with pytest.raises(errors.Cancelled):
@@ -406,13 +403,13 @@ async def test_abort_ends_a_running_stream(gateway: Gateway, engine: PlainEngine
     assert engine.stats.num_cancelled == 1
 
 
-async def test_abort_of_an_unknown_request_is_harmless(gateway: Gateway, engine: PlainEngine) -> None:
+async def test_abort_of_an_unknown_request_is_harmless(gateway: Gateway, engine: MuseEngine) -> None:
     engine.abort("never-sent")
     result = await gateway.chat(chat_request(temperature=0.0, max_output_tokens=4))
     assert result.usage.output_tokens == 4
 
 
-async def test_expired_deadline(preprocessor: Preprocessor, engine: PlainEngine) -> None:
+async def test_expired_deadline(preprocessor: Preprocessor, engine: MuseEngine) -> None:
     def expire(prepared: PreparedRequest) -> PreparedRequest:
         return dataclasses.replace(prepared, deadline_unix_s=time.time() - 1)
 

@@ -22,6 +22,7 @@ class RequestState:
         self.in_reasoning = request.thinking_budget > 0  # the template opened the segment
         self.reasoning_tokens = 0
         self.output_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.finish: FinishReason | None = None
         self._reasoning = IncrementalDetokenizer(tokenizer)
         self._answer = IncrementalDetokenizer(tokenizer, stop=request.stop)
@@ -78,6 +79,7 @@ class RequestState:
     def usage(self) -> Usage:
         return Usage(
             prompt_tokens=self.request.num_prompt_tokens,
+            cached_tokens=self.num_cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
             output_tokens=self.output_tokens,
         )

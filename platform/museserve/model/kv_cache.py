@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from museserve.model.config import MuseConfig
+from museserve.model.layers import causal_attention
 
 
 class SequenceKVCache:
@@ -77,6 +78,10 @@ class SequenceKVCache:
         values[start:end] = v
         self._lengths[layer_idx] = end
         return keys[:end], values[:end]
+
+    def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        k_all, v_all = self.append(layer_idx, k, v)
+        return causal_attention(q, k_all, v_all)
 
     def layer(self, layer_idx: int) -> tuple[Tensor, Tensor]:
         """This layer's stored k/v, [num_tokens_in_layer, kv_heads, head_dim] each."""

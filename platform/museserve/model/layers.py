@@ -94,12 +94,35 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos[:, None, :] + rotated_half * sin[:, None, :]
 
 
-class LayerKVStore(Protocol):
-    """The one thing attention needs from a KV cache."""
+class AttentionBackend(Protocol):
+    """Where attention reads and writes KV: one sequence's contiguous cache, or a paged
+    pool shared by a batch (the backend knows which new rows belong to which sequence)."""
 
-    def append(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k/v [T, kv_heads, head_dim]; return all of this layer's k/v [S, ...], S >= T."""
+    def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Stores the new k/v [T, kv_heads, head_dim] and returns attention [T, heads, head_dim]
+        of the new queries q [T, heads, head_dim] over all their sequence's keys so far."""
         ...
+
+
+def causal_attention(q: Tensor, k_all: Tensor, v_all: Tensor) -> Tensor:
+    """One sequence: q [T, heads, d] are its last T tokens; k_all/v_all [S, kv_heads, d] with S >= T
+    hold all of its tokens. New token i sits at index S - T + i and sees keys 0..S - T + i."""
+    num_new, num_cached = q.shape[0], k_all.shape[0] - q.shape[0]
+    if num_cached == 0:
+        mask, causal = None, True
+    else:
+        key_idx = torch.arange(k_all.shape[0], device=q.device)
+        query_idx = torch.arange(num_new, device=q.device) + num_cached
+        mask, causal = key_idx[None, :] <= query_idx[:, None], False
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1),  # [heads, T, d]
+        k_all.transpose(0, 1),  # [kv_heads, S, d]
+        v_all.transpose(0, 1),
+        attn_mask=mask,
+        is_causal=causal,
+        enable_gqa=q.shape[1] != k_all.shape[1],
+    )
+    return out.transpose(0, 1)  # [T, heads, d]
 
 
 class Attention(nn.Module):
@@ -117,30 +140,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * d, hidden, bias=False)
 
-    def forward(self, hidden: Tensor, cos: Tensor, sin: Tensor, cache: LayerKVStore) -> Tensor:
+    def forward(self, hidden: Tensor, cos: Tensor, sin: Tensor, cache: AttentionBackend) -> Tensor:
         num_new = hidden.shape[0]
         q = self.q_proj(hidden).view(num_new, self.num_heads, self.head_dim)
         k = self.k_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        k_all, v_all = cache.append(self.layer_idx, k, v)  # [S, kv_heads, head_dim], S >= T
-        num_cached = k_all.shape[0] - num_new
-        # New token i sits at cache index num_cached + i and sees keys 0..num_cached + i.
-        if num_cached == 0:
-            mask, causal = None, True
-        else:
-            key_idx = torch.arange(k_all.shape[0], device=hidden.device)
-            query_idx = torch.arange(num_new, device=hidden.device) + num_cached
-            mask, causal = key_idx[None, :] <= query_idx[:, None], False
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1),  # [heads, T, head_dim]
-            k_all.transpose(0, 1),  # [kv_heads, S, head_dim]
-            v_all.transpose(0, 1),
-            attn_mask=mask,
-            is_causal=causal,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
-        return self.o_proj(out.transpose(0, 1).reshape(num_new, self.num_heads * self.head_dim))
+        out = cache.attend(self.layer_idx, q, k, v)  # [T, heads, head_dim]
+        return self.o_proj(out.reshape(num_new, self.num_heads * self.head_dim))
 
 
 class SwiGLUMLP(nn.Module):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from museserve.model.config import MuseConfig
-from museserve.model.layers import Attention, LayerKVStore, RMSNorm, RotaryEmbedding, SwiGLUMLP
+from museserve.model.layers import Attention, AttentionBackend, RMSNorm, RotaryEmbedding, SwiGLUMLP
 
 
 class DecoderLayer(nn.Module):
@@ -23,7 +23,7 @@ class DecoderLayer(nn.Module):
         residual: Tensor | None,
         cos: Tensor,
         sin: Tensor,
-        cache: LayerKVStore,
+        cache: AttentionBackend,
     ) -> tuple[Tensor, Tensor]:
         """Returns (this layer's output, residual stream before it); their sum is the new stream."""
         if residual is None:
@@ -43,7 +43,7 @@ class MuseModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
 
-    def forward(self, input_embeds: Tensor, positions: Tensor, cache: LayerKVStore) -> Tensor:
+    def forward(self, input_embeds: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
         cos, sin = self.rotary_emb(positions, input_embeds.dtype)  # [T, head_dim] each
         hidden, residual = input_embeds, None
         for layer in self.layers:
@@ -70,7 +70,7 @@ class MuseForCausalLM(nn.Module):
         """[T] token ids -> [T, hidden]. Callers may overwrite rows with other features."""
         return self.model.embed_tokens(input_ids)
 
-    def forward(self, input_embeds: Tensor, positions: Tensor, cache: LayerKVStore) -> Tensor:
+    def forward(self, input_embeds: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
         """input_embeds [T, hidden], positions [T] -> hidden [T, hidden]; appends T to `cache`."""
         if input_embeds.dim() != 2 or input_embeds.shape[1] != self.config.hidden_size:
             raise ValueError(f"input_embeds must be [T, {self.config.hidden_size}], got {tuple(input_embeds.shape)}")
@@ -83,6 +83,6 @@ class MuseForCausalLM(nn.Module):
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
 
-    def logits_for_tokens(self, input_ids: Tensor, positions: Tensor, cache: LayerKVStore) -> Tensor:
+    def logits_for_tokens(self, input_ids: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
         """Convenience for plain text: embed, forward and project in one call."""
         return self.compute_logits(self.forward(self.embed(input_ids), positions, cache))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from museserve.config import PoolConfig
-from museserve.engine.plain_engine import PlainEngine
+from museserve.engine.engine import MuseEngine
 from museserve.logs import setup_logging
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.preprocess.tokenizer import MuseTokenizer
@@ -17,7 +17,7 @@ from museserve.preprocess.tokenizer import MuseTokenizer
 class ModelPoolDeployment:
     def __init__(self, pool: PoolConfig, tokenizer_path: str | None, log_level: str = "INFO"):
         setup_logging(log_level)
-        self.engine = PlainEngine(pool, MuseTokenizer.load(tokenizer_path))
+        self.engine = MuseEngine(pool, MuseTokenizer.load(tokenizer_path))
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         async for chunk in self.engine.generate(request):

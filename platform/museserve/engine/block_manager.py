@@ -1,0 +1,167 @@
+"""Logical KV blocks: integer ids, reference counts and the prefix cache. No tensors.
+
+A full block is identified by a hash chained over its parent's hash, the sequence's
+cache salt (one per tenant) and its own token ids, so two blocks share a hash only when
+the whole prefix up to and including them is equal *for the same tenant*: one tenant's
+prompt never reuses, or times, another tenant's cache.
+
+Free blocks (ref count 0) sit in one LRU order: blocks without cached content first,
+then cached ones by last use. Allocation takes from the front, so the least recently
+used cached block is evicted only when no empty block is left; a sequence frees its
+blocks tail first, so the heads of shared prefixes outlive their tails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence as Seq
+
+from museserve.engine.sequence import Sequence
+
+BlockHash = bytes
+
+
+def chain_hash(parent: BlockHash, token_ids: Seq[int]) -> BlockHash:
+    digest = hashlib.blake2b(parent, digest_size=16)
+    digest.update(b"".join(t.to_bytes(4, "little", signed=False) for t in token_ids))
+    return digest.digest()
+
+
+def root_hash(cache_salt: str) -> BlockHash:
+    return hashlib.blake2b(cache_salt.encode("utf-8"), digest_size=16, person=b"museserve-kv").digest()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True):
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self._ref_counts = [0] * num_blocks
+        self._hashes: list[BlockHash | None] = [None] * num_blocks
+        self._cached: dict[BlockHash, int] = {}  # hash -> block id holding that content
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        # Per request: hashes of its full blocks so far (block i <-> _chain[i]).
+        self._chains: dict[str, list[BlockHash]] = {}
+        self.prefix_queries = 0  # prompt tokens looked up in the cache
+        self.prefix_hits = 0  # of which found
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by running sequences."""
+        return 1.0 - len(self._free) / self.num_blocks
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # -- admission: prefix lookup, then allocation --------------------------------------
+
+    def cached_prefix(self, seq: Sequence) -> list[int]:
+        """Block ids of the longest cached prefix of `seq`, in full blocks, leaving at least
+        one token to compute (its logits start generation). Takes no references."""
+        if not self.enable_prefix_caching:
+            return []
+        hashes = self._chain_for(seq, (seq.num_tokens - 1) // self.block_size)
+        found = []
+        for block_hash in hashes:
+            block_id = self._cached.get(block_hash)
+            if block_id is None:
+                break
+            found.append(block_id)
+        return found
+
+    def can_admit(self, seq: Sequence, cached: list[int], num_new_tokens: int) -> bool:
+        """Whether `cached` plus fresh blocks can hold the cached tokens and `num_new_tokens`."""
+        needed = self.blocks_for(len(cached) * self.block_size + num_new_tokens) - len(cached)
+        reused_free = sum(1 for b in cached if self._ref_counts[b] == 0)
+        return needed <= self.num_free_blocks - reused_free
+
+    def admit(self, seq: Sequence, cached: list[int], num_new_tokens: int) -> None:
+        """Gives `seq` the cached blocks and enough fresh ones; its computed tokens start
+        after the cached prefix. Call `can_admit` first."""
+        assert not seq.block_ids, "a sequence is admitted once per residency"
+        for block_id in cached:
+            self._take(block_id)
+        seq.block_ids = list(cached)
+        seq.num_computed_tokens = len(cached) * self.block_size
+        if seq.num_preemptions == 0:
+            seq.num_cached_tokens = seq.num_computed_tokens
+            self.prefix_queries += seq.num_tokens
+            self.prefix_hits += seq.num_computed_tokens
+        self.grow(seq, num_new_tokens)
+
+    # -- running: room for the next tokens ----------------------------------------------
+
+    def can_grow(self, seq: Sequence, num_new_tokens: int) -> bool:
+        needed = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_ids)
+        return needed <= self.num_free_blocks
+
+    def grow(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Appends blocks so `seq` can hold its computed tokens plus `num_new_tokens`."""
+        needed = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_ids)
+        if needed > self.num_free_blocks:
+            raise RuntimeError(f"{needed} blocks needed, {self.num_free_blocks} free: check can_grow first")
+        for _ in range(needed):
+            block_id, _ = self._free.popitem(last=False)
+            self._evict(block_id)
+            self._ref_counts[block_id] = 1
+            seq.block_ids.append(block_id)
+
+    def cache_computed_blocks(self, seq: Sequence) -> None:
+        """Registers the blocks `seq` has filled completely, so later prompts can reuse them."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = seq.num_computed_tokens // self.block_size
+        for index, block_hash in enumerate(self._chain_for(seq, num_full)):
+            block_id = seq.block_ids[index]
+            if self._hashes[block_id] is None and block_hash not in self._cached:
+                self._hashes[block_id] = block_hash
+                self._cached[block_hash] = block_id
+
+    # -- leaving: finish, abort, preemption ---------------------------------------------
+
+    def free(self, seq: Sequence) -> None:
+        for block_id in reversed(seq.block_ids):
+            self._ref_counts[block_id] -= 1
+            assert self._ref_counts[block_id] >= 0, f"block {block_id} freed twice"
+            if self._ref_counts[block_id] == 0:
+                self._free[block_id] = None
+                if self._hashes[block_id] is None:  # nothing to reuse: hand it out first
+                    self._free.move_to_end(block_id, last=False)
+        seq.block_ids = []
+        seq.num_computed_tokens = 0
+
+    def forget(self, request_id: str) -> None:
+        """Drops the hash chain memo of a request that will not come back."""
+        self._chains.pop(request_id, None)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _chain_for(self, seq: Sequence, num_full_blocks: int) -> list[BlockHash]:
+        chain = self._chains.setdefault(seq.request_id, [])
+        parent = chain[-1] if chain else root_hash(seq.cache_salt)
+        bs = self.block_size
+        for index in range(len(chain), num_full_blocks):
+            parent = chain_hash(parent, seq.token_ids[index * bs : (index + 1) * bs])
+            chain.append(parent)
+        return chain[:num_full_blocks]
+
+    def _take(self, block_id: int) -> None:
+        if self._ref_counts[block_id] == 0:
+            del self._free[block_id]
+        self._ref_counts[block_id] += 1
+
+    def _evict(self, block_id: int) -> None:
+        block_hash = self._hashes[block_id]
+        if block_hash is not None:
+            del self._cached[block_hash]
+            self._hashes[block_id] = None
+
+    def ref_count(self, block_id: int) -> int:
+        return self._ref_counts[block_id]

@@ -1,0 +1,258 @@
+"""The engine a model replica runs: continuous batching over a paged, prefix-cached KV pool.
+
+One background task steps it: schedule -> execute (worker thread) -> sample -> update ->
+postprocess. Each request has its own async stream of chunks; leaving the stream (client
+cancel, deadline, error) finishes the request at once and frees its blocks. A failed step
+fails the requests in that step, never the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from museserve.config import PoolConfig
+from museserve.engine.block_manager import BlockManager
+from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
+from museserve.engine.model_runner import Executor, ModelRunner
+from museserve.engine.request_state import RequestState
+from museserve.engine.sampler import make_generator, sample_batch
+from museserve.engine.scheduler import Scheduler, SchedulerLimits, SchedulerPlan
+from museserve.engine.sequence import Sequence
+from museserve.engine.stats import EngineStats, RequestPhase, RequestRecord
+from museserve.errors import Cancelled, DeadlineExceeded, Internal, MuseError, ResourceExhausted
+from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Active:
+    request: PreparedRequest
+    state: RequestState
+    record: RequestRecord
+    generator: torch.Generator
+    chunks: asyncio.Queue = field(default_factory=asyncio.Queue)  # GenerationChunk | MuseError
+    last_sent: float | None = None
+
+
+class MuseEngine:
+    def __init__(self, pool: PoolConfig, tokenizer: MuseTokenizer, executor: Executor | None = None):
+        self.pool = pool
+        self.tokenizer = tokenizer
+        engine = pool.engine
+        if executor is None:
+            executor = local_runner(pool, tokenizer)
+        self.executor = executor
+        self.blocks = BlockManager(
+            executor.num_blocks, engine.block_size, enable_prefix_caching=engine.enable_prefix_caching
+        )
+        limits = SchedulerLimits(
+            max_running=engine.max_running_requests,
+            max_waiting=engine.max_waiting_requests,
+            max_batched_tokens=engine.max_batched_tokens,
+            max_prefill_chunk=engine.max_prefill_chunk,
+        )
+        self.scheduler = Scheduler(limits, self.blocks)
+        self.stats = EngineStats()
+        self._active: dict[str, _Active] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool.name}")
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+        self._ensure_loop()
+        seq = Sequence(request.request_id, request.prompt_token_ids, cache_salt=request.tenant)
+        try:
+            self.scheduler.add(seq)
+        except ResourceExhausted:
+            self.stats.num_rejected += 1
+            raise
+        active = _Active(
+            request,
+            RequestState(request, self.tokenizer),
+            self.stats.admit(request.request_id, request.tenant),
+            make_generator(request.seed),
+        )
+        self._active[request.request_id] = active
+        self._wakeup.set()
+        phase = RequestPhase.CANCELLED
+        try:
+            while True:
+                item = await active.chunks.get()
+                if isinstance(item, MuseError):
+                    stopped = isinstance(item, (Cancelled, DeadlineExceeded))
+                    phase = RequestPhase.CANCELLED if stopped else RequestPhase.FAILED
+                    raise item
+                if item.finish is not None:
+                    phase = RequestPhase.FINISHED
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            self._finish(request.request_id, phase)
+
+    def abort(self, request_id: str) -> None:
+        """Ends a request now; its stream raises CANCELLED."""
+        active = self._active.get(request_id)
+        if active is not None:
+            active.chunks.put_nowait(Cancelled("the request was cancelled"))
+            self.scheduler.finish(request_id)
+
+    def _finish(self, request_id: str, phase: RequestPhase) -> None:
+        active = self._active.pop(request_id, None)
+        self.scheduler.finish(request_id)
+        if active is not None:
+            self.stats.end(active.record, phase)
+            logger.info(
+                "request %s tenant=%s %s after %d tokens (%d prompt, %d cached)",
+                request_id,
+                active.request.tenant,
+                phase,
+                active.record.generated_tokens,
+                active.request.num_prompt_tokens,
+                active.state.num_cached_tokens,
+            )
+
+    # -- the stepping loop --------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+            self._loop_task.add_done_callback(self._on_loop_end)
+
+    def _on_loop_end(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("the engine loop of pool %s failed", self.pool.name, exc_info=task.exception())
+        for request_id in list(self._active):  # no stream may wait on a dead loop
+            self._fail(request_id, Internal("the model replica's engine failed"))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.scheduler.has_work():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._expire_deadlines()
+            plan = self.scheduler.schedule()
+            if plan.is_empty:
+                await asyncio.sleep(0.001)  # nothing fits right now; let finishes free blocks
+                continue
+            self._mark_started(plan)
+            try:
+                logits = await loop.run_in_executor(self._worker, self.executor.execute, plan)
+                sampled = self._sample(plan, logits)
+            except Exception:
+                logger.exception("step of %d sequences failed", len(plan.sequences))
+                for item in plan.sequences:
+                    self._fail(item.request_id, Internal("the model step failed"))
+                continue
+            self.scheduler.update(plan, sampled)
+            self._postprocess(sampled)
+
+    def _mark_started(self, plan: SchedulerPlan) -> None:
+        for item in plan.sequences:
+            active = self._active.get(item.request_id)
+            if active is not None and active.record.phase is RequestPhase.WAITING:
+                self.stats.start(active.record)
+                active.state.num_cached_tokens = self.scheduler.get(item.request_id).num_cached_tokens
+
+    def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, int]:
+        ids = [item.request_id for item in plan.sequences if item.samples]
+        actives = [self._active.get(rid) for rid in ids]
+        # Requests that ended while the step ran (abort, deadline) get no token.
+        rows = [i for i, a in enumerate(actives) if a is not None and self.scheduler.get(ids[i]) is not None]
+        if not rows:
+            return {}
+        picked = sample_batch(
+            logits[rows],
+            temperatures=[actives[i].request.temperature for i in rows],
+            top_ps=[actives[i].request.top_p for i in rows],
+            top_ks=[actives[i].request.top_k for i in rows],
+            generators=[actives[i].generator for i in rows],
+        )
+        out = {}
+        for i, token in zip(rows, picked, strict=True):
+            forced = actives[i].state.forced_token()
+            out[ids[i]] = token if forced is None else forced
+        return out
+
+    def _postprocess(self, sampled: dict[str, int]) -> None:
+        now = time.monotonic()
+        interval = self.pool.engine.stream_interval_ms / 1000
+        context_length = self.pool.engine.context_length
+        for request_id, token in sampled.items():
+            active = self._active[request_id]
+            state = active.state
+            state.append(token)
+            self.stats.count_tokens(active.record, 1)
+            if state.finish is None and state.num_tokens >= context_length:
+                state.end_for_length()
+            if state.finish is not None:
+                self.scheduler.finish(request_id)  # blocks free now, not when the client reads
+            if state.finish is not None or active.last_sent is None or now - active.last_sent >= interval:
+                active.last_sent = now
+                active.chunks.put_nowait(state.take_chunk())
+
+    def _expire_deadlines(self) -> None:
+        now = time.time()
+        for request_id, active in list(self._active.items()):
+            if now > active.request.deadline_unix_s:
+                self._fail(request_id, DeadlineExceeded("the request ran past its deadline"))
+
+    def _fail(self, request_id: str, error: MuseError) -> None:
+        active = self._active.get(request_id)
+        if active is not None:
+            active.chunks.put_nowait(error)
+        self.scheduler.finish(request_id)
+
+    def shutdown(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer) -> ModelRunner:
+    """A runner in this process, its KV pool sized from the pool's memory budget."""
+    engine = pool.engine
+    model = load_pool_model(pool, tokenizer)
+    dtype = getattr(torch, pool.model.dtype)
+    num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(model.config, engine.block_size, dtype)
+    if num_blocks < 1:
+        raise ValueError(f"pool {pool.name}: engine.kv_cache_bytes holds no KV block of this model")
+    kv_pool = PagedKVPool(model.config, num_blocks, engine.block_size, dtype=dtype, device=torch.device("cpu"))
+    logger.info(
+        "pool %s: KV cache of %d blocks x %d tokens = %d tokens (%.1f MiB)",
+        pool.name,
+        num_blocks,
+        engine.block_size,
+        num_blocks * engine.block_size,
+        kv_pool.num_bytes / 2**20,
+    )
+    return ModelRunner(model, kv_pool)
+
+
+def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer) -> MuseForCausalLM:
+    spec = pool.model
+    if spec.load_format == "safetensors":
+        arch = load_config_json(spec.path)
+    else:
+        arch = MuseConfig.named(spec.size, vocab_size=tokenizer.vocab_size)
+    if arch.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
+    return build_model(
+        arch, load_format=spec.load_format, seed=spec.seed, dtype=getattr(torch, spec.dtype), path=spec.path
+    )

@@ -1,0 +1,186 @@
+"""Decides each step which sequences run and how many tokens each computes. No tensors.
+
+One step has a token budget. Running sequences come first, in priority order: a decode
+takes one token, an unfinished prefill takes the next chunk. When blocks run out, the
+lowest-priority running sequence is preempted (its blocks freed, recomputed later from
+the prefix cache where it survives). Waiting sequences are admitted in (priority,
+arrival) order while budget, blocks and the running cap allow; the first that does not
+fit stops admission, so a large prompt is not starved by small ones behind it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from museserve.engine.block_manager import BlockManager
+from museserve.engine.sequence import Sequence, SequenceStatus
+from museserve.errors import InvalidArgument, ResourceExhausted
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLimits:
+    max_running: int  # sequences in one batch
+    max_waiting: int  # queued beyond the running ones; more: RESOURCE_EXHAUSTED
+    max_batched_tokens: int  # token budget of one step (prefill chunks + decodes)
+    max_prefill_chunk: int  # most prompt tokens one sequence computes in one step
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSequence:
+    request_id: str
+    first_position: int  # position of the first token computed this step
+    token_ids: tuple[int, ...]  # the tokens computed this step, from first_position on
+    block_ids: tuple[int, ...]
+    samples: bool  # the step reaches the last known token, so it yields the next one
+
+    @property
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerPlan:
+    sequences: tuple[ScheduledSequence, ...]
+    preempted: tuple[str, ...]
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.sequences)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.sequences
+
+
+class Scheduler:
+    def __init__(self, limits: SchedulerLimits, blocks: BlockManager):
+        self.limits = limits
+        self.blocks = blocks
+        self.running: list[Sequence] = []  # kept in sort_key order
+        self._waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by sort_key
+        self._by_id: dict[str, Sequence] = {}
+        self._arrivals = itertools.count()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self._waiting)
+
+    def get(self, request_id: str) -> Sequence | None:
+        return self._by_id.get(request_id)
+
+    def add(self, seq: Sequence) -> None:
+        if seq.request_id in self._by_id:
+            raise InvalidArgument(f"request id {seq.request_id!r} is already in use", field="request_id")
+        if self.blocks.blocks_for(seq.num_tokens + 1) > self.blocks.num_blocks:
+            raise InvalidArgument("the prompt does not fit this replica's KV cache", field="messages")
+        if len(self._waiting) >= self.limits.max_waiting:
+            raise ResourceExhausted("the model replica's queue is full", retry_after_s=1.0)
+        seq.arrival = next(self._arrivals)
+        self._push_waiting(seq)
+        self._by_id[seq.request_id] = seq
+
+    def finish(self, request_id: str) -> Sequence | None:
+        """Removes a sequence (finished, aborted or failed) and frees its blocks at once."""
+        seq = self._by_id.pop(request_id, None)
+        if seq is None:
+            return None
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self._waiting = [(k, s) for k, s in self._waiting if s is not seq]
+            heapq.heapify(self._waiting)
+        self.blocks.free(seq)
+        self.blocks.forget(request_id)
+        seq.status = SequenceStatus.FINISHED
+        return seq
+
+    def schedule(self) -> SchedulerPlan:
+        budget = self.limits.max_batched_tokens
+        planned: list[tuple[Sequence, int]] = []
+        preempted: list[str] = []
+
+        for seq in list(self.running):
+            if seq.status is not SequenceStatus.RUNNING or budget == 0:
+                continue  # preempted earlier in this pass, or the budget is spent
+            num_new = self._next_chunk(seq, budget)
+            while not self.blocks.can_grow(seq, num_new):
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                budget += sum(n for s, n in planned if s is victim)
+                planned = [(s, n) for s, n in planned if s is not victim]
+                if victim is seq:
+                    break
+            if seq.status is SequenceStatus.RUNNING:
+                self.blocks.grow(seq, num_new)
+                planned.append((seq, num_new))
+                budget -= num_new
+
+        while self._waiting and budget > 0 and len(self.running) < self.limits.max_running and not preempted:
+            seq = self._waiting[0][1]
+            cached = self.blocks.cached_prefix(seq)
+            cached_tokens = len(cached) * self.blocks.block_size
+            num_new = min(seq.num_tokens - cached_tokens, budget, self.limits.max_prefill_chunk)
+            if not self.blocks.can_admit(seq, cached, num_new):
+                break
+            heapq.heappop(self._waiting)
+            self.blocks.admit(seq, cached, num_new)
+            seq.status = SequenceStatus.RUNNING
+            self._insert_running(seq)
+            planned.append((seq, num_new))
+            budget -= num_new
+
+        return SchedulerPlan(tuple(self._scheduled(seq, n) for seq, n in planned), tuple(preempted))
+
+    def _next_chunk(self, seq: Sequence, budget: int) -> int:
+        remaining = seq.num_uncomputed_tokens
+        if remaining > 1:  # still in prefill (a decode has exactly one uncomputed token)
+            remaining = min(remaining, self.limits.max_prefill_chunk)
+        return min(remaining, budget)
+
+    def _scheduled(self, seq: Sequence, num_new: int) -> ScheduledSequence:
+        first = seq.num_computed_tokens
+        return ScheduledSequence(
+            seq.request_id,
+            first,
+            tuple(seq.token_ids[first : first + num_new]),
+            tuple(seq.block_ids),
+            samples=first + num_new == seq.num_tokens,
+        )
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self._push_waiting(seq)
+
+    def _push_waiting(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        heapq.heappush(self._waiting, (seq.sort_key, seq))
+
+    def _insert_running(self, seq: Sequence) -> None:
+        index = len(self.running)
+        while index > 0 and self.running[index - 1].sort_key > seq.sort_key:
+            index -= 1
+        self.running.insert(index, seq)
+
+    def update(self, plan: SchedulerPlan, sampled: dict[str, int]) -> None:
+        """After the step ran: advance computed tokens, append sampled tokens, cache full blocks."""
+        for item in plan.sequences:
+            seq = self._by_id.get(item.request_id)
+            if seq is None or seq.status is not SequenceStatus.RUNNING:
+                continue  # finished or aborted while the step ran
+            seq.num_computed_tokens = item.first_position + item.num_new_tokens
+            if item.samples:
+                seq.append_token(sampled[item.request_id])
+            self.blocks.cache_computed_blocks(seq)

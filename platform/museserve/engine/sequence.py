@@ -1,0 +1,66 @@
+"""One request as the scheduler sees it: tokens, how many have KV, and its blocks.
+
+No tensors and no text: the scheduler and the block manager work on these alone.
+Invariant: `num_computed_tokens <= num_tokens`; KV for token i lives in block
+`block_ids[i // block_size]` at offset `i % block_size`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence as Seq
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: Seq[int],
+        *,
+        cache_salt: str,
+        priority: int = 0,
+    ):
+        if not prompt_token_ids:
+            raise ValueError("a sequence needs at least one prompt token")
+        self.request_id = request_id
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.cache_salt = cache_salt  # prefix-cache namespace: one per tenant
+        self.priority = priority  # lower runs first
+        self.arrival = 0  # set by the scheduler on arrival; ties within a priority: earlier first
+        self.status = SequenceStatus.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at first admission
+        self.num_preemptions = 0
+        self.block_ids: list[int] = []
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        return (self.priority, self.arrival)
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, blocks={len(self.block_ids)})"
+        )

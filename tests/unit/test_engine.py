@@ -1,0 +1,230 @@
+"""The engine against a plain full-recompute decode of the same weights, token for token."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+
+import pytest
+import torch
+
+from museserve.config import PoolConfig
+from museserve.domain import Mode
+from museserve.engine.block_manager import BlockManager
+from museserve.engine.engine import MuseEngine, load_pool_model
+from museserve.engine.kv_pool import PagedKVPool
+from museserve.engine.model_runner import ModelRunner
+from museserve.engine.request_state import RequestState
+from museserve.engine.scheduler import Scheduler, SchedulerLimits
+from museserve.engine.sequence import Sequence
+from museserve.errors import DeadlineExceeded
+from museserve.messages import PreparedRequest
+from museserve.model import MuseForCausalLM, SequenceKVCache
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+
+def pool_config(**engine) -> PoolConfig:
+    defaults = {
+        "context_length": 20_000,
+        "max_output_tokens": 256,
+        "default_max_output_tokens": 16,
+        "max_running_requests": 8,
+        "max_waiting_requests": 16,
+        "max_batched_tokens": 64,
+        "max_prefill_chunk": 24,
+        "block_size": 4,
+        "kv_cache_bytes": 1 << 20,
+        "stream_interval_ms": 0,
+    }
+    return PoolConfig(name="muse-test", engine={**defaults, **engine})
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> MuseTokenizer:
+    return MuseTokenizer.load(None)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: MuseTokenizer) -> MuseForCausalLM:
+    return load_pool_model(pool_config(), tokenizer)
+
+
+def random_prompt(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(32, 8000) for _ in range(n)]  # ordinary tokens: no control ids
+
+
+@torch.inference_mode()
+def greedy_reference(model: MuseForCausalLM, prompt: list[int], n: int) -> list[int]:
+    """Full recompute of every step over the whole sequence: no cache at all."""
+    tokens = list(prompt)
+    for _ in range(n):
+        cache = SequenceKVCache.for_model(model.config)
+        logits = model.logits_for_tokens(torch.tensor(tokens), torch.arange(len(tokens)), cache)
+        tokens.append(int(logits[-1].argmax()))
+    return tokens[len(prompt) :]
+
+
+def run_core(model: MuseForCausalLM, prompts: dict[str, list[int]], n: int, *, num_blocks: int, late: dict) -> tuple:
+    """Scheduler + block manager + paged runner, greedy, as the engine loop drives them."""
+    blocks = BlockManager(num_blocks, 4)
+    scheduler = Scheduler(SchedulerLimits(8, 16, max_batched_tokens=40, max_prefill_chunk=16), blocks)
+    pool = PagedKVPool(model.config, num_blocks, 4, dtype=torch.float32, device=torch.device("cpu"))
+    runner = ModelRunner(model, pool)
+    for rid, prompt in prompts.items():
+        scheduler.add(Sequence(rid, prompt, cache_salt="tenant-a"))
+    outputs: dict[str, list[int]] = {rid: [] for rid in [*prompts, *late]}
+    preemptions, step = 0, 0
+    while scheduler.has_work():
+        plan = scheduler.schedule()
+        preemptions += len(plan.preempted)
+        logits = runner.execute(plan)
+        sampling = [item.request_id for item in plan.sequences if item.samples]
+        sampled = {rid: int(logits[i].argmax()) for i, rid in enumerate(sampling)}
+        scheduler.update(plan, sampled)
+        for rid, token in sampled.items():
+            outputs[rid].append(token)
+            if len(outputs[rid]) == n:
+                scheduler.finish(rid)
+        step += 1
+        for rid, prompt in list(late.items()):
+            if step == 3:
+                scheduler.add(Sequence(rid, prompt, cache_salt="tenant-a"))
+                del late[rid]
+        assert step < 10_000, "no progress"
+    return outputs, preemptions, blocks
+
+
+def test_paged_batch_equals_full_recompute_with_chunks_and_prefix_hits(model: MuseForCausalLM):
+    rng = random.Random(1)
+    prompts = {f"r{i}": random_prompt(rng, n) for i, n in enumerate([3, 17, 40, 9, 64])}
+    late = {"shares-prefix": prompts["r2"][:33] + [11, 12, 13]}  # 8 full blocks of r2 are cached by then
+    expected = {rid: greedy_reference(model, p, 10) for rid, p in {**prompts, **late}.items()}
+    outputs, preemptions, blocks = run_core(model, prompts, 10, num_blocks=256, late=dict(late))
+    assert outputs == expected
+    assert preemptions == 0
+    assert blocks.prefix_hits >= 32
+    assert blocks.num_free_blocks == blocks.num_blocks
+
+
+def test_paged_batch_equals_full_recompute_across_preemption(model: MuseForCausalLM):
+    rng = random.Random(2)
+    prompts = {f"r{i}": random_prompt(rng, n) for i, n in enumerate([30, 30, 30, 30])}
+    expected = {rid: greedy_reference(model, p, 12) for rid, p in prompts.items()}
+    # 40 blocks of 4 tokens cannot hold four sequences of 42 tokens at once.
+    outputs, preemptions, blocks = run_core(model, prompts, 12, num_blocks=40, late={})
+    assert preemptions > 0
+    assert outputs == expected
+    assert blocks.num_free_blocks == blocks.num_blocks
+
+
+def prepared(request_id: str, prompt: list[int], **overrides) -> PreparedRequest:
+    fields = dict(
+        request_id=request_id,
+        tenant="tenant-a",
+        pool="muse-test",
+        prompt_token_ids=tuple(prompt),
+        mode=Mode.INSTANT,
+        thinking_budget=0,
+        max_output_tokens=12,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        seed=None,
+        stop=(),
+        deadline_unix_s=time.time() + 60,
+    )
+    fields.update(overrides)
+    return PreparedRequest(**fields)
+
+
+def reference_text(model: MuseForCausalLM, tokenizer: MuseTokenizer, request: PreparedRequest) -> str:
+    state = RequestState(request, tokenizer)
+    for token in greedy_reference(model, list(request.prompt_token_ids), request.max_output_tokens):
+        state.append(token)
+        if state.finish is not None:
+            break
+    return state.take_chunk().text
+
+
+async def collect(engine: MuseEngine, request: PreparedRequest) -> tuple[str, object]:
+    text, usage = [], None
+    async for chunk in engine.generate(request):
+        text.append(chunk.text)
+        usage = chunk.usage or usage
+    return "".join(text), usage
+
+
+async def test_engine_streams_equal_the_reference_for_concurrent_requests(model, tokenizer):
+    engine = MuseEngine(pool_config(), tokenizer)
+    rng = random.Random(3)
+    requests = [prepared(f"c{i}", random_prompt(rng, n)) for i, n in enumerate([5, 31, 60, 12, 47, 8])]
+    try:
+        results = await asyncio.gather(*(collect(engine, r) for r in requests))
+    finally:
+        engine.shutdown()
+    for request, (text, usage) in zip(requests, results, strict=True):
+        assert text == reference_text(model, tokenizer, request)
+        assert usage.prompt_tokens == request.num_prompt_tokens
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+async def test_same_seed_same_text_alone_and_in_a_busy_batch(tokenizer):
+    engine = MuseEngine(pool_config(), tokenizer)
+    rng = random.Random(4)
+    prompt = random_prompt(rng, 20)
+    seeded = dict(temperature=1.0, top_p=0.9, seed=1234, max_output_tokens=24)
+    try:
+        alone, _ = await collect(engine, prepared("alone", prompt, **seeded))
+        noise = [prepared(f"noise{i}", random_prompt(rng, 10 + i), temperature=1.0) for i in range(6)]
+        busy = await asyncio.gather(
+            collect(engine, prepared("busy", prompt, **seeded)), *(collect(engine, r) for r in noise)
+        )
+    finally:
+        engine.shutdown()
+    assert busy[0][0] == alone
+
+
+async def test_second_turn_reuses_the_prefix_and_reports_cached_tokens(tokenizer):
+    engine = MuseEngine(pool_config(), tokenizer)
+    prompt = random_prompt(random.Random(5), 40)
+    try:
+        _, first = await collect(engine, prepared("turn1", prompt))
+        _, second = await collect(engine, prepared("turn2", prompt + [100, 101, 102]))
+        _, other_tenant = await collect(engine, prepared("tenant-b", prompt, tenant="tenant-b"))
+    finally:
+        engine.shutdown()
+    assert first.cached_tokens == 0
+    assert second.cached_tokens == 40  # ten full blocks of 4
+    assert other_tenant.cached_tokens == 0  # the cache is salted per tenant
+
+
+async def test_a_16k_token_prompt_runs_through_chunked_prefill(tokenizer):
+    pool = pool_config(block_size=16, kv_cache_bytes=16 << 20, max_batched_tokens=2048, max_prefill_chunk=2048)
+    engine = MuseEngine(pool, tokenizer)
+    prompt = random_prompt(random.Random(6), 16_384)
+    try:
+        text, usage = await collect(engine, prepared("long", prompt, max_output_tokens=4))
+    finally:
+        engine.shutdown()
+    assert usage.prompt_tokens == 16_384
+    assert 1 <= usage.output_tokens <= 4
+
+
+async def test_abort_and_deadline_free_blocks_at_once(tokenizer):
+    engine = MuseEngine(pool_config(), tokenizer)
+    prompt = random_prompt(random.Random(7), 30)
+    try:
+        stream = engine.generate(prepared("aborted", prompt, max_output_tokens=200))
+        await stream.__anext__()
+        await stream.aclose()  # the client went away
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+        late = dataclasses.replace(prepared("late", prompt), deadline_unix_s=time.time() - 1)
+        with pytest.raises(DeadlineExceeded):
+            await collect(engine, late)
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    finally:
+        engine.shutdown()
+    assert engine.stats.recent["aborted"].phase.value == "cancelled"
+    assert engine.stats.recent["late"].phase.value == "cancelled"
