@@ -103,6 +103,10 @@ class SamplingParams:
     seed: int | None = None
     max_output_tokens: int | None = None  # None: the pool's default
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1.0 is off
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from museserve.engine.scheduler import Scheduler, SchedulerLimits
 from museserve.engine.sequence import Sequence
 from museserve.errors import DeadlineExceeded
 from museserve.messages import PreparedRequest
+from museserve.metrics import EngineMetrics
 from museserve.model import MuseForCausalLM, SequenceKVCache
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -228,3 +229,39 @@ async def test_abort_and_deadline_free_blocks_at_once(tokenizer):
         engine.shutdown()
     assert engine.stats.recent["aborted"].phase.value == "cancelled"
     assert engine.stats.recent["late"].phase.value == "cancelled"
+
+
+class RecordingMetrics(EngineMetrics):
+    def __init__(self) -> None:
+        super().__init__("muse-test")
+        self.calls: list[tuple] = []
+
+    def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
+        self.calls.append(("scheduled", prompt_tokens, cached_tokens))
+
+    def token(self, since_last_s: float, first: bool) -> None:
+        assert since_last_s >= 0
+        self.calls.append(("ttft" if first else "itl",))
+
+    def ended(self, e2e_s: float, reason: str) -> None:
+        self.calls.append(("ended", reason))
+
+    def step(self, running: int, waiting: int, kv_usage: float) -> None:
+        assert 0.0 <= kv_usage <= 1.0
+        self.calls.append(("step",))
+
+
+async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
+    metrics = RecordingMetrics()
+    engine = MuseEngine(pool_config(), tokenizer, metrics=metrics)
+    prompt = random_prompt(random.Random(8), 12)
+    try:
+        _, usage = await collect(engine, prepared("measured", prompt, max_output_tokens=6))
+    finally:
+        engine.shutdown()
+    kinds = [c[0] for c in metrics.calls if c[0] != "step"]
+    generated = usage.output_tokens
+    assert kinds == ["scheduled", "ttft", *["itl"] * (generated - 1), "ended"]
+    assert ("scheduled", 12, 0) in metrics.calls
+    assert metrics.calls[-1] == ("ended", "length" if generated == 6 else "stop")
+    assert ("step",) in metrics.calls

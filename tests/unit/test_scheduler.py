@@ -485,9 +485,7 @@ def check_state(sched: Scheduler, live: dict[str, Request]) -> None:
             assert seq.num_computed_tokens == 0
 
 
-def check_and_write_kv(
-    sched: Scheduler, plan: SchedulerPlan, kv: dict[tuple[int, int], tuple[str, int]]
-) -> None:
+def check_and_write_kv(sched: Scheduler, plan: SchedulerPlan, kv: dict[tuple[int, int], tuple[str, int]]) -> None:
     """Every position a step attends to must hold this request's own token (and tenant);
     then the step writes the positions it computes."""
     bs = sched.blocks.block_size

@@ -119,6 +119,10 @@ def _sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
         seed=s.seed if s.HasField("seed") else None,
         max_output_tokens=s.max_output_tokens if s.HasField("max_output_tokens") else None,
         stop=tuple(s.stop),
+        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else 0.0,
+        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else 0.0,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+        stop_token_ids=tuple(s.stop_token_ids),
     )
 
 

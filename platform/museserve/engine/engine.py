@@ -20,6 +20,7 @@ import torch
 from museserve.config import PoolConfig
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
+from museserve.engine.logits_processors import LogitsProcessor, processors_for
 from museserve.engine.model_runner import Executor, ModelRunner
 from museserve.engine.request_state import RequestState
 from museserve.engine.sampler import make_generator, sample_batch
@@ -28,6 +29,7 @@ from museserve.engine.sequence import Sequence
 from museserve.engine.stats import EngineStats, RequestPhase, RequestRecord
 from museserve.errors import Cancelled, DeadlineExceeded, Internal, MuseError, ResourceExhausted
 from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.metrics import EngineMetrics
 from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -40,13 +42,23 @@ class _Active:
     state: RequestState
     record: RequestRecord
     generator: torch.Generator
+    processors: tuple[LogitsProcessor, ...]
+    arrival: float = field(default_factory=time.monotonic)
     chunks: asyncio.Queue = field(default_factory=asyncio.Queue)  # GenerationChunk | MuseError
     last_sent: float | None = None
+    last_token_at: float | None = None
 
 
 class MuseEngine:
-    def __init__(self, pool: PoolConfig, tokenizer: MuseTokenizer, executor: Executor | None = None):
+    def __init__(
+        self,
+        pool: PoolConfig,
+        tokenizer: MuseTokenizer,
+        executor: Executor | None = None,
+        metrics: EngineMetrics | None = None,
+    ):
         self.pool = pool
+        self.metrics = metrics or EngineMetrics(pool.name)
         self.tokenizer = tokenizer
         engine = pool.engine
         if executor is None:
@@ -83,6 +95,7 @@ class MuseEngine:
             RequestState(request, self.tokenizer),
             self.stats.admit(request.request_id, request.tenant),
             make_generator(request.seed),
+            processors_for(request),
         )
         self._active[request.request_id] = active
         self._wakeup.set()
@@ -114,6 +127,8 @@ class MuseEngine:
         self.scheduler.finish(request_id)
         if active is not None:
             self.stats.end(active.record, phase)
+            reason = str(active.state.finish) if phase is RequestPhase.FINISHED else str(phase)
+            self.metrics.ended(time.monotonic() - active.arrival, reason)
             logger.info(
                 "request %s tenant=%s %s after %d tokens (%d prompt, %d cached)",
                 request_id,
@@ -148,6 +163,7 @@ class MuseEngine:
                 continue
             self._expire_deadlines()
             plan = self.scheduler.schedule()
+            self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage)
             if plan.is_empty:
                 await asyncio.sleep(0.001)  # nothing fits right now; let finishes free blocks
                 continue
@@ -168,7 +184,10 @@ class MuseEngine:
             active = self._active.get(item.request_id)
             if active is not None and active.record.phase is RequestPhase.WAITING:
                 self.stats.start(active.record)
-                active.state.num_cached_tokens = self.scheduler.get(item.request_id).num_cached_tokens
+                cached = self.scheduler.get(item.request_id).num_cached_tokens
+                active.state.num_cached_tokens = cached
+                queue_s = time.monotonic() - active.arrival
+                self.metrics.scheduled_first(queue_s, active.request.num_prompt_tokens, cached)
 
     def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, int]:
         ids = [item.request_id for item in plan.sequences if item.samples]
@@ -177,8 +196,15 @@ class MuseEngine:
         rows = [i for i, a in enumerate(actives) if a is not None and self.scheduler.get(ids[i]) is not None]
         if not rows:
             return {}
+        logits = logits[rows]
+        for row, i in enumerate(rows):
+            if actives[i].processors:
+                seq = self.scheduler.get(ids[i])
+                prompt, output = seq.token_ids[: seq.num_prompt_tokens], seq.token_ids[seq.num_prompt_tokens :]
+                for processor in actives[i].processors:
+                    logits[row] = processor(prompt, output, logits[row])
         picked = sample_batch(
-            logits[rows],
+            logits,
             temperatures=[actives[i].request.temperature for i in rows],
             top_ps=[actives[i].request.top_p for i in rows],
             top_ks=[actives[i].request.top_k for i in rows],
@@ -199,6 +225,9 @@ class MuseEngine:
             state = active.state
             state.append(token)
             self.stats.count_tokens(active.record, 1)
+            first = active.last_token_at is None
+            self.metrics.token(now - (active.arrival if first else active.last_token_at), first)
+            active.last_token_at = now
             if state.finish is None and state.num_tokens >= context_length:
                 state.end_for_length()
             if state.finish is not None:

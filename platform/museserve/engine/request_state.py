@@ -18,7 +18,7 @@ class RequestState:
     def __init__(self, request: PreparedRequest, tokenizer: MuseTokenizer):
         self.request = request
         self._think_end_id = tokenizer.think_end_id
-        self._end_ids = frozenset((tokenizer.eos_id, tokenizer.end_id))
+        self._end_ids = frozenset((tokenizer.eos_id, tokenizer.end_id, *request.stop_token_ids))
         self.in_reasoning = request.thinking_budget > 0  # the template opened the segment
         self.reasoning_tokens = 0
         self.output_tokens = 0

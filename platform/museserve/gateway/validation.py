@@ -25,6 +25,7 @@ from museserve.errors import InvalidArgument
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_AGENTS, MAX_AGENTS = 2, 8
+MAX_STOP_TOKEN_IDS = 16
 
 
 def validate_request(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
@@ -106,6 +107,18 @@ def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimit
         raise InvalidArgument(f"must be between 1 and {cap} for model {pool.name}", field="sampling.max_output_tokens")
     if len(s.stop) > limits.max_stop_strings:
         raise InvalidArgument(f"at most {limits.max_stop_strings} stop strings are allowed", field="sampling.stop")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -2.0 <= getattr(s, name) <= 2.0:
+            raise InvalidArgument("must be between -2 and 2", field=f"sampling.{name}")
+    if not 0.0 < s.repetition_penalty <= 2.0:
+        raise InvalidArgument("must be in (0, 2]", field="sampling.repetition_penalty")
+    if len(s.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidArgument(
+            f"at most {MAX_STOP_TOKEN_IDS} stop token ids are allowed", field="sampling.stop_token_ids"
+        )
+    for i, token_id in enumerate(s.stop_token_ids):
+        if token_id < 0:
+            raise InvalidArgument("must not be negative", field=f"sampling.stop_token_ids[{i}]")
     for i, stop in enumerate(s.stop):
         if not stop or len(stop) > limits.max_stop_string_chars:
             raise InvalidArgument(

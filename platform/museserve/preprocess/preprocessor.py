@@ -66,7 +66,20 @@ class Preprocessor:
             seed=s.seed,
             stop=s.stop,
             deadline_unix_s=time.time() + self._request_timeout_s,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty,
+            stop_token_ids=self._checked_stop_token_ids(s.stop_token_ids),
         )
+
+    def _checked_stop_token_ids(self, token_ids: tuple[int, ...]) -> tuple[int, ...]:
+        for i, token_id in enumerate(token_ids):
+            if token_id >= self.tokenizer.vocab_size:
+                raise InvalidArgument(
+                    f"{token_id} is not a token of this model (vocabulary of {self.tokenizer.vocab_size})",
+                    field=f"sampling.stop_token_ids[{i}]",
+                )
+        return token_ids
 
     def _render(self, request: ChatRequest, thinking_enabled: bool) -> list[int]:
         self._check_media(request)

@@ -1,0 +1,134 @@
+"""Prometheus metrics, exported through Ray's metrics agent on every node.
+
+Names and buckets follow the conventions of the LLM-serving field (vLLM's set, with the
+`museserve_` prefix; Ray's exporter adds `ray_`), labelled by `model` (the pool). Outside
+a Ray worker the objects accept observations and export nothing, so plain classes can
+always record.
+"""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+TTFT_BUCKETS = [
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+]
+ITL_BUCKETS = [
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+]
+REQUEST_BUCKETS = [
+    0.01,
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+]
+
+_MODEL = ("model",)
+
+
+class EngineMetrics:
+    """What one model replica's engine reports; every method is cheap (no I/O)."""
+
+    def __init__(self, model: str):
+        self._tags = {"model": model}
+        self.ttft = Histogram("museserve_time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS, _MODEL)
+        self.itl = Histogram("museserve_inter_token_latency_seconds", "Time between tokens.", ITL_BUCKETS, _MODEL)
+        self.e2e = Histogram("museserve_e2e_request_latency_seconds", "Arrival to last token.", REQUEST_BUCKETS, _MODEL)
+        self.queue = Histogram(
+            "museserve_request_queue_time_seconds", "Arrival to first schedule.", REQUEST_BUCKETS, _MODEL
+        )
+        self.prompt_tokens = Counter("museserve_prompt_tokens_total", "Prompt tokens of admitted requests.", _MODEL)
+        self.generation_tokens = Counter("museserve_generation_tokens_total", "Tokens generated.", _MODEL)
+        self.finished = Counter(
+            "museserve_request_success_total", "Requests ended, by finish reason.", ("model", "finished_reason")
+        )
+        self.running = Gauge("museserve_num_requests_running", "Requests in the running batch.", _MODEL)
+        self.waiting = Gauge("museserve_num_requests_waiting", "Requests waiting to be scheduled.", _MODEL)
+        self.kv_usage = Gauge("museserve_kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0-1).", _MODEL)
+        self.prefix_queries = Counter(
+            "museserve_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", _MODEL
+        )
+        self.prefix_hits = Counter(
+            "museserve_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", _MODEL
+        )
+
+    def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
+        self.queue.observe(queue_s, self._tags)
+        self.prompt_tokens.inc(prompt_tokens, self._tags)
+        self.prefix_queries.inc(prompt_tokens, self._tags)
+        if cached_tokens:
+            self.prefix_hits.inc(cached_tokens, self._tags)
+
+    def token(self, since_last_s: float, first: bool) -> None:
+        (self.ttft if first else self.itl).observe(since_last_s, self._tags)
+        self.generation_tokens.inc(1, self._tags)
+
+    def ended(self, e2e_s: float, reason: str) -> None:
+        self.e2e.observe(e2e_s, self._tags)
+        self.finished.inc(1, {**self._tags, "finished_reason": reason})
+
+    def step(self, running: int, waiting: int, kv_usage: float) -> None:
+        self.running.set(running, self._tags)
+        self.waiting.set(waiting, self._tags)
+        self.kv_usage.set(kv_usage, self._tags)
