@@ -45,13 +45,11 @@ class Engine:
 
     sched: Scheduler
     steps: int = 0
-    plans: list[SchedulerPlan] = field(default_factory=list)
 
     def step(self) -> SchedulerPlan:
         plan = self.sched.schedule()
         sampled = {s.request_id: self.token() for s in plan.sequences if s.samples}
         self.sched.update(plan, sampled)
-        self.plans.append(plan)
         self.steps += 1
         return plan
 
@@ -84,6 +82,7 @@ def test_single_request_prefills_in_chunks_then_decodes() -> None:
         plan = engine.step()
         assert shape(plan) == {"a": (first, num_new, samples)}
         item = plan.sequences[0]
+        assert list(item.token_ids) == seq.token_ids[first : first + num_new]
         assert len(item.block_ids) == sched.blocks.blocks_for(first + num_new)
         assert item.block_ids[: len(previous_blocks)] == previous_blocks  # blocks only grow
         previous_blocks = item.block_ids
@@ -138,7 +137,8 @@ def test_budget_caps_decodes_too() -> None:
         submit(sched, f"r{i}", [i])
     for _ in range(6):
         plan = engine.step()
-        assert 0 < plan.num_batched_tokens <= 2
+        assert plan.num_batched_tokens == 2
+        assert [s.num_new_tokens for s in plan.sequences] == [1, 1]
 
 
 # -- admission limits and errors -------------------------------------------------------
@@ -186,6 +186,16 @@ def test_prompt_that_cannot_fit_the_cache_is_invalid() -> None:
     assert sched.num_waiting == 1
 
 
+def test_request_whose_output_could_outgrow_the_cache_is_invalid() -> None:
+    """Admitted, it would preempt itself forever once its tokens filled the whole cache."""
+    sched = make_scheduler(num_blocks=4, block_size=4)
+    with pytest.raises(InvalidArgument) as info:
+        sched.add(Sequence("long-output", list(range(8)), cache_salt="t", max_num_tokens=17))
+    assert info.value.field == "sampling.max_output_tokens"
+    sched.add(Sequence("fits", list(range(8)), cache_salt="t", max_num_tokens=16))
+    assert sched.num_waiting == 1
+
+
 def test_duplicate_request_id_is_invalid_until_finished() -> None:
     sched = make_scheduler()
     submit(sched, "a", [1, 2])
@@ -217,7 +227,18 @@ def test_admission_follows_priority_then_arrival() -> None:
     assert order == ["top", "high-1", "high-2", "late-low"]
 
 
-def test_running_order_prefers_priority_for_the_budget() -> None:
+def test_spent_budget_skips_remaining_running_sequences() -> None:
+    sched = make_scheduler(max_batched_tokens=4, max_prefill_chunk=4)
+    engine = Engine(sched)
+    submit(sched, "decode", [1], priority=1)
+    engine.step()
+    submit(sched, "prefill", range(100, 120), priority=0)
+    assert shape(engine.step()) == {"decode": (1, 1, True), "prefill": (0, 3, False)}
+    plan = engine.step()  # the higher-priority prefill chunk takes the whole budget
+    assert shape(plan) == {"prefill": (3, 4, False)}
+
+
+def test_running_decodes_take_the_budget_before_waiting_requests() -> None:
     sched = make_scheduler(max_batched_tokens=1, max_running=4)
     engine = Engine(sched)
     submit(sched, "low", [1], priority=3)
@@ -227,6 +248,19 @@ def test_running_order_prefers_priority_for_the_budget() -> None:
     assert sched.get("high").status is SequenceStatus.WAITING
     sched.finish("low")
     assert set(shape(engine.step())) == {"high"}
+
+
+def test_later_higher_priority_request_is_kept_over_an_earlier_one() -> None:
+    sched = make_scheduler(num_blocks=5, block_size=2)
+    engine = Engine(sched)
+    submit(sched, "low", [1, 2, 3, 4], priority=5)
+    engine.step()
+    submit(sched, "high", [5, 6, 7, 8], priority=0)
+    assert shape(engine.step()) == {"low": (4, 1, True), "high": (0, 4, True)}
+    assert [seq.request_id for seq in sched.running] == ["high", "low"]
+    plan = engine.step()  # "high" needs a third block: "low" makes room although it came first
+    assert plan.preempted == ("low",)
+    assert shape(plan) == {"high": (4, 1, True)}
 
 
 def test_head_of_line_blocks_smaller_requests_behind_it() -> None:
@@ -281,6 +315,7 @@ def test_preemption_evicts_lowest_priority_and_resume_recomputes_outputs() -> No
     assert item is not None
     # The whole prompt and the token generated before preemption are computed again.
     assert (item.first_position, item.num_new_tokens, item.samples) == (0, 4, True)
+    assert item.token_ids == (10, 11, 12, 1000)
     assert b.token_ids == [10, 11, 12, 1000, 1000 + engine.steps - 1]
     assert b.num_preemptions == 1
     assert b.num_cached_tokens == 0
@@ -304,7 +339,7 @@ def test_preempted_sequence_resumes_from_surviving_prefix_blocks() -> None:
     assert c.status is SequenceStatus.WAITING
 
     engine.step()  # "c" cannot come back yet
-    engine.step()  # "a" grows into c's most recently computed block (the tail), evicting it
+    engine.step()  # "a" grows into the block "c" freed first (its tail), evicting it
     assert c.status is SequenceStatus.WAITING
     assert len(a.block_ids) == 5
     sched.finish("a")
@@ -315,23 +350,27 @@ def test_preempted_sequence_resumes_from_surviving_prefix_blocks() -> None:
     # Its two head blocks survived; the evicted tail (two generated tokens) and the last
     # generated token are recomputed.
     assert (item.first_position, item.num_new_tokens, item.samples) == (4, 3, True)
+    assert item.token_ids == (1000, 1001, 1002)
     assert list(item.block_ids[:2]) == head
     assert c.num_cached_tokens == 0  # only the first admission counts
     assert sched.blocks.prefix_hits == hits_before
     assert c.num_preemptions == 1
 
 
-def test_preempting_itself_when_it_is_the_lowest_priority() -> None:
-    sched = make_scheduler(num_blocks=4, block_size=2)
+def test_lowest_priority_sequence_preempts_only_itself() -> None:
+    sched = make_scheduler(num_blocks=3, block_size=2, max_batched_tokens=4, max_prefill_chunk=8)
     engine = Engine(sched)
-    submit(sched, "a", [1, 2, 3, 4], priority=0)
-    low = submit(sched, "low", [5, 6, 7, 8], priority=9)
-    engine.step()
-    plan = engine.step()  # both need a third block, only "a" gets one
+    a = submit(sched, "a", [1, 2, 3], priority=0)
+    low = submit(sched, "low", [4, 5, 6, 7, 8], priority=1)
+    assert shape(engine.step()) == {"a": (0, 3, True), "low": (0, 1, False)}
+    assert sched.blocks.num_free_blocks == 0
+    plan = engine.step()  # low's next chunk needs a block: it gives up its own, "a" keeps running
     assert plan.preempted == ("low",)
-    assert set(shape(plan)) == {"a"}
+    assert shape(plan) == {"a": (3, 1, True)}
+    assert a.status is SequenceStatus.RUNNING
+    assert low.status is SequenceStatus.WAITING
     assert low.num_preemptions == 1
-    assert plan.num_batched_tokens == 1
+    assert a.num_preemptions == 0
 
 
 def test_no_admission_in_a_step_that_preempted() -> None:
@@ -362,6 +401,20 @@ def test_cached_tokens_are_recorded_at_first_admission() -> None:
     assert other_tenant.num_cached_tokens == 0
     assert sched.blocks.prefix_hits == 8
     assert sched.blocks.prefix_queries == 9 + 10 + 10
+
+
+def test_finishing_a_waiting_request_keeps_admission_order() -> None:
+    sched = make_scheduler(max_running=1)
+    engine = Engine(sched)
+    for rid, priority in [("p0", 0), ("p5", 5), ("p1", 1), ("p6", 6), ("p7", 7), ("p2", 2)]:
+        submit(sched, rid, [priority + 1], priority=priority)
+    sched.finish("p0")
+    order = []
+    while sched.has_work():
+        (item,) = engine.step().sequences
+        order.append(item.request_id)
+        sched.finish(item.request_id)
+    assert order == ["p1", "p2", "p5", "p6", "p7"]
 
 
 # -- finishing -------------------------------------------------------------------------
@@ -406,6 +459,18 @@ def test_finish_of_a_preempted_request_removes_it_from_the_queue() -> None:
     sched.finish("a")
     assert sched.blocks.num_free_blocks == 4
     assert held_refs(sched) == 0
+
+
+def test_reused_request_id_does_not_inherit_the_old_prefix() -> None:
+    sched = make_scheduler(block_size=4)
+    engine = Engine(sched)
+    submit(sched, "a", range(9))
+    engine.step()
+    sched.finish("a")
+    fresh = submit(sched, "a", range(100, 109))
+    assert shape(engine.step()) == {"a": (0, 9, True)}
+    assert fresh.num_cached_tokens == 0
+    assert sched.blocks.prefix_hits == 0
 
 
 def test_update_ignores_requests_finished_during_the_step() -> None:
@@ -455,6 +520,7 @@ def check_plan(sched: Scheduler, plan: SchedulerPlan) -> None:
         end = item.first_position + item.num_new_tokens
         assert end <= seq.num_tokens
         assert item.samples == (end == seq.num_tokens)
+        assert list(item.token_ids) == seq.token_ids[item.first_position : end]
         assert item.block_ids == tuple(seq.block_ids)
         assert len(item.block_ids) >= sched.blocks.blocks_for(end)
     for rid in plan.preempted:
@@ -495,8 +561,8 @@ def check_and_write_kv(sched: Scheduler, plan: SchedulerPlan, kv: dict[tuple[int
         for pos in range(item.first_position):
             slot = (item.block_ids[pos // bs], pos % bs)
             assert kv.get(slot) == (seq.cache_salt, seq.token_ids[pos]), (item.request_id, pos)
-        for pos in range(item.first_position, item.first_position + item.num_new_tokens):
-            kv[(item.block_ids[pos // bs], pos % bs)] = (seq.cache_salt, seq.token_ids[pos])
+        for pos, token in enumerate(item.token_ids, start=item.first_position):
+            kv[(item.block_ids[pos // bs], pos % bs)] = (seq.cache_salt, token)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -84,7 +84,13 @@ class MuseEngine:
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         self._ensure_loop()
-        seq = Sequence(request.request_id, request.prompt_token_ids, cache_salt=request.tenant)
+        reasoning = request.thinking_budget + 1 if request.thinking_budget else 0
+        seq = Sequence(
+            request.request_id,
+            request.prompt_token_ids,
+            cache_salt=request.tenant,
+            max_num_tokens=request.num_prompt_tokens + reasoning + request.max_output_tokens,
+        )
         try:
             self.scheduler.add(seq)
         except ResourceExhausted:

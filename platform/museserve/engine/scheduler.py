@@ -80,8 +80,13 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         if seq.request_id in self._by_id:
             raise InvalidArgument(f"request id {seq.request_id!r} is already in use", field="request_id")
-        if self.blocks.blocks_for(seq.num_tokens + 1) > self.blocks.num_blocks:
-            raise InvalidArgument("the prompt does not fit this replica's KV cache", field="messages")
+        # A sequence that could outgrow the whole cache would preempt itself forever.
+        if self.blocks.blocks_for(seq.max_num_tokens) > self.blocks.num_blocks:
+            capacity = self.blocks.num_blocks * self.blocks.block_size
+            raise InvalidArgument(
+                f"prompt and output need {seq.max_num_tokens} tokens of KV cache; this replica holds {capacity}",
+                field="sampling.max_output_tokens" if seq.num_tokens < capacity else "messages",
+            )
         if len(self._waiting) >= self.limits.max_waiting:
             raise ResourceExhausted("the model replica's queue is full", retry_after_s=1.0)
         seq.arrival = next(self._arrivals)
@@ -113,11 +118,10 @@ class Scheduler:
                 continue  # preempted earlier in this pass, or the budget is spent
             num_new = self._next_chunk(seq, budget)
             while not self.blocks.can_grow(seq, num_new):
+                # The lowest-priority running sequence: `seq` itself or one not planned yet.
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted.append(victim.request_id)
-                budget += sum(n for s, n in planned if s is victim)
-                planned = [(s, n) for s, n in planned if s is not victim]
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:

@@ -25,9 +25,12 @@ class Sequence:
         *,
         cache_salt: str,
         priority: int = 0,
+        max_num_tokens: int | None = None,
     ):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
+        # The most tokens it may hold (prompt + generation); None: one generated token.
+        self.max_num_tokens = max_num_tokens or len(prompt_token_ids) + 1
         self.request_id = request_id
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
