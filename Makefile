@@ -44,6 +44,7 @@ integration: install redis
 
 bench: install
 	$(PY) -m tests.bench.bench_stream_path --out .bench/stream_path.json
+	$(PY) -m tests.bench.bench_engine --out .bench/engine.json
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=platform --pyi_out=platform --grpc_python_out=platform \

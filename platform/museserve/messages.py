@@ -26,11 +26,11 @@ class PreparedRequest:
     top_k: int
     seed: int | None
     stop: tuple[str, ...]
-    deadline_unix_s: float
+    deadline_unix_s: float  # wall clock: processes on different hosts share no monotonic clock
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
-    stop_token_ids: tuple[int, ...] = ()  # wall clock: processes on different hosts share no monotonic clock
+    stop_token_ids: tuple[int, ...] = ()
 
     @property
     def num_prompt_tokens(self) -> int:

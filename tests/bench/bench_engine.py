@@ -35,6 +35,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -273,6 +274,22 @@ def bench_hf(hf, jobs: list[Job], batch_size: int, pad_id: int) -> tuple[list[li
 # -- report ----------------------------------------------------------------------------
 
 
+def source_state() -> dict:
+    """The commit measured, and which files under platform/ differed from it."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "modified": git("status", "--porcelain", "platform").splitlines(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(".bench/engine.json"))
@@ -404,6 +421,15 @@ def main() -> None:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
+        "notes": [
+            "one process, one run: ours first (then the prefix-cache turns), then Hugging Face; "
+            "each side gets a short warm-up first",
+            "ours ttft: from calling generate (after the semaphore admits the request) to the first chunk "
+            "with text or tokens; the first wave of requests waits for the prefill of those ahead of it",
+            "step and model times come from wrapping the engine's executor; model_time excludes the loop's "
+            "scheduling, sampling and detokenizing",
+        ],
+        "source": source_state(),
         "bench_wall_s": time.perf_counter() - bench_start,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

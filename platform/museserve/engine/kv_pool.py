@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from museserve.model.config import MuseConfig
@@ -38,13 +39,44 @@ class PagedKVPool:
 
 
 @dataclass(frozen=True)
+class DecodeBatch:
+    """Sequences computing one token this step, attended in one batched call.
+    Row r of the batch reads slots[r, :lengths[r]]; the rest of the row is padding."""
+
+    rows: Tensor  # [B] long: their rows in the flattened batch
+    slots: Tensor  # [B, max_context] long, padded with slot 0
+    mask: Tensor  # [B, 1, 1, max_context] bool: True where a key is the sequence's own
+
+
+@dataclass(frozen=True)
 class BatchLayout:
     """Where one step's flattened tokens go. Sequence i owns rows
-    [query_starts[i], query_starts[i + 1]) of the batch and reads `context_slots[i]`."""
+    [query_starts[i], query_starts[i + 1]) of the batch and reads `context_slots[i]`;
+    sequences computing one token are also gathered into `decode`."""
 
     slot_mapping: Tensor  # [T] long: the slot each new token's k/v is written to
     query_starts: tuple[int, ...]  # len = num_sequences + 1
     context_slots: tuple[Tensor, ...]  # per sequence [context_len] long: its slots, in position order
+    decode: DecodeBatch | None = None
+    chunked: tuple[int, ...] = ()  # indices of the sequences not in `decode`
+
+    @staticmethod
+    def build(slot_mapping: Tensor, query_starts: tuple[int, ...], context_slots: tuple[Tensor, ...]) -> BatchLayout:
+        single = [i for i in range(len(context_slots)) if query_starts[i + 1] - query_starts[i] == 1]
+        chunked = tuple(i for i in range(len(context_slots)) if query_starts[i + 1] - query_starts[i] != 1)
+        decode = None
+        if len(single) > 1:
+            lengths = torch.tensor([context_slots[i].shape[0] for i in single])
+            width = int(lengths.max())
+            slots = torch.zeros(len(single), width, dtype=torch.long, device=slot_mapping.device)
+            for row, i in enumerate(single):
+                slots[row, : context_slots[i].shape[0]] = context_slots[i]
+            mask = torch.arange(width)[None, :] < lengths[:, None]
+            rows = torch.tensor([query_starts[i] for i in single], dtype=torch.long)
+            decode = DecodeBatch(rows.to(slot_mapping.device), slots, mask[:, None, None, :].to(slot_mapping.device))
+        else:
+            chunked = tuple(range(len(context_slots)))
+        return BatchLayout(slot_mapping, query_starts, context_slots, decode, chunked)
 
 
 class PagedStep:
@@ -54,8 +86,8 @@ class PagedStep:
 
     def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         keys, values = self.pool.keys[layer_idx], self.pool.values[layer_idx]
-        keys[self.layout.slot_mapping] = k
-        values[self.layout.slot_mapping] = v
+        keys.index_copy_(0, self.layout.slot_mapping, k)
+        values.index_copy_(0, self.layout.slot_mapping, v)
         return paged_attention_reference(q, keys, values, self.layout)
 
 
@@ -64,7 +96,21 @@ def paged_attention_reference(q: Tensor, keys: Tensor, values: Tensor, layout: B
     must match. keys/values [slots, kv_heads, d] already hold this step's tokens."""
     out = torch.empty_like(q)
     starts = layout.query_starts
-    for i, slots in enumerate(layout.context_slots):
+    # index_select, not advanced indexing: the gather is most of a decode step's memory traffic.
+    for i in layout.chunked:
         rows = slice(starts[i], starts[i + 1])
-        out[rows] = causal_attention(q[rows], keys[slots], values[slots])
+        slots = layout.context_slots[i]
+        out[rows] = causal_attention(q[rows], keys.index_select(0, slots), values.index_select(0, slots))
+    if layout.decode is not None:
+        d = layout.decode
+        batch, width = d.slots.shape
+        flat = d.slots.flatten()
+        attended = F.scaled_dot_product_attention(
+            q.index_select(0, d.rows)[:, :, None, :],  # [B, heads, 1, d]
+            keys.index_select(0, flat).view(batch, width, *keys.shape[1:]).transpose(1, 2),  # [B, kv_heads, W, d]
+            values.index_select(0, flat).view(batch, width, *values.shape[1:]).transpose(1, 2),
+            attn_mask=d.mask,
+            enable_gqa=q.shape[1] != keys.shape[1],
+        )
+        out[d.rows] = attended[:, :, 0, :]
     return out

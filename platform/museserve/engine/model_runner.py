@@ -49,7 +49,7 @@ class ModelRunner:
             starts.append(starts[-1] + item.num_new_tokens)
             if item.samples:
                 sample_rows.append(starts[-1] - 1)
-        layout = BatchLayout(torch.cat(slot_mapping).to(self.device), tuple(starts), tuple(context_slots))
+        layout = BatchLayout.build(torch.cat(slot_mapping).to(self.device), tuple(starts), tuple(context_slots))
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         hidden = self.model(self.model.embed(ids), torch.cat(positions).to(self.device), PagedStep(self.pool, layout))
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)

@@ -114,15 +114,16 @@ def causal_attention(q: Tensor, k_all: Tensor, v_all: Tensor) -> Tensor:
         key_idx = torch.arange(k_all.shape[0], device=q.device)
         query_idx = torch.arange(num_new, device=q.device) + num_cached
         mask, causal = key_idx[None, :] <= query_idx[:, None], False
+    # A leading batch dimension of 1: PyTorch's fused CPU kernel takes 4-D inputs only.
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),  # [heads, T, d]
-        k_all.transpose(0, 1),  # [kv_heads, S, d]
-        v_all.transpose(0, 1),
+        q.transpose(0, 1)[None],  # [1, heads, T, d]
+        k_all.transpose(0, 1)[None],  # [1, kv_heads, S, d]
+        v_all.transpose(0, 1)[None],
         attn_mask=mask,
         is_causal=causal,
         enable_gqa=q.shape[1] != k_all.shape[1],
     )
-    return out.transpose(0, 1)  # [T, heads, d]
+    return out[0].transpose(0, 1)  # [T, heads, d]
 
 
 class Attention(nn.Module):
