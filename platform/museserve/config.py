@@ -72,6 +72,13 @@ class GatewayConfig(_Section):
     redis_url: str | None = Field(None, description="Redis for shared gateway state (rate limits); none: in-process.")
     default_model: str | None = Field(None, description="Pool used when a request names none; first pool if unset.")
     limits: RequestLimits = RequestLimits()
+    tier_priorities: dict[str, int] = Field(
+        {"default": 1},
+        description="Scheduling priority per account tier (lower runs first); tiers not listed run last.",
+    )
+
+    def priority_of(self, tier: str) -> int:
+        return self.tier_priorities.get(tier, max(self.tier_priorities.values(), default=0) + 1)
 
 
 class MediaLimits(_Section):

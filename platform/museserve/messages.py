@@ -31,6 +31,7 @@ class PreparedRequest:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
+    priority: int = 0  # from the account tier; lower is scheduled first
 
     @property
     def num_prompt_tokens(self) -> int:

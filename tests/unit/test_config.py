@@ -403,3 +403,12 @@ def test_cli_config_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     path = tmp_path / "absent.yaml"
     assert cli_main(["config", "check", str(path)]) == 1
     assert "cannot read config" in capsys.readouterr().err
+
+
+def test_tier_priorities_rank_listed_tiers_and_put_unknown_ones_last() -> None:
+    from museserve.config import GatewayConfig
+
+    gateway = GatewayConfig(tier_priorities={"enterprise": 0, "free": 3})
+    assert gateway.priority_of("enterprise") == 0
+    assert gateway.priority_of("free") == 3
+    assert gateway.priority_of("unknown") == 4

@@ -265,3 +265,24 @@ async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
     assert ("scheduled", 12, 0) in metrics.calls
     assert metrics.calls[-1] == ("ended", "length" if generated == 6 else "stop")
     assert ("step",) in metrics.calls
+
+
+async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):
+    engine = MuseEngine(pool_config(max_running_requests=1), tokenizer)
+    rng = random.Random(9)
+    order: list[str] = []
+
+    async def run(request: PreparedRequest) -> None:
+        async for _ in engine.generate(request):
+            if request.request_id not in order:
+                order.append(request.request_id)
+
+    try:
+        first = asyncio.create_task(run(prepared("running", random_prompt(rng, 8), max_output_tokens=4)))
+        await asyncio.sleep(0)  # "running" takes the one batch slot
+        low = asyncio.create_task(run(prepared("low", random_prompt(rng, 8), max_output_tokens=2, priority=5)))
+        high = asyncio.create_task(run(prepared("high", random_prompt(rng, 8), max_output_tokens=2, priority=1)))
+        await asyncio.gather(first, low, high)
+    finally:
+        engine.shutdown()
+    assert order.index("high") < order.index("low")

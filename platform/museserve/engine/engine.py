@@ -89,6 +89,7 @@ class MuseEngine:
             request.request_id,
             request.prompt_token_ids,
             cache_salt=request.tenant,
+            priority=request.priority,
             max_num_tokens=request.num_prompt_tokens + reasoning + request.max_output_tokens,
         )
         try:

@@ -8,6 +8,7 @@ still fits, and the reasoning budget of the mode.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from museserve.config import MediaLimits, PoolConfig
 from museserve.domain import AudioPart, ChatRequest, ImagePart, Mode
@@ -18,10 +19,17 @@ from museserve.preprocess.tokenizer import MuseTokenizer
 
 
 class Preprocessor:
-    def __init__(self, tokenizer: MuseTokenizer, media: MediaLimits, request_timeout_s: float):
+    def __init__(
+        self,
+        tokenizer: MuseTokenizer,
+        media: MediaLimits,
+        request_timeout_s: float,
+        priority_of: Callable[[str], int] = lambda tier: 0,
+    ):
         self.tokenizer = tokenizer
         self._media = media
         self._request_timeout_s = request_timeout_s
+        self._priority_of = priority_of  # account tier -> scheduling priority
 
     def count(self, request: ChatRequest, pool: PoolConfig) -> PromptCount:
         """The prompt's size, also when it exceeds the context window (so a client can trim)."""
@@ -70,6 +78,7 @@ class Preprocessor:
             frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repetition_penalty,
             stop_token_ids=self._checked_stop_token_ids(s.stop_token_ids),
+            priority=self._priority_of(request.identity.tier),
         )
 
     def _checked_stop_token_ids(self, token_ids: tuple[int, ...]) -> tuple[int, ...]:

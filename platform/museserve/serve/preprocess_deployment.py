@@ -20,7 +20,10 @@ class PreprocessDeployment:
         setup_logging(log_level)
         self._pools = {p.name: p for p in config.pools}
         self._preprocessor = Preprocessor(
-            MuseTokenizer.load(config.preprocess.tokenizer), config.preprocess.media, config.server.request_timeout_s
+            MuseTokenizer.load(config.preprocess.tokenizer),
+            config.preprocess.media,
+            config.server.request_timeout_s,
+            config.gateway.priority_of,
         )
 
     # Tokenizing a long prompt takes milliseconds of CPU: off the replica's event loop.
