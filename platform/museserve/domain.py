@@ -107,6 +107,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # 1.0 is off
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per position, with logprobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,24 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class PositionLogprobs:
+    chosen: TokenLogprob
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogprobsDelta:
+    positions: tuple[PositionLogprobs, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallEvent:
     call: ToolCall
 
@@ -188,7 +208,7 @@ class Finish:
     model: str  # the pool that served the request
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallEvent | AgentProgress | Usage | Finish
+StreamEvent = TextDelta | ReasoningDelta | LogprobsDelta | ToolCallEvent | AgentProgress | Usage | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +221,7 @@ class ChatResult:
     usage: Usage
     finish_reason: FinishReason
     model: str
+    logprobs: tuple[PositionLogprobs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from museserve.domain import FinishReason, Mode, Usage
+from museserve.domain import FinishReason, Mode, PositionLogprobs, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,8 @@ class PreparedRequest:
     repetition_penalty: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
     priority: int = 0  # from the account tier; lower is scheduled first
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -54,6 +56,7 @@ class GenerationChunk:
 
     text: str = ""
     reasoning: str = ""
+    logprobs: tuple[PositionLogprobs, ...] = ()  # of the answer tokens behind `text`
     num_new_tokens: int = 0
     finish: FinishReason | None = None
     usage: Usage | None = None

@@ -103,3 +103,17 @@ def test_request_id_from_the_client_is_kept(client: ChatClient):
     response, call = client.stub.Chat.with_call(request, timeout=30)
     assert response.request_id == "client-chosen-id-1"
     assert ("x-request-id", "client-chosen-id-1") in tuple(call.trailing_metadata())
+
+
+def test_logprobs_over_grpc(client: ChatClient):
+    request = _greedy(max_output_tokens=5)
+    request.sampling.logprobs = True
+    request.sampling.top_logprobs = 2
+    response = client.chat(request, timeout=30)
+    assert 1 <= len(response.logprobs) <= response.usage.output_tokens
+    for position in response.logprobs:
+        assert position.chosen.logprob <= 0.0
+        assert len(position.top) == 2
+    events = list(client.stream(request, timeout=30))
+    streamed = [p for e in events if e.WhichOneof("event") == "logprobs" for p in e.logprobs.positions]
+    assert [p.chosen.token_id for p in streamed] == [p.chosen.token_id for p in response.logprobs]

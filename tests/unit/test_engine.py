@@ -286,3 +286,37 @@ async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):
     finally:
         engine.shutdown()
     assert order.index("high") < order.index("low")
+
+
+async def test_logprobs_are_the_models_own_and_cover_every_answer_token(model, tokenizer):
+    engine = MuseEngine(pool_config(), tokenizer)
+    prompt = random_prompt(random.Random(10), 15)
+    request = prepared("with-logprobs", prompt, max_output_tokens=6, logprobs=True, top_logprobs=3)
+    positions = []
+    try:
+        async for chunk in engine.generate(request):
+            positions.extend(chunk.logprobs)
+    finally:
+        engine.shutdown()
+    tokens = greedy_reference(model, prompt, 6)
+    assert [p.chosen.token_id for p in positions] == tokens[: len(positions)]
+    with torch.inference_mode():
+        for index, position in enumerate(positions):
+            context = torch.tensor(prompt + tokens[:index])
+            logits = model.logits_for_tokens(
+                context, torch.arange(len(context)), SequenceKVCache.for_model(model.config)
+            )
+            expected = logits[-1].log_softmax(dim=-1)
+            assert position.chosen.logprob == pytest.approx(float(expected[position.chosen.token_id]), abs=1e-4)
+            assert len(position.top) == 3
+            assert position.top[0].token_id == position.chosen.token_id  # greedy picks the most likely
+            assert [t.logprob for t in position.top] == sorted((t.logprob for t in position.top), reverse=True)
+
+
+async def test_no_logprobs_unless_asked(tokenizer):
+    engine = MuseEngine(pool_config(), tokenizer)
+    try:
+        chunks = [c async for c in engine.generate(prepared("plain", random_prompt(random.Random(11), 9)))]
+    finally:
+        engine.shutdown()
+    assert all(c.logprobs == () for c in chunks)

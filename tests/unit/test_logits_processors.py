@@ -102,3 +102,31 @@ def test_penalty_and_stop_token_limits_name_the_field(sampling: SamplingParams, 
     with pytest.raises(InvalidArgument) as caught:
         validate_request(request, PoolConfig(name="p"), RequestLimits())
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [
+        (SamplingParams(logprobs=True, top_logprobs=21), "sampling.top_logprobs"),
+        (SamplingParams(logprobs=True, top_logprobs=-1), "sampling.top_logprobs"),
+        (SamplingParams(logprobs=False, top_logprobs=2), "sampling.top_logprobs"),
+    ],
+)
+def test_logprob_limits_name_the_field(sampling: SamplingParams, field: str):
+    request = ChatRequest("r", (Message(Role.USER, (TextPart("hi"),)),), sampling=sampling)
+    with pytest.raises(InvalidArgument) as caught:
+        validate_request(request, PoolConfig(name="p"), RequestLimits())
+    assert caught.value.field == field
+
+
+def test_logprobs_travel_to_protobuf_events_and_responses():
+    from museserve.api.convert import event_to_pb, result_to_pb
+    from museserve.domain import ChatResult, LogprobsDelta, PositionLogprobs, TokenLogprob, Usage
+
+    position = PositionLogprobs(TokenLogprob("a", 7, -0.5), (TokenLogprob("a", 7, -0.5), TokenLogprob("b", 8, -1.5)))
+    event = event_to_pb(LogprobsDelta((position,)), "r")
+    assert event.WhichOneof("event") == "logprobs"
+    assert event.logprobs.positions[0].chosen.token_id == 7
+    assert [t.token for t in event.logprobs.positions[0].top] == ["a", "b"]
+    result = ChatResult("a", "", (), Usage(), FinishReason.STOP, "m", (position,))
+    assert result_to_pb(result, "r").logprobs[0].chosen.logprob == pytest.approx(-0.5)

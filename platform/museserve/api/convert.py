@@ -16,16 +16,19 @@ from museserve.domain import (
     FinishReason,
     Identity,
     ImagePart,
+    LogprobsDelta,
     Message,
     Mode,
     ModelInfo,
     ModeParams,
+    PositionLogprobs,
     ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
     TextDelta,
     TextPart,
+    TokenLogprob,
     ToolCall,
     ToolCallEvent,
     ToolChoice,
@@ -123,6 +126,8 @@ def _sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
         frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else 0.0,
         repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
         stop_token_ids=tuple(s.stop_token_ids),
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
     )
 
 
@@ -157,6 +162,8 @@ def event_to_pb(event: StreamEvent, request_id: str) -> pb.ChatEvent:
             return pb.ChatEvent(text_delta=text)
         case ReasoningDelta(text):
             return pb.ChatEvent(reasoning_delta=text)
+        case LogprobsDelta(positions):
+            return pb.ChatEvent(logprobs=pb.LogprobsDelta(positions=[_position_to_pb(p) for p in positions]))
         case ToolCallEvent(call):
             return pb.ChatEvent(tool_call=tool_call_to_pb(call))
         case AgentProgress(index, tokens, done):
@@ -177,7 +184,16 @@ def result_to_pb(result: ChatResult, request_id: str) -> pb.ChatResponse:
         finish_reason=_FINISH_PB[result.finish_reason],
         model=result.model,
         request_id=request_id,
+        logprobs=[_position_to_pb(p) for p in result.logprobs],
     )
+
+
+def _token_to_pb(t: TokenLogprob) -> pb.TokenLogprob:
+    return pb.TokenLogprob(token=t.token, token_id=t.token_id, logprob=t.logprob)
+
+
+def _position_to_pb(p: PositionLogprobs) -> pb.PositionLogprobs:
+    return pb.PositionLogprobs(chosen=_token_to_pb(p.chosen), top=[_token_to_pb(t) for t in p.top])
 
 
 def model_info_to_pb(info: ModelInfo, is_default: bool) -> pb.ModelInfo:

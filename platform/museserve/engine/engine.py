@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from museserve.config import PoolConfig
+from museserve.domain import PositionLogprobs, TokenLogprob
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
 from museserve.engine.logits_processors import LogitsProcessor, processors_for
@@ -183,7 +184,7 @@ class MuseEngine:
                 for item in plan.sequences:
                     self._fail(item.request_id, Internal("the model step failed"))
                 continue
-            self.scheduler.update(plan, sampled)
+            self.scheduler.update(plan, {rid: token for rid, (token, _) in sampled.items()})
             self._postprocess(sampled)
 
     def _mark_started(self, plan: SchedulerPlan) -> None:
@@ -196,7 +197,7 @@ class MuseEngine:
                 queue_s = time.monotonic() - active.arrival
                 self.metrics.scheduled_first(queue_s, active.request.num_prompt_tokens, cached)
 
-    def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, int]:
+    def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, tuple[int, PositionLogprobs | None]]:
         ids = [item.request_id for item in plan.sequences if item.samples]
         actives = [self._active.get(rid) for rid in ids]
         # Requests that ended while the step ran (abort, deadline) get no token.
@@ -204,6 +205,9 @@ class MuseEngine:
         if not rows:
             return {}
         logits = logits[rows]
+        # Log probabilities come from the model's own distribution: before penalties and temperature.
+        wants_logprobs = [row for row, i in enumerate(rows) if actives[i].request.logprobs]
+        raw_logprobs = dict(zip(wants_logprobs, logits[wants_logprobs].log_softmax(dim=-1), strict=True))
         for row, i in enumerate(rows):
             if actives[i].processors:
                 seq = self.scheduler.get(ids[i])
@@ -218,19 +222,35 @@ class MuseEngine:
             generators=[actives[i].generator for i in rows],
         )
         out = {}
-        for i, token in zip(rows, picked, strict=True):
+        for row, (i, token) in enumerate(zip(rows, picked, strict=True)):
             forced = actives[i].state.forced_token()
-            out[ids[i]] = token if forced is None else forced
+            token = token if forced is None else forced
+            row_logprobs = raw_logprobs.get(row)
+            position = None
+            if row_logprobs is not None:
+                position = self._position_logprobs(row_logprobs, token, actives[i].request.top_logprobs)
+            out[ids[i]] = (token, position)
         return out
 
-    def _postprocess(self, sampled: dict[str, int]) -> None:
+    def _position_logprobs(self, logprobs: torch.Tensor, token: int, top: int) -> PositionLogprobs:
+        def entry(token_id: int, value: float) -> TokenLogprob:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            return TokenLogprob(text, token_id, value)
+
+        alternatives = ()
+        if top:
+            values, token_ids = logprobs.topk(top)
+            alternatives = tuple(entry(t, v) for t, v in zip(token_ids.tolist(), values.tolist(), strict=True))
+        return PositionLogprobs(entry(token, float(logprobs[token])), alternatives)
+
+    def _postprocess(self, sampled: dict[str, tuple[int, PositionLogprobs | None]]) -> None:
         now = time.monotonic()
         interval = self.pool.engine.stream_interval_ms / 1000
         context_length = self.pool.engine.context_length
-        for request_id, token in sampled.items():
+        for request_id, (token, logprobs) in sampled.items():
             active = self._active[request_id]
             state = active.state
-            state.append(token)
+            state.append(token, logprobs)
             self.stats.count_tokens(active.record, 1)
             first = active.last_token_at is None
             self.metrics.token(now - (active.arrival if first else active.last_token_at), first)

@@ -8,7 +8,7 @@ reasoning budget is spent, the next token is forced to `<|/think|>`.
 
 from __future__ import annotations
 
-from museserve.domain import FinishReason, Usage
+from museserve.domain import FinishReason, PositionLogprobs, Usage
 from museserve.engine.detokenizer import IncrementalDetokenizer
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.preprocess.tokenizer import MuseTokenizer
@@ -28,6 +28,7 @@ class RequestState:
         self._answer = IncrementalDetokenizer(tokenizer, stop=request.stop)
         self._pending_reasoning: list[str] = []
         self._pending_text: list[str] = []
+        self._pending_logprobs: list[PositionLogprobs] = []
         self._pending_tokens = 0
 
     @property
@@ -43,7 +44,8 @@ class RequestState:
             return self._think_end_id
         return None
 
-    def append(self, token_id: int) -> None:
+    def append(self, token_id: int, logprobs: PositionLogprobs | None = None) -> None:
+        """`logprobs` of the token, when the request asked for them; kept for answer tokens."""
         assert self.finish is None, "no token may follow the end of a request"
         self._pending_tokens += 1
         if self.in_reasoning:
@@ -62,6 +64,8 @@ class RequestState:
             self._end(FinishReason.STOP)
             return
         self._pending_text.append(self._answer.push([token_id]))
+        if logprobs is not None:
+            self._pending_logprobs.append(logprobs)
         if self._answer.stopped:
             self.finish = FinishReason.STOP
         elif self.output_tokens >= self.request.max_output_tokens:
@@ -89,11 +93,13 @@ class RequestState:
         chunk = GenerationChunk(
             text="".join(self._pending_text),
             reasoning="".join(self._pending_reasoning),
+            logprobs=tuple(self._pending_logprobs),
             num_new_tokens=self._pending_tokens,
             finish=self.finish,
             usage=self.usage() if self.finish is not None else None,
         )
         self._pending_text.clear()
         self._pending_reasoning.clear()
+        self._pending_logprobs.clear()
         self._pending_tokens = 0
         return chunk

@@ -17,7 +17,9 @@ from museserve.domain import (
     ChatResult,
     Finish,
     FinishReason,
+    LogprobsDelta,
     ModelInfo,
+    PositionLogprobs,
     ReasoningDelta,
     StreamEvent,
     TextDelta,
@@ -84,6 +86,8 @@ class Gateway:
                 yield ReasoningDelta(chunk.reasoning)
             if chunk.text:
                 yield TextDelta(chunk.text)
+            if chunk.logprobs:
+                yield LogprobsDelta(chunk.logprobs)
             if chunk.finish is not None:
                 yield chunk.usage or Usage(prompt_tokens=prepared.num_prompt_tokens)
                 yield Finish(chunk.finish, pool.name)
@@ -96,6 +100,7 @@ class Gateway:
         text: list[str] = []
         reasoning: list[str] = []
         calls: list[ToolCall] = []
+        logprobs: list[PositionLogprobs] = []
         usage, finish, model = Usage(), FinishReason.STOP, ""
         async for event in self.stream(request):
             match event:
@@ -105,8 +110,10 @@ class Gateway:
                     reasoning.append(t)
                 case ToolCallEvent(call):
                     calls.append(call)
+                case LogprobsDelta(positions):
+                    logprobs.extend(positions)
                 case Usage():
                     usage = event
                 case Finish(reason, pool):
                     finish, model = reason, pool
-        return ChatResult("".join(text), "".join(reasoning), tuple(calls), usage, finish, model)
+        return ChatResult("".join(text), "".join(reasoning), tuple(calls), usage, finish, model, tuple(logprobs))

@@ -26,6 +26,7 @@ from museserve.errors import InvalidArgument
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_AGENTS, MAX_AGENTS = 2, 8
 MAX_STOP_TOKEN_IDS = 16
+MAX_TOP_LOGPROBS = 20
 
 
 def validate_request(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
@@ -119,6 +120,10 @@ def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimit
     for i, token_id in enumerate(s.stop_token_ids):
         if token_id < 0:
             raise InvalidArgument("must not be negative", field=f"sampling.stop_token_ids[{i}]")
+    if not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"must be between 0 and {MAX_TOP_LOGPROBS}", field="sampling.top_logprobs")
+    if s.top_logprobs and not s.logprobs:
+        raise InvalidArgument("needs sampling.logprobs", field="sampling.top_logprobs")
     for i, stop in enumerate(s.stop):
         if not stop or len(stop) > limits.max_stop_string_chars:
             raise InvalidArgument(

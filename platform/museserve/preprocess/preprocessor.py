@@ -79,6 +79,8 @@ class Preprocessor:
             repetition_penalty=s.repetition_penalty,
             stop_token_ids=self._checked_stop_token_ids(s.stop_token_ids),
             priority=self._priority_of(request.identity.tier),
+            logprobs=s.logprobs,
+            top_logprobs=s.top_logprobs,
         )
 
     def _checked_stop_token_ids(self, token_ids: tuple[int, ...]) -> tuple[int, ...]:

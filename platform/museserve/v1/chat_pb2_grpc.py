@@ -69,8 +69,9 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ChatStream(self, request, context):
-        """/ Generates an answer and streams it as events: reasoning and text deltas, tool calls,
-        / agent progress, then exactly one `usage` and one `finish` event, in that order.
+        """/ Generates an answer and streams it as events: reasoning and text deltas, logprobs,
+        / tool calls, agent progress, then exactly one `usage` and one `finish` event, in that
+        / order.
         / Cancelling the call stops generation and frees the request's resources.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
