@@ -166,6 +166,12 @@ class MuseServeConfig(_Section):
     def pool(self, name: str) -> PoolConfig:
         return next(p for p in self.pools if p.name == name)
 
+    def tokenizer_for(self, pool: PoolConfig) -> str | None:
+        """A checkpoint's own tokenizer.json, else `preprocess.tokenizer` (None: the bundled one)."""
+        if pool.model.load_format == "safetensors" and (Path(pool.model.path) / "tokenizer.json").is_file():
+            return str(Path(pool.model.path) / "tokenizer.json")
+        return self.preprocess.tokenizer
+
 
 class ConfigError(ValueError):
     """A configuration that cannot start: every message names the key path at fault."""

@@ -19,16 +19,19 @@ class PreprocessDeployment:
     def __init__(self, config: MuseServeConfig, log_level: str = "INFO"):
         setup_logging(log_level)
         self._pools = {p.name: p for p in config.pools}
-        self._preprocessor = Preprocessor(
-            MuseTokenizer.load(config.preprocess.tokenizer),
-            config.preprocess.media,
-            config.server.request_timeout_s,
-            config.gateway.priority_of,
-        )
+        tokenizers: dict[str | None, MuseTokenizer] = {}  # pools sharing a tokenizer share one copy
+        self._preprocessors = {}
+        for pool in config.pools:
+            path = config.tokenizer_for(pool)
+            if path not in tokenizers:
+                tokenizers[path] = MuseTokenizer.load(path)
+            self._preprocessors[pool.name] = Preprocessor(
+                tokenizers[path], config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of
+            )
 
     # Tokenizing a long prompt takes milliseconds of CPU: off the replica's event loop.
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
-        return await asyncio.to_thread(self._preprocessor.prepare, request, self._pools[pool])
+        return await asyncio.to_thread(self._preprocessors[pool].prepare, request, self._pools[pool])
 
     async def count(self, request: ChatRequest, pool: str) -> PromptCount:
-        return await asyncio.to_thread(self._preprocessor.count, request, self._pools[pool])
+        return await asyncio.to_thread(self._preprocessors[pool].count, request, self._pools[pool])

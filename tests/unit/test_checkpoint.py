@@ -1,0 +1,91 @@
+"""A checkpoint directory (config.json, *.safetensors, tokenizer.json) serves like the
+dummy weights it was saved from."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from museserve.config import PoolConfig, parse_config
+from museserve.domain import Mode
+from museserve.engine.engine import MuseEngine, load_pool_model
+from museserve.messages import PreparedRequest
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+BUNDLED_TOKENIZER = Path(__file__).resolve().parents[2] / "platform/museserve/preprocess/assets/muse-tokenizer.json"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("muse-tiny-checkpoint")
+    model = load_pool_model(PoolConfig(name="source", model={"seed": 7}), MuseTokenizer.load(None))
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    half = len(state) // 2
+    names = sorted(state)
+    save_file({n: state[n] for n in names[:half]}, str(directory / "model-00001-of-00002.safetensors"))
+    save_file({n: state[n] for n in names[half:]}, str(directory / "model-00002-of-00002.safetensors"))
+    (directory / "config.json").write_text(json.dumps(model.config.to_hf_dict()))
+    shutil.copy(BUNDLED_TOKENIZER, directory / "tokenizer.json")
+    return directory
+
+
+def request(prompt: list[int]) -> PreparedRequest:
+    return PreparedRequest(
+        request_id=f"r{random.random()}",
+        tenant="t",
+        pool="p",
+        prompt_token_ids=tuple(prompt),
+        mode=Mode.INSTANT,
+        thinking_budget=0,
+        max_output_tokens=10,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        seed=None,
+        stop=(),
+        deadline_unix_s=time.time() + 60,
+    )
+
+
+async def greedy_text(pool: PoolConfig, prompt: list[int]) -> str:
+    engine = MuseEngine(pool, MuseTokenizer.load(None))
+    try:
+        return "".join([chunk.text async for chunk in engine.generate(request(prompt))])
+    finally:
+        engine.shutdown()
+
+
+async def test_a_saved_checkpoint_generates_what_its_source_weights_do(checkpoint: Path):
+    prompt = [random.Random(0).randrange(32, 8000) for _ in range(20)]
+    source = PoolConfig(
+        name="p",
+        model={"seed": 7},
+        engine={"context_length": 1024, "max_output_tokens": 64, "default_max_output_tokens": 16},
+    )
+    loaded = PoolConfig(
+        name="p",
+        model={"load_format": "safetensors", "path": str(checkpoint)},
+        engine={"context_length": 1024, "max_output_tokens": 64, "default_max_output_tokens": 16},
+    )
+    assert await greedy_text(loaded, prompt) == await greedy_text(source, prompt)
+
+
+def test_a_checkpoint_brings_its_own_tokenizer(checkpoint: Path):
+    config = parse_config(
+        {
+            "preprocess": {"tokenizer": "/elsewhere/tokenizer.json"},
+            "pools": [
+                {"name": "from-disk", "model": {"load_format": "safetensors", "path": str(checkpoint)}},
+                {"name": "dummy"},
+            ],
+        }
+    )
+    assert config.tokenizer_for(config.pool("from-disk")) == str(checkpoint / "tokenizer.json")
+    assert config.tokenizer_for(config.pool("dummy")) == "/elsewhere/tokenizer.json"
+    assert MuseTokenizer.load(config.tokenizer_for(config.pool("from-disk"))).vocab_size == 8192
