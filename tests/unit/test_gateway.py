@@ -166,7 +166,8 @@ def fold(events: list[StreamEvent]) -> ChatResult:
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not reached within {timeout_s} s")
         await asyncio.sleep(0.01)
 
 
