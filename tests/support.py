@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from museserve.config import MuseServeConfig
+from museserve.domain import Mode
+from museserve.messages import PreparedRequest
 
 
 def free_port() -> int:
@@ -40,3 +43,25 @@ def wait_serving(address: str, timeout_s: float) -> None:
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.2)
+
+
+def prepared_request(request_id: str = "r", prompt: Sequence[int] = (40, 41), **overrides) -> PreparedRequest:
+    """A PreparedRequest as the preprocess tier would hand it to a pool: greedy, instant,
+    12 answer tokens, a deadline a minute away; any field can be overridden."""
+    fields = dict(
+        request_id=request_id,
+        tenant="tenant-a",
+        pool="muse-test",
+        prompt_token_ids=tuple(prompt),
+        mode=Mode.INSTANT,
+        thinking_budget=0,
+        max_output_tokens=12,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        seed=None,
+        stop=(),
+        deadline_unix_s=time.time() + 60,
+    )
+    fields.update(overrides)
+    return PreparedRequest(**fields)

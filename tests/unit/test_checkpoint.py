@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
 
 from museserve.config import PoolConfig, parse_config
-from museserve.domain import Mode
 from museserve.engine.engine import MuseEngine, load_pool_model
-from museserve.messages import PreparedRequest
 from museserve.preprocess.tokenizer import MuseTokenizer
+from tests.support import prepared_request
 
 BUNDLED_TOKENIZER = Path(__file__).resolve().parents[2] / "platform/museserve/preprocess/assets/muse-tokenizer.json"
 
@@ -35,28 +33,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def request(prompt: list[int]) -> PreparedRequest:
-    return PreparedRequest(
-        request_id=f"r{random.random()}",
-        tenant="t",
-        pool="p",
-        prompt_token_ids=tuple(prompt),
-        mode=Mode.INSTANT,
-        thinking_budget=0,
-        max_output_tokens=10,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=None,
-        stop=(),
-        deadline_unix_s=time.time() + 60,
-    )
-
-
 async def greedy_text(pool: PoolConfig, prompt: list[int]) -> str:
     engine = MuseEngine(pool, MuseTokenizer.load(None))
     try:
-        return "".join([chunk.text async for chunk in engine.generate(request(prompt))])
+        return "".join(
+            [
+                chunk.text
+                async for chunk in engine.generate(
+                    prepared_request(f"r{random.random()}", prompt, max_output_tokens=10)
+                )
+            ]
+        )
     finally:
         engine.shutdown()
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from museserve.config import PoolConfig
-from museserve.domain import Mode
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.engine import MuseEngine, load_pool_model
 from museserve.engine.kv_pool import PagedKVPool
@@ -24,6 +23,7 @@ from museserve.messages import PreparedRequest
 from museserve.metrics import EngineMetrics
 from museserve.model import MuseForCausalLM, SequenceKVCache
 from museserve.preprocess.tokenizer import MuseTokenizer
+from tests.support import prepared_request
 
 
 def pool_config(**engine) -> PoolConfig:
@@ -121,23 +121,7 @@ def test_paged_batch_equals_full_recompute_across_preemption(model: MuseForCausa
 
 
 def prepared(request_id: str, prompt: list[int], **overrides) -> PreparedRequest:
-    fields = dict(
-        request_id=request_id,
-        tenant="tenant-a",
-        pool="muse-test",
-        prompt_token_ids=tuple(prompt),
-        mode=Mode.INSTANT,
-        thinking_budget=0,
-        max_output_tokens=12,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=None,
-        stop=(),
-        deadline_unix_s=time.time() + 60,
-    )
-    fields.update(overrides)
-    return PreparedRequest(**fields)
+    return prepared_request(request_id, prompt, **overrides)
 
 
 def reference_text(model: MuseForCausalLM, tokenizer: MuseTokenizer, request: PreparedRequest) -> str:

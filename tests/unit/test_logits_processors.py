@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from museserve.api.convert import request_from_pb
 from museserve.config import PoolConfig, RequestLimits
-from museserve.domain import ChatRequest, FinishReason, Identity, Message, Mode, Role, SamplingParams, TextPart
+from museserve.domain import ChatRequest, FinishReason, Identity, Message, Role, SamplingParams, TextPart
 from museserve.engine.logits_processors import Penalties, processors_for
 from museserve.engine.request_state import RequestState
 from museserve.errors import InvalidArgument
@@ -17,26 +15,11 @@ from museserve.gateway.validation import validate_request
 from museserve.messages import PreparedRequest
 from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.v1 import chat_pb2 as pb
+from tests.support import prepared_request
 
 
 def prepared(**overrides) -> PreparedRequest:
-    fields = dict(
-        request_id="r",
-        tenant="t",
-        pool="p",
-        prompt_token_ids=(40, 41),
-        mode=Mode.INSTANT,
-        thinking_budget=0,
-        max_output_tokens=10,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=None,
-        stop=(),
-        deadline_unix_s=time.time() + 60,
-    )
-    fields.update(overrides)
-    return PreparedRequest(**fields)
+    return prepared_request(**overrides)
 
 
 def test_presence_and_frequency_penalties_follow_the_openai_formula():
