@@ -122,13 +122,15 @@ class EngineMetrics:
 
     def token(self, since_last_s: float, first: bool) -> None:
         (self.ttft if first else self.itl).observe(since_last_s, self._tags)
-        self.generation_tokens.inc(1, self._tags)
+
+    def step(self, running: int, waiting: int, kv_usage: float, generated_tokens: int) -> None:
+        """Once per engine step: the gauges, and the tokens the step generated."""
+        self.running.set(running, self._tags)
+        self.waiting.set(waiting, self._tags)
+        self.kv_usage.set(kv_usage, self._tags)
+        if generated_tokens:
+            self.generation_tokens.inc(generated_tokens, self._tags)
 
     def ended(self, e2e_s: float, reason: str) -> None:
         self.e2e.observe(e2e_s, self._tags)
         self.finished.inc(1, {**self._tags, "finished_reason": reason})
-
-    def step(self, running: int, waiting: int, kv_usage: float) -> None:
-        self.running.set(running, self._tags)
-        self.waiting.set(waiting, self._tags)
-        self.kv_usage.set(kv_usage, self._tags)

@@ -219,6 +219,7 @@ class RecordingMetrics(EngineMetrics):
     def __init__(self) -> None:
         super().__init__("muse-test")
         self.calls: list[tuple] = []
+        self.generated = 0
 
     def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
         self.calls.append(("scheduled", prompt_tokens, cached_tokens))
@@ -230,8 +231,9 @@ class RecordingMetrics(EngineMetrics):
     def ended(self, e2e_s: float, reason: str) -> None:
         self.calls.append(("ended", reason))
 
-    def step(self, running: int, waiting: int, kv_usage: float) -> None:
+    def step(self, running: int, waiting: int, kv_usage: float, generated_tokens: int) -> None:
         assert 0.0 <= kv_usage <= 1.0
+        self.generated += generated_tokens
         self.calls.append(("step",))
 
 
@@ -249,6 +251,7 @@ async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
     assert ("scheduled", 12, 0) in metrics.calls
     assert metrics.calls[-1] == ("ended", "length" if generated == 6 else "stop")
     assert ("step",) in metrics.calls
+    assert metrics.generated == generated
 
 
 async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):

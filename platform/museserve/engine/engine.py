@@ -171,7 +171,6 @@ class MuseEngine:
                 continue
             self._expire_deadlines()
             plan = self.scheduler.schedule()
-            self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage)
             if plan.is_empty:
                 await asyncio.sleep(0.001)  # nothing fits right now; let finishes free blocks
                 continue
@@ -186,6 +185,7 @@ class MuseEngine:
                 continue
             self.scheduler.update(plan, {rid: token for rid, (token, _) in sampled.items()})
             self._postprocess(sampled)
+            self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage, len(sampled))
 
     def _mark_started(self, plan: SchedulerPlan) -> None:
         for item in plan.sequences:
