@@ -52,31 +52,41 @@ class DecodeBatch:
 class BatchLayout:
     """Where one step's flattened tokens go. Sequence i owns rows
     [query_starts[i], query_starts[i + 1]) of the batch and reads `context_slots[i]`;
-    sequences computing one token are also gathered into `decode`."""
+    sequences computing one token are attended in the `decode` groups instead."""
 
     slot_mapping: Tensor  # [T] long: the slot each new token's k/v is written to
     query_starts: tuple[int, ...]  # len = num_sequences + 1
     context_slots: tuple[Tensor, ...]  # per sequence [context_len] long: its slots, in position order
-    decode: DecodeBatch | None = None
+    decode: tuple[DecodeBatch, ...] = ()
     chunked: tuple[int, ...] = ()  # indices of the sequences not in `decode`
 
     @staticmethod
     def build(slot_mapping: Tensor, query_starts: tuple[int, ...], context_slots: tuple[Tensor, ...]) -> BatchLayout:
-        single = [i for i in range(len(context_slots)) if query_starts[i + 1] - query_starts[i] == 1]
-        chunked = tuple(i for i in range(len(context_slots)) if query_starts[i + 1] - query_starts[i] != 1)
-        decode = None
-        if len(single) > 1:
-            lengths = torch.tensor([context_slots[i].shape[0] for i in single])
-            width = int(lengths.max())
-            slots = torch.zeros(len(single), width, dtype=torch.long, device=slot_mapping.device)
-            for row, i in enumerate(single):
-                slots[row, : context_slots[i].shape[0]] = context_slots[i]
-            mask = torch.arange(width)[None, :] < lengths[:, None]
-            rows = torch.tensor([query_starts[i] for i in single], dtype=torch.long)
-            decode = DecodeBatch(rows.to(slot_mapping.device), slots, mask[:, None, None, :].to(slot_mapping.device))
-        else:
-            chunked = tuple(range(len(context_slots)))
+        num_new = [query_starts[i + 1] - query_starts[i] for i in range(len(context_slots))]
+        single = sorted((i for i, n in enumerate(num_new) if n == 1), key=lambda i: context_slots[i].shape[0])
+        if len(single) < 2:
+            return BatchLayout(slot_mapping, query_starts, context_slots, (), tuple(range(len(context_slots))))
+        # Sorted by context length and cut into groups, so each group pads to a near length.
+        groups = [single[g : g + DECODE_GROUP] for g in range(0, len(single), DECODE_GROUP)]
+        decode = tuple(_decode_batch(group, query_starts, context_slots, slot_mapping.device) for group in groups)
+        chunked = tuple(i for i, n in enumerate(num_new) if n != 1)
         return BatchLayout(slot_mapping, query_starts, context_slots, decode, chunked)
+
+
+DECODE_GROUP = 8  # sequences per batched decode call: less padding, few calls
+
+
+def _decode_batch(
+    group: list[int], query_starts: tuple[int, ...], context_slots: tuple[Tensor, ...], device: torch.device
+) -> DecodeBatch:
+    lengths = torch.tensor([context_slots[i].shape[0] for i in group])
+    width = int(lengths.max())
+    slots = torch.zeros(len(group), width, dtype=torch.long, device=device)
+    for row, i in enumerate(group):
+        slots[row, : context_slots[i].shape[0]] = context_slots[i]
+    mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :]
+    rows = torch.tensor([query_starts[i] for i in group], dtype=torch.long)
+    return DecodeBatch(rows.to(device), slots, mask.to(device))
 
 
 class PagedStep:
@@ -101,8 +111,7 @@ def paged_attention_reference(q: Tensor, keys: Tensor, values: Tensor, layout: B
         rows = slice(starts[i], starts[i + 1])
         slots = layout.context_slots[i]
         out[rows] = causal_attention(q[rows], keys.index_select(0, slots), values.index_select(0, slots))
-    if layout.decode is not None:
-        d = layout.decode
+    for d in layout.decode:
         batch, width = d.slots.shape
         flat = d.slots.flatten()
         attended = F.scaled_dot_product_attention(
