@@ -23,9 +23,6 @@ class ModelPoolDeployment:
         async for chunk in self.engine.generate(request):
             yield chunk
 
-    def abort(self, request_id: str) -> None:
-        self.engine.abort(request_id)
-
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""
         return self.engine.stats.snapshot()
