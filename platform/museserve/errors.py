@@ -28,21 +28,31 @@ class ErrorCode(enum.StrEnum):
 class MuseError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str = "", retry_after_s: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str = "",
+        retry_after_s: float | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ):
         super().__init__(message)
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
+        self.metadata = metadata  # extra response metadata, e.g. the remaining quota
 
     def __reduce__(self):  # survives pickling across Ray actors with its fields intact
-        return (_rebuild, (type(self), self.message, self.field, self.retry_after_s))
+        return (_rebuild, (type(self), self.message, self.field, self.retry_after_s, self.metadata))
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
 
 
-def _rebuild(cls: type[MuseError], message: str, field: str, retry_after_s: float | None):
-    return cls(message, field=field, retry_after_s=retry_after_s)
+def _rebuild(
+    cls: type[MuseError], message: str, field: str, retry_after_s: float | None, metadata: tuple[tuple[str, str], ...]
+):
+    return cls(message, field=field, retry_after_s=retry_after_s, metadata=metadata)
 
 
 class InvalidArgument(MuseError):

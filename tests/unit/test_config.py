@@ -91,7 +91,7 @@ def test_shipped_server_addresses(shipped: MuseServeConfig) -> None:
 
 def test_shipped_gateway_and_preprocess(shipped: MuseServeConfig) -> None:
     assert shipped.gateway.auth == "none"
-    assert shipped.gateway.redis_url is None
+    assert shipped.gateway.redis.url is None
     assert shipped.gateway.default_model is None
     assert shipped.preprocess.tokenizer is None
 
@@ -405,10 +405,34 @@ def test_cli_config_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert "cannot read config" in capsys.readouterr().err
 
 
-def test_tier_priorities_rank_listed_tiers_and_put_unknown_ones_last() -> None:
-    from museserve.config import GatewayConfig
+def test_tier_priorities_and_unknown_tiers_take_the_default() -> None:
+    from museserve.config import GatewayConfig, TierConfig
 
-    gateway = GatewayConfig(tier_priorities={"enterprise": 0, "free": 3})
+    gateway = GatewayConfig(tiers={"default": TierConfig(priority=2), "enterprise": TierConfig(priority=0)})
     assert gateway.priority_of("enterprise") == 0
-    assert gateway.priority_of("free") == 3
-    assert gateway.priority_of("unknown") == 4
+    assert gateway.priority_of("default") == 2
+    assert gateway.priority_of("unknown") == 2
+
+
+def test_gateway_config_cross_checks(tmp_path: Path) -> None:
+    base = {"pools": [{"name": "fast", "modes": ["instant"]}, {"name": "main"}]}
+
+    def problem(gateway: dict, pools: list | None = None) -> str:
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, "gateway": gateway, **({"pools": pools} if pools else {})})
+        return str(e.value)
+
+    assert "gateway.routes.thinking: pool 'fast' does not serve mode thinking" in problem(
+        {"routes": {"thinking": "fast"}}
+    )
+    assert "gateway.routes.instant 'nope' is not a pool" in problem({"routes": {"instant": "nope"}})
+    assert "tiers must define 'default'" in problem({"tiers": {"pro": {}}})
+    assert "api_keys[0].tier 'gold' is not a tier" in problem(
+        {"api_keys": [{"sha256": "a" * 64, "tenant": "t", "tier": "gold"}]}
+    )
+    assert "gateway.api_keys[0].sha256: " in problem({"api_keys": [{"sha256": "sk-plaintext", "tenant": "t"}]})
+    assert "auth api_key needs api_keys or a redis.url" in problem({"auth": "api_key"})
+    mirrored = [{"name": "fast", "modes": ["instant"], "mirror": {"candidate": "nope"}}, {"name": "main"}]
+    assert "pools[0].mirror.candidate 'nope' is not a pool" in problem({}, mirrored)
+    self_ab = [{"name": "fast", "ab": {"candidate": "fast", "share": 0.5}}]
+    assert "pools[0].ab.candidate must be another pool" in problem({}, self_ab)

@@ -51,7 +51,7 @@ def to_grpc_status(error: MuseError, request_id: str) -> GrpcStatus:
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
-    trailers = ((STATUS_DETAILS_KEY, status.SerializeToString()), ("x-request-id", request_id))
+    trailers = ((STATUS_DETAILS_KEY, status.SerializeToString()), ("x-request-id", request_id), *error.metadata)
     return GrpcStatus(code, str(error), trailers)
 
 

@@ -1,0 +1,41 @@
+"""The one configuration tree, read from YAML: see `tree.MuseServeConfig` for the root."""
+
+from museserve.config.base import DeploymentConfig, Section, ServerConfig
+from museserve.config.gateway import ApiKey, GatewayConfig, RateSpec, RedisConfig, RequestLimits, TierConfig
+from museserve.config.pool import ABSplit, EngineConfig, MirrorConfig, ModelConfig, PoolConfig
+from museserve.config.preprocess import MediaLimits, PreprocessConfig
+from museserve.config.tree import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Environment,
+    MuseServeConfig,
+    load_config,
+    parse_config,
+    read_environment,
+)
+
+__all__ = [
+    "ABSplit",
+    "ApiKey",
+    "ConfigError",
+    "DEFAULT_CONFIG_PATH",
+    "DeploymentConfig",
+    "EngineConfig",
+    "Environment",
+    "GatewayConfig",
+    "MediaLimits",
+    "MirrorConfig",
+    "ModelConfig",
+    "MuseServeConfig",
+    "PoolConfig",
+    "PreprocessConfig",
+    "RateSpec",
+    "RedisConfig",
+    "RequestLimits",
+    "Section",
+    "ServerConfig",
+    "TierConfig",
+    "load_config",
+    "parse_config",
+    "read_environment",
+]

@@ -1,0 +1,40 @@
+"""Sections every tier shares: the base model of all sections, the server and Ray Serve knobs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Frozen and closed: an unknown key is an error with its path, not a silent default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(Section):
+    grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC port (the proxy binds all interfaces).")
+    http_host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
+    http_port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="End-to-end bound on one request when the client sets no deadline."
+    )
+    throughput_optimized: bool = Field(
+        True,
+        description="Ray Serve's throughput-optimized mode: replicas run our code on their own event loop "
+        "(so no deployment may block its loop) and buffer request logs.",
+    )
+    max_request_bytes: int = Field(
+        64 << 20, ge=1 << 20, description="Largest gRPC message the proxy accepts; larger: RESOURCE_EXHAUSTED."
+    )
+
+
+class DeploymentConfig(Section):
+    """Ray Serve knobs shared by every tier; each tier sets its own values."""
+
+    num_replicas: int = Field(1, ge=1, description="Replicas of this deployment.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one replica handles at once.")
+    max_queued_requests: int = Field(
+        1024, ge=-1, description="Requests waiting for a replica before RESOURCE_EXHAUSTED; -1 unbounded."
+    )
+    num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica (0: CPU-light).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica.")

@@ -1,0 +1,119 @@
+"""The gateway's section: identity, rate limits, Redis, admission by tier, mode routing."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from museserve.config.base import DeploymentConfig, Section
+from museserve.domain import Mode
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RequestLimits(Section):
+    """Bounds on what a client may send, checked at the gateway before any work starts."""
+
+    max_messages: int = Field(1024, ge=1, description="Messages per request.")
+    max_parts_per_message: int = Field(64, ge=1, description="Content parts per message.")
+    max_text_bytes: int = Field(4 << 20, ge=1, description="UTF-8 bytes of all text in a request.")
+    max_stop_strings: int = Field(8, ge=0, description="Entries in sampling.stop.")
+    max_stop_string_chars: int = Field(64, ge=1, description="Characters per stop string.")
+    max_tools: int = Field(128, ge=0, description="Tools per request.")
+
+
+class RateSpec(Section):
+    """Limits of one account scope (a user, or a whole tenant). Unset: unlimited.
+
+    Enforced as GCRA: each limit refills at its per-minute rate and holds at most its
+    burst (default: one minute's worth), so a burst can spend at once what a minute refills.
+    """
+
+    requests_per_minute: float | None = Field(None, gt=0, description="Sustained requests per minute.")
+    request_burst: float | None = Field(None, ge=1, description="Requests admitted at once from full.")
+    tokens_per_minute: float | None = Field(None, gt=0, description="Sustained prompt+output tokens per minute.")
+    token_burst: float | None = Field(None, ge=1, description="Tokens admitted at once from full.")
+
+
+class TierConfig(Section):
+    """What an account tier gets: its scheduling priority, its share of a saturated pool,
+    and the rate limits of each user and of each tenant in it."""
+
+    priority: int = Field(1, ge=0, description="Scheduling priority in the engine (lower runs first).")
+    admission_share: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of a pool's max_in_flight this tier may fill; the rest is kept "
+        "for tiers with a larger share.",
+    )
+    user: RateSpec = RateSpec()
+    tenant: RateSpec = RateSpec()
+
+
+class ApiKey(Section):
+    """An API key, stored only as the SHA-256 of the key (hex)."""
+
+    sha256: str = Field(..., description="Lowercase hex SHA-256 of the key.")
+    tenant: str = Field(..., min_length=1, max_length=128, description="Account the key belongs to.")
+    tier: str = Field("default", description="Account tier (a key of gateway.tiers).")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not SHA256_HEX.match(value):
+            raise ValueError("must be the 64-character lowercase hex SHA-256 of the key, not the key")
+        return value
+
+
+class RedisConfig(Section):
+    url: str | None = Field(None, description="redis:// or rediss:// URL; none: state lives in each gateway replica.")
+    timeout_ms: float = Field(50.0, gt=0, description="Bound on one Redis call, connecting included.")
+    max_connections: int = Field(64, ge=1, description="Connections per gateway replica; callers wait for a free one.")
+    key_prefix: str = Field("museserve", pattern=r"^[A-Za-z0-9._-]{1,32}$", description="Prefix of every key.")
+    on_unavailable: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open",
+        description="When Redis cannot answer: fail_open decides with this replica's own limiter; fail_closed "
+        "refuses with UNAVAILABLE.",
+    )
+    api_key_cache_s: float = Field(60.0, ge=0, description="How long a key looked up in Redis is trusted.")
+    mirror_stream_maxlen: int = Field(100_000, ge=1, description="Approximate cap on the mirror record stream.")
+
+
+class GatewayConfig(Section):
+    deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=1024)
+    auth: Literal["none", "api_key"] = Field(
+        "none", description="none: every caller is tenant 'anonymous' (local only); api_key: a key is required."
+    )
+    api_keys: tuple[ApiKey, ...] = Field((), description="Keys known from config (more may live in Redis).")
+    redis: RedisConfig = RedisConfig()
+    default_model: str | None = Field(None, description="Pool used when a request names none; first pool if unset.")
+    routes: dict[Mode, str] = Field(
+        {}, description="Pool per mode for requests that name no model; modes not listed use default_model."
+    )
+    disabled_modes: tuple[Mode, ...] = Field((), description="Modes refused with FAILED_PRECONDITION.")
+    limits: RequestLimits = RequestLimits()
+    tiers: dict[str, TierConfig] = Field({"default": TierConfig()}, description="Account tiers by name.")
+    mirror_log: str = Field(
+        "mirror-records.jsonl", description="File that mirror records go to when there is no Redis."
+    )
+
+    @model_validator(mode="after")
+    def _keys_name_tiers(self) -> GatewayConfig:
+        if "default" not in self.tiers:
+            raise ValueError("tiers must define 'default' (callers with no key, and keys that name no tier)")
+        for i, key in enumerate(self.api_keys):
+            if key.tier not in self.tiers:
+                raise ValueError(f"api_keys[{i}].tier {key.tier!r} is not a tier ({', '.join(sorted(self.tiers))})")
+        if self.auth == "api_key" and not self.api_keys and self.redis.url is None:
+            raise ValueError("auth api_key needs api_keys or a redis.url to look keys up in")
+        return self
+
+    def tier(self, name: str) -> TierConfig:
+        """The tier's settings; an unknown tier (a stale key in Redis) gets the default's."""
+        return self.tiers.get(name) or self.tiers["default"]
+
+    def priority_of(self, tier: str) -> int:
+        return self.tier(tier).priority

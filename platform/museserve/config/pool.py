@@ -1,0 +1,87 @@
+"""A model pool's section: its weights, its engine, its deployment, and the traffic it
+shares with a candidate pool (A/B split, shadow mirroring)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from museserve.config.base import DeploymentConfig, Section
+from museserve.domain import Mode
+
+
+class ModelConfig(Section):
+    size: str = Field("tiny", description="Named architecture size (tiny, small, ...) for dummy weights.")
+    load_format: Literal["dummy", "safetensors"] = Field("dummy", description="Where weights come from.")
+    path: str | None = Field(None, description="Checkpoint directory, for load_format safetensors.")
+    seed: int = Field(0, description="Seed of the dummy weights.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _path_matches_format(self) -> ModelConfig:
+        if self.load_format == "safetensors" and not self.path:
+            raise ValueError("path is required when load_format is safetensors")
+        return self
+
+
+class EngineConfig(Section):
+    context_length: int = Field(262_144, ge=16, description="Prompt plus output tokens per request.")
+    max_output_tokens: int = Field(32_768, ge=1, description="Largest max_output_tokens a request may ask for.")
+    default_max_output_tokens: int = Field(512, ge=1, description="Used when a request sets none.")
+    default_thinking_budget: int = Field(1024, ge=0, description="Reasoning tokens when a request sets none.")
+    max_running_requests: int = Field(64, ge=1, description="Requests in one batch per replica.")
+    max_waiting_requests: int = Field(256, ge=0, description="Requests queued per replica beyond the running ones.")
+    max_batched_tokens: int = Field(2048, ge=1, description="Token budget of one step: prefill chunks plus decodes.")
+    max_prefill_chunk: int = Field(512, ge=1, description="Most prompt tokens one request computes in one step.")
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
+    kv_cache_bytes: int = Field(256 << 20, ge=1, description="Memory for the KV cache per replica; sets its blocks.")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of equal prefixes (per tenant).")
+    stream_interval_ms: float = Field(
+        15.0, ge=0, description="Deltas produced within this window are sent as one message (first token never waits)."
+    )
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> EngineConfig:
+        if self.default_max_output_tokens > self.max_output_tokens:
+            raise ValueError("default_max_output_tokens exceeds max_output_tokens")
+        if self.max_output_tokens >= self.context_length:
+            raise ValueError("max_output_tokens must be below context_length")
+        if self.max_prefill_chunk > self.max_batched_tokens:
+            raise ValueError("max_prefill_chunk exceeds max_batched_tokens")
+        return self
+
+
+class ABSplit(Section):
+    """A share of this pool's traffic served by a candidate pool, sticky per user."""
+
+    candidate: str = Field(..., description="Pool that serves the share.")
+    share: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of users (by hash) sent to the candidate.")
+
+
+class MirrorConfig(Section):
+    """Shadow traffic: a sampled copy of requests, sent detached to a candidate pool and
+    recorded beside the primary's answer for offline grading. Never counts against quotas."""
+
+    candidate: str = Field(..., description="Pool that receives the copies.")
+    fraction: float = Field(0.02, ge=0.0, le=1.0, description="Fraction of requests mirrored (by request id hash).")
+    timeout_s: float = Field(60.0, gt=0, description="Deadline of one mirrored call.")
+    max_in_flight: int = Field(16, ge=1, description="Mirrored calls at once per gateway replica; beyond: skipped.")
+    content: Literal["digest", "outputs", "full"] = Field(
+        "outputs",
+        description="What a record keeps: digest (hashes and counts only), outputs (plus both answers), "
+        "full (plus the input messages).",
+    )
+
+
+class PoolConfig(Section):
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name clients ask for.")
+    modes: tuple[Mode, ...] = Field((Mode.INSTANT, Mode.THINKING), min_length=1, description="Modes accepted.")
+    model: ModelConfig = ModelConfig()
+    engine: EngineConfig = EngineConfig()
+    deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=128)
+    max_in_flight: int = Field(
+        256, ge=1, description="Requests a gateway replica lets into this pool at once; beyond: shed."
+    )
+    ab: ABSplit | None = Field(None, description="A/B split to a candidate pool.")
+    mirror: MirrorConfig | None = Field(None, description="Shadow mirroring to a candidate pool.")
