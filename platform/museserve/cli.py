@@ -46,6 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file", type=Path)
     check.set_defaults(func=_config_check)
 
+    mirror_cmd = commands.add_parser("mirror", help="shadow-mirror tools")
+    mirror_sub = mirror_cmd.add_subparsers(dest="mirror_command", required=True)
+    report = mirror_sub.add_parser("report", help="compare a candidate pool's mirrored answers with the primary's")
+    report.add_argument("source", help="a mirror-records JSONL file or a redis:// URL")
+    report.add_argument("--stream", default="museserve:mirror", help="Redis stream key (default %(default)s)")
+    report.add_argument("--limit", type=int, help="read at most N records (oldest first)")
+    report.add_argument("--json", type=Path, dest="json_out", help="also write the report as JSON here")
+    report.add_argument("--plot", type=Path, dest="plot_out", help="write latency CDFs and length ratios as PNG")
+    report.add_argument("--grader", help='command that scores pairs, JSONL on stdin and stdout (e.g. "python g.py")')
+    report.add_argument("--grader-timeout", type=float, default=600.0, help="seconds (default %(default)s)")
+    report.set_defaults(func=_mirror_report)
+
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -59,6 +71,20 @@ def _config_check(args: argparse.Namespace) -> int:
     pools = ", ".join(f"{p.name} ({p.model.size}, {p.model.load_format})" for p in config.pools)
     print(f"{args.file}: valid; pools: {pools}")
     return 0
+
+
+def _mirror_report(args: argparse.Namespace) -> int:
+    from museserve.mirror_report import report_command  # deferred: matplotlib and redis only here
+
+    return report_command(
+        args.source,
+        stream=args.stream,
+        limit=args.limit,
+        json_out=args.json_out,
+        plot_out=args.plot_out,
+        grader=args.grader,
+        grader_timeout_s=args.grader_timeout,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,14 +1,18 @@
-"""Prometheus metrics, exported through Ray's metrics agent on every node.
+"""What an engine reports, and where it goes.
 
-Names and buckets follow the conventions of the LLM-serving field (vLLM's set, with the
-`museserve_` prefix; Ray's exporter adds `ray_`), labelled by `model` (the pool). Outside
-a Ray worker the objects accept observations and export nothing, so plain classes can
-always record.
+The engine calls a `MetricsRecorder` it is given. `EngineMetrics` exports Prometheus metrics
+through Ray's metrics agent on every node (the Serve deployment's); `InMemoryMetrics` keeps the
+same observations in this process, in the same buckets (tests, benchmarks, engines run without
+Ray). Names and buckets follow the conventions of the LLM-serving field (vLLM's set, with the
+`museserve_` prefix; Ray's exporter adds `ray_`), labelled by `model` (the pool). Ray is imported
+only when an `EngineMetrics` is built, so the engine imports where Ray is not installed.
 """
 
 from __future__ import annotations
 
-from ray.util.metrics import Counter, Gauge, Histogram
+import collections
+from bisect import bisect_left
+from typing import Protocol
 
 TTFT_BUCKETS = [
     0.001,
@@ -87,10 +91,83 @@ REQUEST_BUCKETS = [
 _MODEL = ("model",)
 
 
+class MetricsRecorder(Protocol):
+    """What one model replica's engine reports; every method must be cheap (no I/O)."""
+
+    def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
+        """A request is scheduled for the first time: its queue time, prompt and prefix-cache hit."""
+        ...
+
+    def token(self, since_last_s: float, first: bool) -> None:
+        """A token reached a request: time to first token, or time since its previous token."""
+        ...
+
+    def step(self, running: int, waiting: int, kv_usage: float, generated_tokens: int) -> None:
+        """Once per engine step: the state after it, and the tokens it generated."""
+        ...
+
+    def ended(self, e2e_s: float, reason: str) -> None:
+        """A request ended: arrival to end, and its finish reason (or cancelled / failed)."""
+        ...
+
+
+class BucketCounts:
+    """A histogram in memory: counts per upper bound (Prometheus `le` buckets, +Inf last)."""
+
+    def __init__(self, bounds: list[float]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+
+class InMemoryMetrics:
+    """The engine's metrics kept in this process, in constant memory however long it runs."""
+
+    def __init__(self) -> None:
+        self.ttft = BucketCounts(TTFT_BUCKETS)
+        self.itl = BucketCounts(ITL_BUCKETS)
+        self.e2e = BucketCounts(REQUEST_BUCKETS)
+        self.queue = BucketCounts(REQUEST_BUCKETS)
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.finished: collections.Counter[str] = collections.Counter()  # by finish reason
+        self.running = 0
+        self.waiting = 0
+        self.kv_usage = 0.0
+
+    def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
+        self.queue.observe(queue_s)
+        self.prompt_tokens += prompt_tokens
+        self.prefix_queries += prompt_tokens
+        self.prefix_hits += cached_tokens
+
+    def token(self, since_last_s: float, first: bool) -> None:
+        (self.ttft if first else self.itl).observe(since_last_s)
+
+    def step(self, running: int, waiting: int, kv_usage: float, generated_tokens: int) -> None:
+        self.running, self.waiting, self.kv_usage = running, waiting, kv_usage
+        self.generation_tokens += generated_tokens
+
+    def ended(self, e2e_s: float, reason: str) -> None:
+        self.e2e.observe(e2e_s)
+        self.finished[reason] += 1
+
+
 class EngineMetrics:
-    """What one model replica's engine reports; every method is cheap (no I/O)."""
+    """The engine's metrics as Ray metrics. Outside a Ray worker they accept observations and
+    export nothing."""
 
     def __init__(self, model: str):
+        from ray.util.metrics import Counter, Gauge, Histogram  # here: the engine itself runs without Ray
+
         self._tags = {"model": model}
         self.ttft = Histogram("museserve_time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS, _MODEL)
         self.itl = Histogram("museserve_inter_token_latency_seconds", "Time between tokens.", ITL_BUCKETS, _MODEL)

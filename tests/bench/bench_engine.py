@@ -2,8 +2,9 @@
 
 Both sides hold the same seeded dummy weights (`--size`, default `small`): our `MuseEngine`
 builds them from its PoolConfig, and the same state_dict is loaded into transformers'
-`LlamaForCausalLM` (float32, its default attention). Both use the same number of torch
-threads.
+`LlamaForCausalLM` (its default attention), on the same device (`--device`: auto, cpu or cuda)
+in the same dtype (`--dtype`: float32, or bfloat16 on cuda). Both use the same number of torch
+threads. On cuda every clock is read after the device has finished its queued work.
 
 Workload (seeded): `--requests` requests (64), prompts of uniform 32-512 random ordinary
 token ids (32..7999, no control tokens), outputs of uniform 16-256 tokens, greedy.
@@ -24,6 +25,7 @@ finished first turn's 2048-token prompt, over TTFT of a cold prompt of the same 
 (same tenant, engine otherwise idle); lower is better.
 
     python -m tests.bench.bench_engine --out .bench/engine.json
+    python -m tests.bench.bench_engine --device cuda --dtype bfloat16 --size 1b --out .bench/engine_cuda.json
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from museserve.config import PoolConfig
 from museserve.domain import Mode
 from museserve.engine.engine import MuseEngine
 from museserve.messages import PreparedRequest
+from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseConfig
+from museserve.model.loader import resolve_device
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 PROMPT_TOKENS = (32, 512)
@@ -94,10 +98,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work, so that a clock read next sees it done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def pool_config(args: argparse.Namespace) -> PoolConfig:
     return PoolConfig(
         name="bench",
-        model={"size": args.size, "seed": args.seed, "dtype": "float32"},
+        model={"size": args.size, "seed": args.seed, "dtype": args.dtype, "device": args.device},
         engine={
             "context_length": 4096,
             "max_output_tokens": 1024,
@@ -119,14 +129,16 @@ def pool_config(args: argparse.Namespace) -> PoolConfig:
 class _TimedExecutor:
     """Passes steps through to the engine's executor and records how long each took."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, device: torch.device):
         self.inner = inner
+        self.device = device
         self.num_blocks = inner.num_blocks
         self.steps: list[tuple[float, int, int]] = []  # (seconds, sequences, tokens)
 
     def execute(self, plan):
         start = time.perf_counter()
         logits = self.inner.execute(plan)
+        synchronize(self.device)  # the runner already waits; this keeps the timing honest if it stops
         self.steps.append((time.perf_counter() - start, len(plan.sequences), plan.num_batched_tokens))
         return logits
 
@@ -170,15 +182,19 @@ async def run_one(engine: MuseEngine, request: PreparedRequest) -> Outcome:
     raise RuntimeError("the stream ended without a final chunk")
 
 
-async def run_ours(engine: MuseEngine, pool: PoolConfig, jobs: list[Job], concurrency: int) -> tuple[list, float]:
+async def run_ours(
+    engine: MuseEngine, pool: PoolConfig, jobs: list[Job], concurrency: int, device: torch.device
+) -> tuple[list, float]:
     gate = asyncio.Semaphore(concurrency)
 
     async def gated(job: Job) -> Outcome:
         async with gate:
             return await run_one(engine, prepared(pool, job.prompt, job.max_output_tokens))
 
+    synchronize(device)
     start = time.perf_counter()
     outcomes = await asyncio.gather(*(gated(job) for job in jobs))
+    synchronize(device)
     return outcomes, time.perf_counter() - start
 
 
@@ -207,12 +223,14 @@ async def prefix_ttfts(engine: MuseEngine, pool: PoolConfig, seed: int) -> dict:
     }
 
 
-async def bench_ours(engine: MuseEngine, pool: PoolConfig, jobs: list[Job], args: argparse.Namespace) -> tuple:
+async def bench_ours(
+    engine: MuseEngine, pool: PoolConfig, jobs: list[Job], args: argparse.Namespace, device: torch.device
+) -> tuple:
     warmup_jobs = make_workload(args.seed + 7, 2)
     await asyncio.gather(*(run_one(engine, prepared(pool, j.prompt[:32], 4, tenant="warmup")) for j in warmup_jobs))
-    timed = _TimedExecutor(engine.executor)
+    timed = _TimedExecutor(engine.executor, device)
     engine.executor = timed
-    outcomes, wall = await run_ours(engine, pool, jobs, args.concurrency)
+    outcomes, wall = await run_ours(engine, pool, jobs, args.concurrency, device)
     engine.executor = timed.inner
     prefix = None if args.skip_prefix else await prefix_ttfts(engine, pool, args.seed)
     return outcomes, wall, timed.steps, prefix
@@ -221,13 +239,17 @@ async def bench_ours(engine: MuseEngine, pool: PoolConfig, jobs: list[Job], args
 # -- Hugging Face ----------------------------------------------------------------------
 
 
-def hf_model(engine: MuseEngine):
+def hf_model(engine: MuseEngine, device: torch.device, dtype: torch.dtype):
     import transformers
 
     model = engine.executor.model
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf_dict()))
-    hf.load_state_dict(model.state_dict(), strict=True)
-    return hf.to(torch.float32).eval()
+    with device:  # built where it runs: no second copy of the weights on the CPU
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf_dict()))
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # shares embed_tokens.weight
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+    return hf.to(dtype).eval()
 
 
 def hf_generate(hf, jobs: list[Job], pad_id: int) -> tuple[list[list[int]], int]:
@@ -235,10 +257,11 @@ def hf_generate(hf, jobs: list[Job], pad_id: int) -> tuple[list[list[int]], int]
     from transformers import GenerationConfig
 
     width = max(len(j.prompt) for j in jobs)
-    input_ids = torch.full((len(jobs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(jobs), width), dtype=torch.long)
+    device = hf.device
+    input_ids = torch.full((len(jobs), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(jobs), width), dtype=torch.long, device=device)
     for row, job in enumerate(jobs):
-        input_ids[row, width - len(job.prompt) :] = torch.tensor(job.prompt)
+        input_ids[row, width - len(job.prompt) :] = torch.tensor(job.prompt, device=device)
         mask[row, width - len(job.prompt) :] = 1
     new_tokens = max(j.max_output_tokens for j in jobs)
     config = GenerationConfig(
@@ -262,12 +285,14 @@ def bench_hf(hf, jobs: list[Job], batch_size: int, pad_id: int) -> tuple[list[li
     hf_generate(hf, [Job(j.prompt[:32], 4) for j in warmup], pad_id)
     outputs: list[list[int]] = []
     generated_slots = 0
+    synchronize(hf.device)
     start = time.perf_counter()
     for first in range(0, len(jobs), batch_size):
         batch = jobs[first : first + batch_size]
         tokens, per_row = hf_generate(hf, batch, pad_id)
         outputs.extend(tokens)
         generated_slots += per_row * len(batch)
+    synchronize(hf.device)
     return outputs, time.perf_counter() - start, generated_slots
 
 
@@ -293,7 +318,9 @@ def source_state() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(".bench/engine.json"))
-    parser.add_argument("--size", default="small", choices=MuseConfig.named_sizes()[:2])
+    parser.add_argument("--size", default="small", choices=MuseConfig.named_sizes()[:3])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="both sides")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both sides")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32, help="our semaphore and running cap; HF batch size")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
@@ -303,6 +330,8 @@ def main() -> None:
     parser.add_argument("--kv-cache-mib", type=int, default=512)
     parser.add_argument("--skip-prefix", action="store_true", help="leave out the prefix-cache TTFT measurement")
     args = parser.parse_args()
+    if args.dtype != "float32" and resolve_device(args.device).type != "cuda":
+        parser.error("--dtype bfloat16 runs on cuda only")
 
     import transformers
 
@@ -313,20 +342,22 @@ def main() -> None:
     jobs = make_workload(args.seed, args.requests)
     requested = [j.max_output_tokens for j in jobs]
 
-    engine = MuseEngine(pool, tokenizer)
+    metrics = InMemoryMetrics()
+    engine = MuseEngine(pool, tokenizer, metrics=metrics)
     model = engine.executor.model
     config = model.config
     dtype = getattr(torch, pool.model.dtype)
+    device = next(model.parameters()).device
 
     async def ours_then_stop() -> tuple:
         try:
-            return await bench_ours(engine, pool, jobs, args)
+            return await bench_ours(engine, pool, jobs, args, device)
         finally:
             engine.shutdown()
 
     outcomes, ours_wall, steps, prefix = asyncio.run(ours_then_stop())
 
-    hf = hf_model(engine)
+    hf = hf_model(engine, device, dtype)
     hf_outputs, hf_wall, hf_slots = bench_hf(hf, jobs, args.concurrency, pad_id=0)
 
     ours_tokens = sum(o.output_tokens for o in outcomes)
@@ -343,6 +374,8 @@ def main() -> None:
     report = {
         "benchmark": "engine_vs_hf",
         "throughput_ratio_vs_hf": ours_rate / hf_rate,
+        "device": str(device),
+        "dtype": pool.model.dtype,
         "ours": {
             "output_tokens_per_s": ours_rate,
             "ttft_p50_s": percentile(ttfts, 0.5),
@@ -360,6 +393,14 @@ def main() -> None:
             "model_time_fraction_of_wall": sum(step_s) / ours_wall,
             "step_s_p50": percentile(step_s, 0.5) if step_s else None,
             "counted": "sum of usage.output_tokens of each request's final chunk (tokens actually generated)",
+            "engine_metrics": {
+                "generation_tokens": metrics.generation_tokens,
+                "prompt_tokens": metrics.prompt_tokens,
+                "prefix_hit_tokens": metrics.prefix_hits,
+                "ttft_mean_s": metrics.ttft.sum / max(metrics.ttft.count, 1),
+                "itl_mean_s": metrics.itl.sum / max(metrics.itl.count, 1),
+                "note": "the engine's own recorder over the whole run: warm-up, workload and prefix turns",
+            },
         },
         "hf": {
             "output_tokens_per_s": hf_rate,
@@ -420,6 +461,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         "notes": [
             "one process, one run: ours first (then the prefix-cache turns), then Hugging Face; "

@@ -8,32 +8,92 @@ import pytest
 
 from museserve.client import ChatClient
 from museserve.config import MuseServeConfig, load_config, parse_config
+from museserve.gateway.identity import key_digest
+from tests.redis_server import RedisServer
 from tests.support import free_port, start_local_app
 
 CONTEXT_LENGTH = 2048
 MAX_IMAGE_BYTES = 64 << 10
 MAX_REQUEST_BYTES = 2 << 20
 
+# API keys of the session app, by what their tier lets them do. Only hashes go in config.
+TEST_KEY = "sk-test-unlimited"  # tenant "tester", tier default: no rate limits
+PROBE_KEY = "sk-test-probe"  # tenant "probe": 50 requests at once, then 1 per minute
+METERED_KEY = "sk-test-metered"  # tenant "metered": 1 token per minute after a 400-token burst
+BULK_KEY = "sk-test-bulk"  # tenant "bulk": may fill only 10% of a pool's in-flight bound
+AB_POOL, CANDIDATE_POOL = "muse-ab", "muse-cand"
+AB_SHARE, MIRROR_FRACTION = 0.5, 0.3
 
-def integration_config() -> MuseServeConfig:
-    """The shipped local config with free ports and a small context window."""
+
+def _tiers() -> dict:
+    return {
+        "default": {"priority": 1},
+        "probe": {"priority": 1, "tenant": {"requests_per_minute": 1, "request_burst": 50}},
+        "metered": {"priority": 1, "tenant": {"tokens_per_minute": 1, "token_burst": 400}},
+        "bulk": {"priority": 2, "admission_share": 0.1},
+    }
+
+
+def _small_pool(name: str, **extra) -> dict:
+    return {
+        "name": name,
+        "max_in_flight": 64,
+        "engine": {
+            "context_length": CONTEXT_LENGTH,
+            "max_output_tokens": 256,
+            "default_max_output_tokens": 8,
+            "stream_interval_ms": 0,
+            "kv_cache_bytes": 16 << 20,
+        },
+        "deployment": {"max_ongoing_requests": 160, "num_cpus": 0},
+        **extra,
+    }
+
+
+def integration_config(redis_url: str) -> MuseServeConfig:
+    """The shipped local config with free ports, a small context window, API keys, Redis,
+    and two more pools for A/B and mirroring."""
     data = load_config().model_dump(mode="json")
     data["server"].update(
         grpc_port=free_port(), http_port=free_port(), request_timeout_s=60, max_request_bytes=MAX_REQUEST_BYTES
     )
     data["preprocess"]["media"]["max_image_bytes"] = MAX_IMAGE_BYTES
+    keys = [
+        (TEST_KEY, "tester", "default"),
+        (PROBE_KEY, "probe", "probe"),
+        (METERED_KEY, "metered", "metered"),
+        (BULK_KEY, "bulk", "bulk"),
+    ]
+    data["gateway"].update(
+        auth="api_key",
+        api_keys=[{"sha256": key_digest(k), "tenant": t, "tier": tier} for k, t, tier in keys],
+        tiers=_tiers(),
+        redis={"url": redis_url, "timeout_ms": 200, "on_unavailable": "fail_open"},
+        default_model="muse-tiny",
+    )
     pool = data["pools"][0]
     pool["engine"].update(
         context_length=CONTEXT_LENGTH, max_output_tokens=1024, default_max_output_tokens=32, stream_interval_ms=0
     )
+    mirror = {"candidate": CANDIDATE_POOL, "fraction": MIRROR_FRACTION, "timeout_s": 30, "content": "outputs"}
+    data["pools"] += [
+        _small_pool(AB_POOL, ab={"candidate": CANDIDATE_POOL, "share": AB_SHARE}, mirror=mirror),
+        _small_pool(CANDIDATE_POOL, model={"size": "tiny", "load_format": "dummy", "seed": 1}),
+    ]
     return parse_config(data, source="integration config")
 
 
 @pytest.fixture(scope="session")
-def app_config() -> Iterator[MuseServeConfig]:
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def app_config(redis_server: RedisServer) -> Iterator[MuseServeConfig]:
     import ray
 
-    config = integration_config()
+    config = integration_config(redis_server.url)
     try:
         start_local_app(config)
         yield config
@@ -46,9 +106,13 @@ def grpc_address(app_config: MuseServeConfig) -> str:
     return f"127.0.0.1:{app_config.server.grpc_port}"
 
 
+def key_client(address: str, key: str, user: str = "tester") -> ChatClient:
+    return ChatClient(address, metadata=[("authorization", f"Bearer {key}"), ("x-user-id", user)])
+
+
 @pytest.fixture
 def client(grpc_address: str) -> Iterator[ChatClient]:
-    c = ChatClient(grpc_address, metadata=[("x-user-id", "tester")])
+    c = key_client(grpc_address, TEST_KEY)
     yield c
     c.close()
 

@@ -72,7 +72,7 @@ def test_count_tokens_matches_the_prompt_usage(client: ChatClient):
 
 def test_list_models(client: ChatClient):
     models = client.list_models(timeout=10).models
-    assert [m.name for m in models] == ["muse-tiny"]
+    assert [m.name for m in models] == ["muse-tiny", "muse-ab", "muse-cand"]
     assert models[0].is_default and list(models[0].modes) == [pb.MODE_INSTANT, pb.MODE_THINKING]
 
 
@@ -94,13 +94,13 @@ def test_http_health_and_models(app_config):
     with urllib.request.urlopen(f"{base}/healthz", timeout=10) as r:
         assert json.load(r) == {"status": "ok"}
     with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as r:
-        assert [m["id"] for m in json.load(r)["data"]] == ["muse-tiny"]
+        assert [m["id"] for m in json.load(r)["data"]] == ["muse-tiny", "muse-ab", "muse-cand"]
 
 
 def test_request_id_from_the_client_is_kept(client: ChatClient):
     request = _greedy(max_output_tokens=2)
     request.request_id = "client-chosen-id-1"
-    response, call = client.stub.Chat.with_call(request, timeout=30)
+    response, call = client.stub.Chat.with_call(request, timeout=30, metadata=client.metadata)
     assert response.request_id == "client-chosen-id-1"
     assert ("x-request-id", "client-chosen-id-1") in tuple(call.trailing_metadata())
 

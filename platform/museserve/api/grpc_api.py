@@ -19,9 +19,9 @@ import grpc
 
 from museserve.api.convert import event_to_pb, model_info_to_pb, request_from_pb, result_to_pb
 from museserve.api.grpc_status import to_grpc_status
-from museserve.domain import Identity
-from museserve.errors import Internal, InvalidArgument, MuseError
+from museserve.errors import Internal, MuseError
 from museserve.gateway.gateway import Gateway
+from museserve.gateway.identity import Credentials
 from museserve.v1 import chat_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -46,21 +46,21 @@ class GrpcChatApi:
 
     async def chat(self, msg: pb.ChatRequest, context: RpcContext) -> pb.ChatResponse:
         request_id = _request_id(msg, context)
+        trailers = _Trailers(context, request_id)
         try:
-            request = request_from_pb(msg, request_id, _identity(context))
-            result = await self.gateway.chat(request)
+            identity = await self.gateway.identify(_credentials(context))
+            result = await self.gateway.chat(request_from_pb(msg, request_id, identity), trailers.add)
         except Exception as e:
             _set_status(context, e, request_id)
             return pb.ChatResponse()
-        context.set_trailing_metadata([("x-request-id", request_id), ("x-served-by", result.model)])
         return result_to_pb(result, request_id)
 
     async def chat_stream(self, msg: pb.ChatRequest, context: RpcContext) -> AsyncIterator[pb.ChatEvent]:
         request_id = _request_id(msg, context)
-        context.set_trailing_metadata([("x-request-id", request_id)])
+        trailers = _Trailers(context, request_id)
         try:
-            request = request_from_pb(msg, request_id, _identity(context))
-            async for event in self.gateway.stream(request):
+            identity = await self.gateway.identify(_credentials(context))
+            async for event in self.gateway.stream(request_from_pb(msg, request_id, identity), trailers.add):
                 yield event_to_pb(event, request_id)
         except Exception as e:
             _set_status(context, e, request_id)
@@ -69,7 +69,8 @@ class GrpcChatApi:
     async def count_tokens(self, msg: pb.ChatRequest, context: RpcContext) -> pb.CountTokensResponse:
         request_id = _request_id(msg, context)
         try:
-            count = await self.gateway.count_tokens(request_from_pb(msg, request_id, _identity(context)))
+            identity = await self.gateway.identify(_credentials(context))
+            count = await self.gateway.count_tokens(request_from_pb(msg, request_id, identity))
         except Exception as e:
             _set_status(context, e, request_id)
             return pb.CountTokensResponse()
@@ -77,7 +78,12 @@ class GrpcChatApi:
             prompt_tokens=count.prompt_tokens, context_length=count.context_length, model=count.pool
         )
 
-    def list_models(self, msg: pb.ListModelsRequest, context: RpcContext) -> pb.ListModelsResponse:
+    async def list_models(self, msg: pb.ListModelsRequest, context: RpcContext) -> pb.ListModelsResponse:
+        try:
+            await self.gateway.identify(_credentials(context))
+        except Exception as e:
+            _set_status(context, e, uuid.uuid4().hex)
+            return pb.ListModelsResponse()
         return pb.ListModelsResponse(models=[model_info_to_pb(m, d) for m, d in self.gateway.list_models()])
 
 
@@ -93,11 +99,26 @@ def _request_id(msg: pb.ChatRequest, context: RpcContext) -> str:
     return candidate if REQUEST_ID.match(candidate) else uuid.uuid4().hex
 
 
-def _identity(context: RpcContext) -> Identity:
-    user = _metadata(context, "x-user-id")
-    if len(user) > 256:
-        raise InvalidArgument("at most 256 characters", field="metadata.x-user-id")
-    return Identity(tenant="anonymous", user=user)
+def _credentials(context: RpcContext) -> Credentials:
+    """The API key from `authorization: Bearer <key>` (or `x-api-key`), the user from `x-user-id`."""
+    authorization = _metadata(context, "authorization")
+    scheme, _, token = authorization.partition(" ")
+    api_key = token.strip() if scheme.lower() == "bearer" else ""
+    return Credentials(api_key=api_key or _metadata(context, "x-api-key"), user=_metadata(context, "x-user-id"))
+
+
+class _Trailers:
+    """Trailing metadata of one call: the request id, then what the gateway adds (the pool
+    that served, the remaining quota)."""
+
+    def __init__(self, context: RpcContext, request_id: str):
+        self._context = context
+        self._pairs: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
+        context.set_trailing_metadata(self._pairs)
+
+    def add(self, pairs) -> None:
+        self._pairs.extend(pairs)
+        self._context.set_trailing_metadata(self._pairs)
 
 
 def _set_status(context: RpcContext, error: BaseException, request_id: str) -> None:

@@ -97,7 +97,9 @@ class GatewayConfig(Section):
     limits: RequestLimits = RequestLimits()
     tiers: dict[str, TierConfig] = Field({"default": TierConfig()}, description="Account tiers by name.")
     mirror_log: str = Field(
-        "mirror-records.jsonl", description="File that mirror records go to when there is no Redis."
+        "/tmp/museserve/mirror-records.jsonl",
+        pattern=r"^/",
+        description="Absolute path of the JSONL file that mirror records go to when there is no Redis.",
     )
 
     @model_validator(mode="after")

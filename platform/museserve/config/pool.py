@@ -17,6 +17,9 @@ class ModelConfig(Section):
     path: str | None = Field(None, description="Checkpoint directory, for load_format safetensors.")
     seed: int = Field(0, description="Seed of the dummy weights.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where weights, KV cache and sampling live; auto: cuda when PyTorch sees a GPU, else cpu."
+    )
 
     @model_validator(mode="after")
     def _path_matches_format(self) -> ModelConfig:

@@ -30,8 +30,9 @@ from museserve.engine.sequence import Sequence
 from museserve.engine.stats import EngineStats, RequestPhase, RequestRecord
 from museserve.errors import Cancelled, DeadlineExceeded, Internal, MuseError, ResourceExhausted
 from museserve.messages import GenerationChunk, PreparedRequest
-from museserve.metrics import EngineMetrics
+from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
+from museserve.model.loader import resolve_device
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,10 @@ class MuseEngine:
         pool: PoolConfig,
         tokenizer: MuseTokenizer,
         executor: Executor | None = None,
-        metrics: EngineMetrics | None = None,
+        metrics: MetricsRecorder | None = None,
     ):
         self.pool = pool
-        self.metrics = metrics or EngineMetrics(pool.name)
+        self.metrics = metrics if metrics is not None else InMemoryMetrics()
         self.tokenizer = tokenizer
         engine = pool.engine
         if executor is None:
@@ -197,6 +198,7 @@ class MuseEngine:
                 queue_s = time.monotonic() - active.arrival
                 self.metrics.scheduled_first(queue_s, active.request.num_prompt_tokens, cached)
 
+    @torch.inference_mode()  # processors change the executor's logits in place
     def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, tuple[int, PositionLogprobs | None]]:
         ids = [item.request_id for item in plan.sequences if item.samples]
         actives = [self._active.get(rid) for rid in ids]
@@ -204,10 +206,13 @@ class MuseEngine:
         rows = [i for i, a in enumerate(actives) if a is not None and self.scheduler.get(ids[i]) is not None]
         if not rows:
             return {}
-        logits = logits[rows]
+        if len(rows) < logits.shape[0]:
+            logits = logits[rows]
         # Log probabilities come from the model's own distribution: before penalties and temperature.
         wants_logprobs = [row for row, i in enumerate(rows) if actives[i].request.logprobs]
-        raw_logprobs = dict(zip(wants_logprobs, logits[wants_logprobs].log_softmax(dim=-1), strict=True))
+        raw_logprobs = {}
+        if wants_logprobs:
+            raw_logprobs = dict(zip(wants_logprobs, logits[wants_logprobs].log_softmax(dim=-1), strict=True))
         for row, i in enumerate(rows):
             if actives[i].processors:
                 seq = self.scheduler.get(ids[i])
@@ -282,17 +287,19 @@ class MuseEngine:
 
 
 def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer) -> ModelRunner:
-    """A runner in this process, its KV pool sized from the pool's memory budget."""
+    """A runner in this process on the pool's device, its KV pool sized from the pool's memory budget."""
     engine = pool.engine
     model = load_pool_model(pool, tokenizer)
     dtype = getattr(torch, pool.model.dtype)
+    device = next(model.parameters()).device
     num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(model.config, engine.block_size, dtype)
     if num_blocks < 1:
         raise ValueError(f"pool {pool.name}: engine.kv_cache_bytes holds no KV block of this model")
-    kv_pool = PagedKVPool(model.config, num_blocks, engine.block_size, dtype=dtype, device=torch.device("cpu"))
+    kv_pool = PagedKVPool(model.config, num_blocks, engine.block_size, dtype=dtype, device=device)
     logger.info(
-        "pool %s: KV cache of %d blocks x %d tokens = %d tokens (%.1f MiB)",
+        "pool %s on %s: KV cache of %d blocks x %d tokens = %d tokens (%.1f MiB)",
         pool.name,
+        device,
         num_blocks,
         engine.block_size,
         num_blocks * engine.block_size,
@@ -310,5 +317,10 @@ def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer) -> MuseForCausal
     if arch.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
     return build_model(
-        arch, load_format=spec.load_format, seed=spec.seed, dtype=getattr(torch, spec.dtype), path=spec.path
+        arch,
+        load_format=spec.load_format,
+        seed=spec.seed,
+        dtype=getattr(torch, spec.dtype),
+        path=spec.path,
+        device=resolve_device(spec.device),
     )

@@ -9,7 +9,9 @@ sequence's queries over its own slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -47,46 +49,83 @@ class DecodeBatch:
     slots: Tensor  # [B, max_context] long, padded with slot 0
     mask: Tensor  # [B, 1, 1, max_context] bool: True where a key is the sequence's own
 
+    def to(self, device: torch.device) -> DecodeBatch:
+        return DecodeBatch(self.rows.to(device), self.slots.to(device), self.mask.to(device))
+
 
 @dataclass(frozen=True)
 class BatchLayout:
     """Where one step's flattened tokens go. Sequence i owns rows
-    [query_starts[i], query_starts[i + 1]) of the batch and reads `context_slots[i]`;
-    sequences computing one token are attended in the `decode` groups instead."""
+    [query_starts[i], query_starts[i + 1]) of the batch and reads `context_slots(i)`, the slots
+    of its positions 0..context_lens[i] - 1; sequences computing one token are attended in the
+    `decode` groups instead. Built on the CPU; `to` moves it to the device in a few copies."""
 
     slot_mapping: Tensor  # [T] long: the slot each new token's k/v is written to
+    block_slots: Tensor  # [sum over sequences of num_blocks * block_size] long: each one's blocks as slots
+    slot_starts: tuple[int, ...]  # where sequence i's slots begin in block_slots
+    context_lens: tuple[int, ...]
     query_starts: tuple[int, ...]  # len = num_sequences + 1
-    context_slots: tuple[Tensor, ...]  # per sequence [context_len] long: its slots, in position order
     decode: tuple[DecodeBatch, ...] = ()
     chunked: tuple[int, ...] = ()  # indices of the sequences not in `decode`
 
+    def context_slots(self, i: int) -> Tensor:
+        """[context_lens[i]] long: sequence i's slots in position order (a view)."""
+        return self.block_slots[self.slot_starts[i] : self.slot_starts[i] + self.context_lens[i]]
+
+    def to(self, device: torch.device) -> BatchLayout:
+        return replace(
+            self,
+            slot_mapping=self.slot_mapping.to(device),
+            block_slots=self.block_slots.to(device),
+            decode=tuple(d.to(device) for d in self.decode),
+        )
+
     @staticmethod
-    def build(slot_mapping: Tensor, query_starts: tuple[int, ...], context_slots: tuple[Tensor, ...]) -> BatchLayout:
-        num_new = [query_starts[i + 1] - query_starts[i] for i in range(len(context_slots))]
-        single = sorted((i for i, n in enumerate(num_new) if n == 1), key=lambda i: context_slots[i].shape[0])
+    def build(
+        block_tables: Sequence[Sequence[int]],
+        first_positions: Sequence[int],
+        num_new_tokens: Sequence[int],
+        block_size: int,
+        decode_group: int = 8,
+    ) -> BatchLayout:
+        """Per sequence: its block ids, the position of its first new token and how many it computes.
+        Decode sequences are sorted by context length and cut into groups of `decode_group`, so
+        each group pads to a near length."""
+        bs = block_size
+        context_lens = tuple(f + n for f, n in zip(first_positions, num_new_tokens, strict=True))
+        num_blocks = [-(-length // bs) for length in context_lens]
+        table: list[int] = []
+        for ids, k in zip(block_tables, num_blocks, strict=True):
+            if len(ids) < k:
+                raise ValueError(f"a sequence of {k * bs} tokens holds only {len(ids)} blocks")
+            table.extend(ids[:k])
+        block_slots = (torch.tensor(table, dtype=torch.long)[:, None] * bs + torch.arange(bs)).flatten()
+        slot_starts = tuple(accumulate((k * bs for k in num_blocks[:-1]), initial=0))
+        new_slots: list[int] = []
+        for start, first, length in zip(slot_starts, first_positions, context_lens, strict=True):
+            new_slots.extend(range(start + first, start + length))
+        slot_mapping = block_slots[torch.tensor(new_slots, dtype=torch.long)]
+        query_starts = tuple(accumulate(num_new_tokens, initial=0))
+        layout = BatchLayout(slot_mapping, block_slots, slot_starts, context_lens, query_starts)
+        single = sorted((i for i, n in enumerate(num_new_tokens) if n == 1), key=lambda i: context_lens[i])
         if len(single) < 2:
-            return BatchLayout(slot_mapping, query_starts, context_slots, (), tuple(range(len(context_slots))))
-        # Sorted by context length and cut into groups, so each group pads to a near length.
-        groups = [single[g : g + DECODE_GROUP] for g in range(0, len(single), DECODE_GROUP)]
-        decode = tuple(_decode_batch(group, query_starts, context_slots, slot_mapping.device) for group in groups)
-        chunked = tuple(i for i, n in enumerate(num_new) if n != 1)
-        return BatchLayout(slot_mapping, query_starts, context_slots, decode, chunked)
+            return replace(layout, chunked=tuple(range(len(context_lens))))
+        groups = [single[g : g + decode_group] for g in range(0, len(single), decode_group)]
+        decode = tuple(_decode_batch(group, layout) for group in groups)
+        chunked = tuple(i for i, n in enumerate(num_new_tokens) if n != 1)
+        return replace(layout, decode=decode, chunked=chunked)
 
 
-DECODE_GROUP = 8  # sequences per batched decode call: less padding, few calls
-
-
-def _decode_batch(
-    group: list[int], query_starts: tuple[int, ...], context_slots: tuple[Tensor, ...], device: torch.device
-) -> DecodeBatch:
-    lengths = torch.tensor([context_slots[i].shape[0] for i in group])
-    width = int(lengths.max())
-    slots = torch.zeros(len(group), width, dtype=torch.long, device=device)
-    for row, i in enumerate(group):
-        slots[row, : context_slots[i].shape[0]] = context_slots[i]
-    mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :]
-    rows = torch.tensor([query_starts[i] for i in group], dtype=torch.long)
-    return DecodeBatch(rows.to(device), slots, mask.to(device))
+def _decode_batch(group: list[int], layout: BatchLayout) -> DecodeBatch:
+    lengths = torch.tensor([layout.context_lens[i] for i in group])
+    starts = torch.tensor([layout.slot_starts[i] for i in group])
+    columns = torch.arange(int(lengths.max()))
+    own = columns[None, :] < lengths[:, None]  # [B, width]
+    # Padding reads slot 0 (then masked): indices past a row's own slots may run off block_slots.
+    index = (starts[:, None] + columns[None, :]).masked_fill_(~own, 0)
+    slots = layout.block_slots[index].masked_fill_(~own, 0)
+    rows = torch.tensor([layout.query_starts[i] for i in group], dtype=torch.long)
+    return DecodeBatch(rows, slots, own[:, None, None, :])
 
 
 class PagedStep:
@@ -109,17 +148,20 @@ def paged_attention_reference(q: Tensor, keys: Tensor, values: Tensor, layout: B
     # index_select, not advanced indexing: the gather is most of a decode step's memory traffic.
     for i in layout.chunked:
         rows = slice(starts[i], starts[i + 1])
-        slots = layout.context_slots[i]
+        slots = layout.context_slots(i)
         out[rows] = causal_attention(q[rows], keys.index_select(0, slots), values.index_select(0, slots))
+    kv_heads = keys.shape[1]
+    group = q.shape[1] // kv_heads
     for d in layout.decode:
         batch, width = d.slots.shape
         flat = d.slots.flatten()
+        # One query per sequence, so the `group` query heads that share a KV head can stand as that
+        # head's query rows: exact, and no GQA needed, which the fused GPU kernels with a mask lack.
         attended = F.scaled_dot_product_attention(
-            q.index_select(0, d.rows)[:, :, None, :],  # [B, heads, 1, d]
+            q.index_select(0, d.rows).view(batch, kv_heads, group, q.shape[-1]),  # [B, kv_heads, group, d]
             keys.index_select(0, flat).view(batch, width, *keys.shape[1:]).transpose(1, 2),  # [B, kv_heads, W, d]
             values.index_select(0, flat).view(batch, width, *values.shape[1:]).transpose(1, 2),
             attn_mask=d.mask,
-            enable_gqa=q.shape[1] != keys.shape[1],
         )
-        out[d.rows] = attended[:, :, 0, :]
+        out[d.rows] = attended.reshape(batch, q.shape[1], q.shape[-1])
     return out

@@ -17,12 +17,19 @@ from museserve.engine.kv_pool import BatchLayout, PagedKVPool, PagedStep
 from museserve.engine.scheduler import SchedulerPlan
 from museserve.model import MuseForCausalLM
 
+# Decode sequences per batched attention call. On a CPU the padding to the group's longest
+# context costs compute, so groups stay small; on a GPU each call's launches cost more than
+# the padding, so all of a step's decodes go in one call.
+CPU_DECODE_GROUP = 8
+GPU_DECODE_GROUP = 1024
+
 
 class Executor(Protocol):
     num_blocks: int  # KV blocks each worker's pool holds; the block manager hands out these ids
 
     def execute(self, plan: SchedulerPlan) -> Tensor:
-        """Runs the plan; returns float32 logits [num_sampling_sequences, vocab] on the CPU."""
+        """Runs the plan; returns float32 logits [num_sampling_sequences, vocab], on any device,
+        already computed: the caller samples on its event loop, which must not wait on a device."""
         ...
 
 
@@ -32,25 +39,32 @@ class ModelRunner:
         self.pool = pool
         self.device = next(model.parameters()).device
         self.num_blocks = pool.num_blocks
+        self.decode_group = CPU_DECODE_GROUP if self.device.type == "cpu" else GPU_DECODE_GROUP
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerPlan) -> Tensor:
-        bs = self.pool.block_size
-        input_ids, positions, slot_mapping, starts, context_slots, sample_rows = [], [], [], [0], [], []
+        # Inputs are built on the CPU and cross to the device in a few copies: one for the
+        # token ids, positions and sampled rows, the rest in `BatchLayout.to`.
+        token_ids: list[int] = []
+        token_positions: list[int] = []
+        sample_rows: list[int] = []
         for item in plan.sequences:
-            end = item.first_position + item.num_new_tokens
-            blocks = torch.tensor(item.block_ids, dtype=torch.long)
-            all_positions = torch.arange(end)
-            slots = blocks[all_positions // bs] * bs + all_positions % bs  # [context_len]
-            input_ids.extend(item.token_ids)
-            positions.append(all_positions[item.first_position :])
-            slot_mapping.append(slots[item.first_position :])
-            context_slots.append(slots.to(self.device))
-            starts.append(starts[-1] + item.num_new_tokens)
+            token_ids.extend(item.token_ids)
+            token_positions.extend(range(item.first_position, item.first_position + item.num_new_tokens))
             if item.samples:
-                sample_rows.append(starts[-1] - 1)
-        layout = BatchLayout.build(torch.cat(slot_mapping).to(self.device), tuple(starts), tuple(context_slots))
-        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
-        hidden = self.model(self.model.embed(ids), torch.cat(positions).to(self.device), PagedStep(self.pool, layout))
-        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
-        return self.model.compute_logits(hidden[rows]).float().cpu()
+                sample_rows.append(len(token_ids) - 1)
+        sequences = plan.sequences
+        layout = BatchLayout.build(
+            [item.block_ids for item in sequences],
+            [item.first_position for item in sequences],
+            [item.num_new_tokens for item in sequences],
+            self.pool.block_size,
+            self.decode_group,
+        ).to(self.device)
+        packed = torch.tensor(token_ids + token_positions + sample_rows, dtype=torch.long).to(self.device)
+        ids, positions, rows = packed.split((len(token_ids), len(token_positions), len(sample_rows)))
+        hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
+        logits = self.model.compute_logits(hidden[rows])
+        if logits.is_cuda:
+            torch.cuda.current_stream(logits.device).synchronize()  # here, in the executor's thread
+        return logits

@@ -1,5 +1,9 @@
-"""The gateway's request path as a plain class: resolve the model, validate, prepare,
-stream from the pool, and turn pool chunks into stream events.
+"""The gateway's request path as a plain class.
+
+identify -> route (mode, A/B) -> validate -> admission slot -> prepare (tokens) ->
+rate limit (one decision, prompt tokens charged) -> stream from the pool -> settle the
+output tokens (also when the stream is cut short) -> hand the primary's answer to the
+mirror when the request was sampled.
 
 It talks to the other tiers through two small protocols, so tests build it with the
 preprocess and engine objects directly, and the Serve deployment with Ray handles.
@@ -7,16 +11,18 @@ preprocess and engine objects directly, and the Serve deployment with Ray handle
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
-from museserve.config import MuseServeConfig, PoolConfig
+from museserve.config import MuseServeConfig
 from museserve.domain import (
     ChatRequest,
     ChatResult,
     Finish,
     FinishReason,
+    Identity,
     LogprobsDelta,
     ModelInfo,
     PositionLogprobs,
@@ -27,11 +33,21 @@ from museserve.domain import (
     ToolCallEvent,
     Usage,
 )
-from museserve.errors import InvalidArgument, Unavailable
+from museserve.errors import MuseError, ResourceExhausted, Unauthenticated, Unavailable
+from museserve.gateway.admission import AdmissionControl
+from museserve.gateway.capture import StreamCapture
+from museserve.gateway.identity import Authenticator, Credentials
+from museserve.gateway.mirror import Mirror
+from museserve.gateway.observer import CountingObserver, GatewayObserver
+from museserve.gateway.quota import QuotaGuard
+from museserve.gateway.routing import Router
 from museserve.gateway.validation import validate_request
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
 
 logger = logging.getLogger(__name__)
+
+# Response metadata for the API edge: pairs of (key, value).
+MetadataSink = Callable[[Sequence[tuple[str, str]]], None]
 
 
 class PreprocessClient(Protocol):
@@ -45,13 +61,30 @@ class PoolClient(Protocol):
 
 
 class Gateway:
-    def __init__(self, config: MuseServeConfig, preprocess: PreprocessClient, pools: Mapping[str, PoolClient]):
+    def __init__(
+        self,
+        config: MuseServeConfig,
+        preprocess: PreprocessClient,
+        pools: Mapping[str, PoolClient],
+        *,
+        authenticator: Authenticator | None = None,
+        quota: QuotaGuard | None = None,
+        mirror: Mirror | None = None,
+        observer: GatewayObserver | None = None,
+    ):
         missing = {p.name for p in config.pools} - set(pools)
         if missing:
             raise ValueError(f"no client for pools: {', '.join(sorted(missing))}")
         self.config = config
         self._preprocess = preprocess
         self._pools = pools
+        self.router = Router(config)
+        self.admission = AdmissionControl(config.pools, config.gateway)
+        self.authenticator = authenticator or Authenticator(config.gateway)
+        self.quota = quota or QuotaGuard(config.gateway)
+        self.mirror = mirror
+        self.observer = observer or CountingObserver()
+        self._settlements: set[asyncio.Task] = set()
 
     def list_models(self) -> list[tuple[ModelInfo, bool]]:
         default = self.config.default_pool.name
@@ -61,48 +94,56 @@ class Gateway:
             for p in pools
         ]
 
-    def resolve_pool(self, request: ChatRequest) -> PoolConfig:
-        if not request.model:
-            return self.config.default_pool
-        for pool in self.config.pools:
-            if pool.name == request.model:
-                return pool
-        known = ", ".join(p.name for p in self.config.pools)
-        raise InvalidArgument(f"unknown model {request.model!r} (served: {known})", field="model")
+    async def identify(self, credentials: Credentials) -> Identity:
+        try:
+            return await self.authenticator.identify(credentials)
+        except Unauthenticated:
+            self.observer.decision("unauthenticated", "")
+            raise
 
     async def count_tokens(self, request: ChatRequest) -> PromptCount:
-        pool = self.resolve_pool(request)
-        validate_request(request, pool, self.config.gateway.limits)
-        return await self._preprocess.count(request, pool.name)
+        route = self.router.route(request)
+        validate_request(request, route.pool, self.config.gateway.limits)
+        return await self._preprocess.count(request, route.pool.name)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> AsyncIterator[StreamEvent]:
         """Events in order: deltas, then one Usage, then one Finish. Errors are MuseErrors."""
-        pool = self.resolve_pool(request)
-        validate_request(request, pool, self.config.gateway.limits)
-        prepared = await self._preprocess.prepare(request, pool.name)
-        finished = False
-        async for chunk in self._pools[pool.name].generate(prepared):
-            if chunk.reasoning:
-                yield ReasoningDelta(chunk.reasoning)
-            if chunk.text:
-                yield TextDelta(chunk.text)
-            if chunk.logprobs:
-                yield LogprobsDelta(chunk.logprobs)
-            if chunk.finish is not None:
-                yield chunk.usage or Usage(prompt_tokens=prepared.num_prompt_tokens)
-                yield Finish(chunk.finish, pool.name)
-                finished = True
-        if not finished:
-            logger.warning("request %s: pool %s ended its stream without finishing", request.request_id, pool.name)
-            raise Unavailable(f"model {pool.name} ended the stream early; the request may be retried")
+        route = self.router.route(request)
+        pool = route.pool.name
+        validate_request(request, route.pool, self.config.gateway.limits)
+        identity = request.identity
+        with self._admitted(pool, identity.tier):
+            prepared = await self._preprocess.prepare(request, pool)
+            metadata = await self._charge(identity, prepared.num_prompt_tokens)
+            if on_metadata is not None:
+                on_metadata((("x-served-by", pool), *metadata))
+            ticket = self.mirror.start(request, pool, route.mirror) if self.mirror and route.mirror else None
+            capture = StreamCapture(pool, keep_text=ticket is not None)
+            try:
+                async for chunk in self._pools[pool].generate(prepared):
+                    capture.observe(chunk)
+                    for event in _events(chunk, prepared, pool):
+                        yield event
+                if not capture.finish:
+                    logger.warning("request %s: pool %s ended its stream without finishing", request.request_id, pool)
+                    raise Unavailable(f"model {pool} ended the stream early; the request may be retried")
+                capture.end("OK")
+            except MuseError as e:
+                capture.end(e.code.name)
+                raise
+            finally:
+                capture.end("CANCELLED")  # no-op unless the caller went away
+                self._settle_later(identity, capture.output_tokens)
+                if ticket is not None:
+                    ticket.primary_ended(capture)
 
-    async def chat(self, request: ChatRequest) -> ChatResult:
+    async def chat(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> ChatResult:
         text: list[str] = []
         reasoning: list[str] = []
         calls: list[ToolCall] = []
         logprobs: list[PositionLogprobs] = []
         usage, finish, model = Usage(), FinishReason.STOP, ""
-        async for event in self.stream(request):
+        async for event in self.stream(request, on_metadata):
             match event:
                 case TextDelta(t):
                     text.append(t)
@@ -117,3 +158,52 @@ class Gateway:
                 case Finish(reason, pool):
                     finish, model = reason, pool
         return ChatResult("".join(text), "".join(reasoning), tuple(calls), usage, finish, model, tuple(logprobs))
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._settlements, return_exceptions=True)
+        if self.mirror is not None:
+            await self.mirror.close()
+        await self.quota.close()
+
+    def _admitted(self, pool: str, tier: str):
+        try:
+            return self.admission.enter(pool, tier)
+        except ResourceExhausted:
+            self.observer.decision("shed", tier)
+            raise
+
+    async def _charge(self, identity: Identity, prompt_tokens: int) -> tuple[tuple[str, str], ...]:
+        try:
+            admission = await self.quota.admit(identity, prompt_tokens)
+        except ResourceExhausted:
+            self.observer.decision("limited", identity.tier)
+            raise
+        except Unavailable:
+            self.observer.decision("unavailable", identity.tier)
+            raise
+        self.observer.decision("admitted", identity.tier)
+        self.observer.tokens(identity.tenant, "prompt", prompt_tokens)
+        return admission.metadata
+
+    def _settle_later(self, identity: Identity, output_tokens: int) -> None:
+        """Charges output tokens in a task of its own: a cancelled stream cannot await."""
+        if output_tokens <= 0:
+            return
+        self.observer.tokens(identity.tenant, "output", output_tokens)
+        task = asyncio.get_running_loop().create_task(self.quota.settle(identity, output_tokens))
+        self._settlements.add(task)
+        task.add_done_callback(self._settlements.discard)
+
+
+def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str) -> list[StreamEvent]:
+    events: list[StreamEvent] = []
+    if chunk.reasoning:
+        events.append(ReasoningDelta(chunk.reasoning))
+    if chunk.text:
+        events.append(TextDelta(chunk.text))
+    if chunk.logprobs:
+        events.append(LogprobsDelta(chunk.logprobs))
+    if chunk.finish is not None:
+        events.append(chunk.usage or Usage(prompt_tokens=prepared.num_prompt_tokens))
+        events.append(Finish(chunk.finish, pool))
+    return events

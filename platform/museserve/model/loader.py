@@ -59,6 +59,16 @@ def build_model(
     return model.eval()
 
 
+def resolve_device(device: str) -> torch.device:
+    """A model config's device: "auto" is cuda when PyTorch sees a GPU, else cpu; "cuda" with no
+    GPU is an error here rather than at the first tensor."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda asked for, but PyTorch sees no GPU")
+    return torch.device(device)
+
+
 def _name_seed(seed: int, name: str) -> int:
     """A 63-bit seed per parameter, so each tensor depends only on (seed, name, shape)."""
     digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()

@@ -15,8 +15,10 @@ from ray.serve.handle import DeploymentHandle
 
 from museserve.api.grpc_api import GrpcChatApi
 from museserve.config import MuseServeConfig
-from museserve.gateway.gateway import Gateway
+from museserve.gateway.factory import build_gateway
 from museserve.logs import setup_logging
+from museserve.serve.cancel_board import CancelSignal
+from museserve.serve.gateway_metrics import GatewayMetrics
 from museserve.serve.handles import HandlePoolClient, HandlePreprocessClient
 from museserve.v1 import chat_pb2 as pb
 
@@ -34,8 +36,10 @@ class GatewayIngress:
         log_level: str = "INFO",
     ):
         setup_logging(log_level)
-        pool_clients = {name: HandlePoolClient(handle, name) for name, handle in pools.items()}
-        self._gateway = Gateway(config, HandlePreprocessClient(preprocess), pool_clients)
+        cancels = CancelSignal.for_this_replica()
+        pool_clients = {name: HandlePoolClient(handle, name, cancels) for name, handle in pools.items()}
+        preprocess_client = HandlePreprocessClient(preprocess)
+        self._gateway = build_gateway(config, preprocess_client, pool_clients, GatewayMetrics())
         self._api = GrpcChatApi(self._gateway)
 
     async def Chat(self, request: pb.ChatRequest, grpc_context) -> pb.ChatResponse:
@@ -48,8 +52,8 @@ class GatewayIngress:
     async def CountTokens(self, request: pb.ChatRequest, grpc_context) -> pb.CountTokensResponse:
         return await self._api.count_tokens(request, grpc_context)
 
-    def ListModels(self, request: pb.ListModelsRequest, grpc_context) -> pb.ListModelsResponse:
-        return self._api.list_models(request, grpc_context)
+    async def ListModels(self, request: pb.ListModelsRequest, grpc_context) -> pb.ListModelsResponse:
+        return await self._api.list_models(request, grpc_context)
 
     def Check(self, request: health_pb2.HealthCheckRequest, grpc_context) -> health_pb2.HealthCheckResponse:
         """grpc.health.v1 for Kubernetes probes: cheap, answers from this replica alone."""

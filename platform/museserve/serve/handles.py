@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from museserve.domain import ChatRequest
 from museserve.errors import Internal, MuseError, ResourceExhausted, Unavailable
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
+from museserve.serve.cancel_board import CancelSignal, new_cancel_key
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ class HandlePreprocessClient:
 
 
 class HandlePoolClient:
-    def __init__(self, handle: DeploymentHandle, pool: str):
+    def __init__(self, handle: DeploymentHandle, pool: str, cancel_signal: CancelSignal | None = None):
         self._handle = handle.options(stream=True)
         self._tier = f"model pool {pool}"
+        self._cancel_signal = cancel_signal
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
-        responses = self._handle.generate.remote(request)
+        cancel_key = new_cancel_key(request.request_id) if self._cancel_signal is not None else None
+        responses = self._handle.generate.remote(request, cancel_key)
         finished = False
         try:
             async for chunk in responses:
@@ -76,4 +79,7 @@ class HandlePoolClient:
             if not finished:
                 # The caller went away (client cancel, deadline) or the stream failed:
                 # stop the replica's generation instead of letting it run to the end.
+                # Ray loses some stream cancellations: the cancel board does not.
                 responses.cancel()
+                if self._cancel_signal is not None:
+                    self._cancel_signal.send(cancel_key)

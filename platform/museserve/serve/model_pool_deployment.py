@@ -10,22 +10,31 @@ from museserve.config import PoolConfig
 from museserve.engine.engine import MuseEngine
 from museserve.logs import setup_logging
 from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.metrics import EngineMetrics
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.serve.cancel_board import CancelWatcher, current_app_name
 
 
 @serve.deployment
 class ModelPoolDeployment:
     def __init__(self, pool: PoolConfig, tokenizer_path: str | None, log_level: str = "INFO"):
         setup_logging(log_level)
-        self.engine = MuseEngine(pool, MuseTokenizer.load(tokenizer_path))
+        self.engine = MuseEngine(pool, MuseTokenizer.load(tokenizer_path), metrics=EngineMetrics(pool.name))
+        self.cancels = CancelWatcher(current_app_name(), self.engine.abort)
 
-    async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self.engine.generate(request):
-            yield chunk
+    async def generate(self, request: PreparedRequest, cancel_key: str | None = None) -> AsyncIterator[GenerationChunk]:
+        """`cancel_key`: the key under which the gateway may cancel this call through the
+        cancel board (see `cancel_board`), whether or not Ray delivers its cancellation."""
+        # Started here, not in __init__: the watcher must run on the loop the engine runs on.
+        self.cancels.start()
+        with self.cancels.holding(cancel_key, request.request_id):
+            async for chunk in self.engine.generate(request):
+                yield chunk
 
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""
-        return self.engine.stats.snapshot()
+        return self.engine.stats.snapshot() | {"cancel_watcher_running": self.cancels.running}
 
     def __del__(self) -> None:
+        self.cancels.stop()
         self.engine.shutdown()

@@ -1,0 +1,50 @@
+"""Assembles a `Gateway` from config: identity, quota, mirroring, all sharing one view of
+Redis when it is configured, and saying at start what runs without it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from museserve.config import MuseServeConfig
+from museserve.gateway.gateway import Gateway, PoolClient, PreprocessClient
+from museserve.gateway.identity import Authenticator, redis_key_lookup
+from museserve.gateway.mirror import Mirror
+from museserve.gateway.mirror_records import JsonlMirrorSink, RedisMirrorSink
+from museserve.gateway.observer import GatewayObserver
+from museserve.gateway.quota import QuotaGuard
+from museserve.gateway.ratelimit import LocalRateLimiter
+from museserve.gateway.redis_ratelimit import RedisRateLimiter
+
+logger = logging.getLogger(__name__)
+
+
+def build_gateway(
+    config: MuseServeConfig,
+    preprocess: PreprocessClient,
+    pools: Mapping[str, PoolClient],
+    observer: GatewayObserver,
+) -> Gateway:
+    gateway_config = config.gateway
+    redis = gateway_config.redis
+    limiter = RedisRateLimiter.from_config(redis) if redis.url is not None else LocalRateLimiter()
+    quota = QuotaGuard(gateway_config, limiter=limiter)
+    lookup = None
+    if isinstance(limiter, RedisRateLimiter) and gateway_config.auth == "api_key":
+        lookup = redis_key_lookup(limiter.client, redis.key_prefix)
+    authenticator = Authenticator(gateway_config, lookup)
+    mirror = None
+    if any(p.mirror is not None for p in config.pools):
+        if isinstance(limiter, RedisRateLimiter):
+            stream = f"{redis.key_prefix}:mirror"
+            sink = RedisMirrorSink(limiter.client, stream, redis.mirror_stream_maxlen, redis.timeout_ms / 1000)
+        else:
+            sink = JsonlMirrorSink(gateway_config.mirror_log)
+        mirror = Mirror(preprocess, pools, sink, observer)
+    if gateway_config.auth == "none":
+        logger.warning("auth is none: every caller is tenant 'anonymous' (use only on a trusted network)")
+    where = "Redis" if redis.url else "this replica's memory (not shared across replicas)"
+    logger.info("rate limits kept in %s; mirroring %s", where, "on" if mirror else "off")
+    return Gateway(
+        config, preprocess, pools, authenticator=authenticator, quota=quota, mirror=mirror, observer=observer
+    )

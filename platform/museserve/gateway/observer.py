@@ -1,0 +1,40 @@
+"""What the gateway reports about its decisions, as a small protocol: the Serve deployment
+exports it to Prometheus (`serve/gateway_metrics.py`); tests and tools count in memory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+
+class GatewayObserver(Protocol):
+    def decision(self, outcome: str, tier: str) -> None:
+        """outcome: admitted, limited, shed, unauthenticated or unavailable."""
+
+    def tokens(self, tenant: str, kind: str, count: int) -> None:
+        """kind: prompt (charged at admission) or output (settled when the stream ends)."""
+
+    def mirror(self, outcome: str, lag_s: float | None) -> None:
+        """outcome: recorded, candidate_failed, skipped or record_failed; lag from the later
+        of the two answers to the record written."""
+
+
+class CountingObserver:
+    """Counts in memory: decisions by (outcome, tier), tokens by (tenant, kind), mirrors by outcome."""
+
+    def __init__(self) -> None:
+        self.decisions: Counter[tuple[str, str]] = Counter()
+        self.token_counts: Counter[tuple[str, str]] = Counter()
+        self.mirrors: Counter[str] = Counter()
+        self.mirror_lags: list[float] = []
+
+    def decision(self, outcome: str, tier: str) -> None:
+        self.decisions[outcome, tier] += 1
+
+    def tokens(self, tenant: str, kind: str, count: int) -> None:
+        self.token_counts[tenant, kind] += count
+
+    def mirror(self, outcome: str, lag_s: float | None) -> None:
+        self.mirrors[outcome] += 1
+        if lag_s is not None:
+            self.mirror_lags.append(lag_s)
