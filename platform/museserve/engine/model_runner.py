@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from museserve.engine.kv_pool import BatchLayout, PagedKVPool, PagedStep
 from museserve.engine.scheduler import SchedulerPlan
@@ -22,6 +23,9 @@ from museserve.model import MuseForCausalLM
 # the padding, so all of a step's decodes go in one call.
 CPU_DECODE_GROUP = 8
 GPU_DECODE_GROUP = 1024
+# cuDNN's attention builds a plan per new sequence length, hundreds of milliseconds each, and a
+# serving step's lengths are new almost every step; the other kernels need no plan.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Executor(Protocol):
@@ -63,7 +67,8 @@ class ModelRunner:
         ).to(self.device)
         packed = torch.tensor(token_ids + token_positions + sample_rows, dtype=torch.long).to(self.device)
         ids, positions, rows = packed.split((len(token_ids), len(token_positions), len(sample_rows)))
-        hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
+        with sdpa_kernel(SDPA_BACKENDS):
+            hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
         logits = self.model.compute_logits(hidden[rows])
         if logits.is_cuda:
             torch.cuda.current_stream(logits.device).synchronize()  # here, in the executor's thread

@@ -28,7 +28,7 @@ def build_gateway(
     gateway_config = config.gateway
     redis = gateway_config.redis
     limiter = RedisRateLimiter.from_config(redis) if redis.url is not None else LocalRateLimiter()
-    quota = QuotaGuard(gateway_config, limiter=limiter)
+    quota = QuotaGuard(gateway_config, limiter=limiter, on_backend_error=lambda: observer.redis_error("ratelimit"))
     lookup = None
     if isinstance(limiter, RedisRateLimiter) and gateway_config.auth == "api_key":
         lookup = redis_key_lookup(limiter.client, redis.key_prefix)

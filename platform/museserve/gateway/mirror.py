@@ -27,6 +27,7 @@ from museserve.gateway.mirror_records import (
     MirrorRecord,
     MirrorSide,
     MirrorSink,
+    RedisMirrorSink,
     apply_content_policy,
     messages_digest,
     sha256_hex,
@@ -43,6 +44,8 @@ PRIMARY_WAIT_S = 3600.0  # a primary that never reports is abandoned after this
 
 class MirrorObserver(Protocol):
     def mirror(self, outcome: str, lag_s: float | None) -> None: ...
+
+    def redis_error(self, component: str) -> None: ...
 
 
 class MirrorTicket:
@@ -103,7 +106,13 @@ class Mirror:
             candidate = await self._call_candidate(request, mirror)
             primary = await ticket.primary()
             ended = time.monotonic()
+            failed_before = self._sink.failed
             await self._sink.write(_record(request, primary_pool, primary, candidate, mirror.content))
+            if self._sink.failed > failed_before:  # sinks count their failures instead of raising
+                self._observer.mirror("record_failed", None)
+                if isinstance(self._sink, RedisMirrorSink):
+                    self._observer.redis_error("mirror")
+                return
             outcome = "recorded" if candidate.status == "OK" else "candidate_failed"
             self._observer.mirror(outcome, time.monotonic() - ended)
         except asyncio.CancelledError:

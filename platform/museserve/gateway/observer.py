@@ -14,6 +14,9 @@ class GatewayObserver(Protocol):
     def tokens(self, tenant: str, kind: str, count: int) -> None:
         """kind: prompt (charged at admission) or output (settled when the stream ends)."""
 
+    def redis_error(self, component: str) -> None:
+        """A Redis call that failed (component: ratelimit, mirror)."""
+
     def mirror(self, outcome: str, lag_s: float | None) -> None:
         """outcome: recorded, candidate_failed, skipped or record_failed; lag from the later
         of the two answers to the record written."""
@@ -27,6 +30,10 @@ class CountingObserver:
         self.token_counts: Counter[tuple[str, str]] = Counter()
         self.mirrors: Counter[str] = Counter()
         self.mirror_lags: list[float] = []
+        self.redis_errors: Counter[str] = Counter()
+
+    def redis_error(self, component: str) -> None:
+        self.redis_errors[component] += 1
 
     def decision(self, outcome: str, tier: str) -> None:
         self.decisions[outcome, tier] += 1

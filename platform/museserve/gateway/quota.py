@@ -96,8 +96,10 @@ class QuotaGuard:
         retry_backend_after_s: float = 1.0,
         warn_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        on_backend_error: Callable[[], None] | None = None,
     ):
         self.config = config
+        self._on_backend_error = on_backend_error  # e.g. a metric; called once per failed call
         redis = config.redis
         if limiter is None:
             limiter = RedisRateLimiter.from_config(redis) if redis.url is not None else LocalRateLimiter()
@@ -186,6 +188,8 @@ class QuotaGuard:
 
     def _backend_failed(self, error: RateLimiterUnavailable) -> None:
         self.backend_errors += 1
+        if self._on_backend_error is not None:
+            self._on_backend_error()
         now = self._clock()
         self._backend_down_until = now + self._retry_backend_after_s
         if now - self._last_warning >= self._warn_every_s:

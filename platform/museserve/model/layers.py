@@ -25,9 +25,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def _norm(self, x: Tensor, out_dtype: torch.dtype) -> Tensor:
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return x.to(out_dtype) * self.weight
+        # F.rms_norm without a weight: x * rsqrt(mean(x^2) + eps), one fused kernel where PyTorch has one.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return normed.to(out_dtype) * self.weight
 
     @overload
     def forward(self, x: Tensor, residual: None = None) -> Tensor: ...
@@ -146,7 +146,8 @@ class Attention(nn.Module):
         q = self.q_proj(hidden).view(num_new, self.num_heads, self.head_dim)
         k = self.k_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # Rotated together: one set of elementwise launches for queries and keys.
+        q, k = apply_rotary(torch.cat((q, k), dim=1), cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
         out = cache.attend(self.layer_idx, q, k, v)  # [T, heads, head_dim]
         return self.o_proj(out.reshape(num_new, self.num_heads * self.head_dim))
 

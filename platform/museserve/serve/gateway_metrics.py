@@ -30,6 +30,11 @@ class GatewayMetrics:
             "Mirrored requests by outcome: recorded, candidate_failed, skipped, record_failed.",
             ("outcome",),
         )
+        self._redis_errors = Counter(
+            "museserve_gateway_redis_errors_total",
+            "Redis calls that failed or timed out, by component (ratelimit, mirror).",
+            ("component",),
+        )
         self._mirror_lag = Histogram(
             "museserve_gateway_mirror_lag_seconds",
             "From both answers in to the mirror record written.",
@@ -46,3 +51,6 @@ class GatewayMetrics:
         self._mirrors.inc(1, {"outcome": outcome})
         if lag_s is not None:
             self._mirror_lag.observe(lag_s)
+
+    def redis_error(self, component: str) -> None:
+        self._redis_errors.inc(1, {"component": component})
