@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
@@ -46,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file", type=Path)
     check.set_defaults(func=_config_check)
 
+    keys_cmd = commands.add_parser("keys", help="API key tools")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a new API key and print where its hash goes")
+    create.add_argument("--tenant", required=True, help="the account the key belongs to")
+    create.add_argument("--tier", default="default", help="the account tier (a key of gateway.tiers)")
+    create.add_argument("--prefix", default="museserve", help="Redis key prefix (gateway.redis.key_prefix)")
+    create.set_defaults(func=_keys_create)
+
     mirror_cmd = commands.add_parser("mirror", help="shadow-mirror tools")
     mirror_sub = mirror_cmd.add_subparsers(dest="mirror_command", required=True)
     report = mirror_sub.add_parser("report", help="compare a candidate pool's mirrored answers with the primary's")
@@ -71,6 +80,39 @@ def _config_check(args: argparse.Namespace) -> int:
     pools = ", ".join(f"{p.name} ({p.model.size}, {p.model.load_format})" for p in config.pools)
     print(f"{args.file}: valid; pools: {pools}")
     return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from museserve.gateway.identity import key_digest
+
+    key = "sk-" + secrets.token_urlsafe(32)
+    digest = key_digest(key)
+    print(f"key (shown once; give it to the caller): {key}")
+    print("\nin the config, under gateway.api_keys:")
+    print(f"  - sha256: {digest}\n    tenant: {args.tenant}\n    tier: {args.tier}")
+    print("\nor in Redis:")
+    print(f"  HSET {args.prefix}:apikey:{digest} tenant {args.tenant} tier {args.tier}")
+    return 0
+
+
+def _gateway_summary(config) -> list[str]:
+    gateway = config.gateway
+    if gateway.auth == "none":
+        auth = "auth         none: every caller is tenant 'anonymous' (local use only)"
+    else:
+        auth = (
+            f"auth         API keys ({len(gateway.api_keys)} in config{', more in Redis' if gateway.redis.url else ''})"
+        )
+    if gateway.redis.url:
+        limits = f"rate limits  in Redis ({gateway.redis.on_unavailable} when it is unreachable)"
+    else:
+        limits = "rate limits  in this process (no Redis configured)"
+    mirrored = [f"{p.name} -> {p.mirror.candidate} ({p.mirror.fraction:.0%})" for p in config.pools if p.mirror]
+    lines = [auth, limits]
+    if mirrored:
+        sink = "Redis stream" if gateway.redis.url else gateway.mirror_log
+        lines.append(f"mirroring    {', '.join(mirrored)}; records to {sink}")
+    return lines
 
 
 def _mirror_report(args: argparse.Namespace) -> int:
@@ -111,9 +153,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"museserve is serving {', '.join(p.name for p in config.pools)}")
         print(f"  gRPC  127.0.0.1:{s.grpc_port}  (ChatService, grpc.health.v1, reflection; all interfaces)")
         print(f"  HTTP  http://{s.http_host}:{s.http_port}  (/healthz, /v1/models)")
-        if config.gateway.auth == "none":
-            print("  auth  none: every caller is tenant 'anonymous' (local use only)")
-        print("  rate limits  off (this version admits by model-replica capacity only)")
+        for line in _gateway_summary(config):
+            print(f"  {line}")
         print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
         print("stopping...", flush=True)

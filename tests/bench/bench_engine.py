@@ -4,7 +4,8 @@ Both sides hold the same seeded dummy weights (`--size`, default `small`): our `
 builds them from its PoolConfig, and the same state_dict is loaded into transformers'
 `LlamaForCausalLM` (its default attention), on the same device (`--device`: auto, cpu or cuda)
 in the same dtype (`--dtype`: float32, or bfloat16 on cuda). Both use the same number of torch
-threads. On cuda every clock is read after the device has finished its queued work.
+threads, and the same attention kernels (PyTorch's SDPA without cuDNN's, which plans anew for
+each sequence length). On cuda every clock is read after the device has finished its queued work.
 
 Workload (seeded): `--requests` requests (64), prompts of uniform 32-512 random ordinary
 token ids (32..7999, no control tokens), outputs of uniform 16-256 tokens, greedy.
@@ -44,10 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import sdpa_kernel
 
 from museserve.config import PoolConfig
 from museserve.domain import Mode
 from museserve.engine.engine import MuseEngine
+from museserve.engine.kv_pool import SDPA_BACKENDS
 from museserve.messages import PreparedRequest
 from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseConfig
@@ -272,7 +275,7 @@ def hf_generate(hf, jobs: list[Job], pad_id: int) -> tuple[list[list[int]], int]
         pad_token_id=pad_id,
         bos_token_id=None,
     )
-    with torch.inference_mode():
+    with torch.inference_mode(), sdpa_kernel(SDPA_BACKENDS):  # the attention kernels our engine may use
         out = hf.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
     generated = out[:, width:]
     if generated.shape[1] != new_tokens:
@@ -411,6 +414,7 @@ def main() -> None:
             "counted": "each request's requested max_output_tokens (generated exactly: eos_token_id=None); "
             "tokens a batch generates past a request's own length are not counted",
             "attn_implementation": hf.config._attn_implementation,
+            "sdpa_backends": [backend.name for backend in SDPA_BACKENDS],
             "transformers": transformers.__version__,
         },
         "greedy_text_agreement": {

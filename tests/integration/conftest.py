@@ -68,7 +68,7 @@ def integration_config(redis_url: str) -> MuseServeConfig:
         auth="api_key",
         api_keys=[{"sha256": key_digest(k), "tenant": t, "tier": tier} for k, t, tier in keys],
         tiers=_tiers(),
-        redis={"url": redis_url, "timeout_ms": 200, "on_unavailable": "fail_open"},
+        redis={"url": redis_url, "timeout_ms": 1000, "on_unavailable": "fail_open"},
         default_model="muse-tiny",
     )
     pool = data["pools"][0]

@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from museserve.client import ChatClient, build_request
+from museserve.gateway.identity import key_digest
 from museserve.gateway.mirror_records import read_records
 from museserve.gateway.routing import unit_hash
 from museserve.v1 import chat_pb2 as pb
@@ -73,6 +74,16 @@ def test_x_api_key_header_is_accepted(grpc_address: str) -> None:
     client.close()
 
 
+def test_a_key_kept_in_redis_is_looked_up_and_maps_to_its_tenant(grpc_address: str, redis_server: RedisServer) -> None:
+    key = "sk-test-from-redis"
+    redis_server.command("HSET", f"museserve:apikey:{key_digest(key)}", "tenant", "from-redis", "tier", "probe")
+    client = key_client(grpc_address, key)
+    assert client.chat(short(), timeout=30).usage.prompt_tokens > 0
+    client.close()
+    # Charged to its tenant under its tier's limits: the tenant's request limit now has state.
+    assert redis_server.command("EXISTS", "museserve:rl:{from-redis}:tenant:requests") == b":1\r\n"
+
+
 def test_200_concurrent_requests_against_a_limit_of_50_admit_exactly_50(
     grpc_address: str, redis_server: RedisServer
 ) -> None:
@@ -89,7 +100,9 @@ def test_200_concurrent_requests_against_a_limit_of_50_admit_exactly_50(
     with ThreadPoolExecutor(max_workers=200) as pool:
         outcomes = list(pool.map(call, range(200)))
     refused = [o for o in outcomes if o is not None]
-    assert {o.code() for o in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert {(o.code(), o.details()[:40]) for o in refused} == {
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit: tenant probe is over 1 reque")
+    }
     assert len(outcomes) - len(refused) == 50
     # One Redis round trip per decision: 200 decisions, 200 script calls.
     assert evalsha_calls(redis_server) - before == 200

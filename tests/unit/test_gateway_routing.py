@@ -186,3 +186,15 @@ async def test_store_lookups_are_cached_both_ways_and_survive_an_outage() -> Non
     with pytest.raises(Unavailable):
         await auth.identify(Credentials(api_key="sk-never-seen"))
     assert (await auth.identify(Credentials(api_key=KEY))).tenant == "acme"  # config keys need no store
+
+
+def test_keys_create_prints_a_key_whose_hash_the_config_accepts(capsys: pytest.CaptureFixture[str]) -> None:
+    from museserve.cli import main as cli_main
+
+    assert cli_main(["keys", "create", "--tenant", "acme", "--tier", "pro"]) == 0
+    out = capsys.readouterr().out
+    key = out.split("caller): ", 1)[1].split()[0]
+    digest = out.split("sha256: ", 1)[1].split()[0]
+    assert key.startswith("sk-") and key_digest(key) == digest
+    assert f"HSET museserve:apikey:{digest} tenant acme tier pro" in out
+    GatewayConfig(auth="api_key", api_keys=[{"sha256": digest, "tenant": "acme", "tier": "default"}])

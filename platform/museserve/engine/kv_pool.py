@@ -16,9 +16,14 @@ from itertools import accumulate
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend
 
 from museserve.model.config import MuseConfig
 from museserve.model.layers import causal_attention
+
+# cuDNN's attention builds a plan per new sequence length, hundreds of milliseconds each, and a
+# serving step's lengths are new almost every step; the other kernels need no plan.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def kv_bytes_per_block(config: MuseConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -31,7 +36,9 @@ class PagedKVPool:
     ):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        shape = (num_blocks * block_size, config.num_key_value_heads, config.head_dim)
+        # One slot past the blocks, never handed out: idle rows of a padded batch write there.
+        self.scratch_slot = num_blocks * block_size
+        shape = (num_blocks * block_size + 1, config.num_key_value_heads, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
 

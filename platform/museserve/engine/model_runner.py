@@ -12,9 +12,10 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
-from museserve.engine.kv_pool import BatchLayout, PagedKVPool, PagedStep
+from museserve.engine.decode_graphs import DecodeGraphs
+from museserve.engine.kv_pool import SDPA_BACKENDS, BatchLayout, PagedKVPool, PagedStep
 from museserve.engine.scheduler import SchedulerPlan
 from museserve.model import MuseForCausalLM
 
@@ -23,9 +24,6 @@ from museserve.model import MuseForCausalLM
 # the padding, so all of a step's decodes go in one call.
 CPU_DECODE_GROUP = 8
 GPU_DECODE_GROUP = 1024
-# cuDNN's attention builds a plan per new sequence length, hundreds of milliseconds each, and a
-# serving step's lengths are new almost every step; the other kernels need no plan.
-SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Executor(Protocol):
@@ -38,15 +36,24 @@ class Executor(Protocol):
 
 
 class ModelRunner:
-    def __init__(self, model: MuseForCausalLM, pool: PagedKVPool):
+    def __init__(self, model: MuseForCausalLM, pool: PagedKVPool, *, cuda_graphs: bool = True):
+        """`cuda_graphs`: on a GPU, replay captured graphs for decode steps (`DecodeGraphs`)."""
         self.model = model
         self.pool = pool
         self.device = next(model.parameters()).device
         self.num_blocks = pool.num_blocks
         self.decode_group = CPU_DECODE_GROUP if self.device.type == "cpu" else GPU_DECODE_GROUP
+        self.graphs = DecodeGraphs(model, pool) if cuda_graphs and self.device.type == "cuda" else None
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerPlan) -> Tensor:
+        bucket = self.graphs.bucket(plan) if self.graphs is not None else None
+        logits = self._eager(plan) if bucket is None else self.graphs.replay(plan, bucket)
+        if logits.is_cuda:
+            torch.cuda.current_stream(logits.device).synchronize()  # here, in the executor's thread
+        return logits
+
+    def _eager(self, plan: SchedulerPlan) -> Tensor:
         # Inputs are built on the CPU and cross to the device in a few copies: one for the
         # token ids, positions and sampled rows, the rest in `BatchLayout.to`.
         token_ids: list[int] = []
@@ -69,7 +76,4 @@ class ModelRunner:
         ids, positions, rows = packed.split((len(token_ids), len(token_positions), len(sample_rows)))
         with sdpa_kernel(SDPA_BACKENDS):
             hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
-        logits = self.model.compute_logits(hidden[rows])
-        if logits.is_cuda:
-            torch.cuda.current_stream(logits.device).synchronize()  # here, in the executor's thread
-        return logits
+        return self.model.compute_logits(hidden[rows])
