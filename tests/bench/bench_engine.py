@@ -239,6 +239,14 @@ async def bench_ours(
     return outcomes, wall, timed.steps, prefix
 
 
+def cuda_graphs_used(engine: MuseEngine) -> dict | None:
+    """Decode graphs the runner captured over the whole run; their capture time is in our wall time."""
+    graphs = getattr(engine.executor, "graphs", None)
+    if graphs is None:
+        return None
+    return {"captured": len(graphs.graphs), "capture_s": graphs.capture_s, "buckets": sorted(graphs.graphs)}
+
+
 # -- Hugging Face ----------------------------------------------------------------------
 
 
@@ -396,6 +404,7 @@ def main() -> None:
             "model_time_fraction_of_wall": sum(step_s) / ours_wall,
             "step_s_p50": percentile(step_s, 0.5) if step_s else None,
             "counted": "sum of usage.output_tokens of each request's final chunk (tokens actually generated)",
+            "cuda_graphs": cuda_graphs_used(engine),
             "engine_metrics": {
                 "generation_tokens": metrics.generation_tokens,
                 "prompt_tokens": metrics.prompt_tokens,

@@ -10,6 +10,7 @@ chunks, longer contexts, bigger batches) run eagerly.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from museserve.model import MuseForCausalLM
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 MIN_WIDTH = 64
-MAX_WIDTH = 16_384  # longer contexts decode eagerly: a padded row would gather too many slots
+MAX_SLOTS = 1 << 17  # batch * width: beyond, a step decodes eagerly rather than gather this much padding
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class DecodeGraphs:
         self.device = next(model.parameters()).device
         self.graphs: dict[tuple[int, int], _Graph] = {}
         self.memory = torch.cuda.graph_pool_handle()  # shared: graphs never replay at once
+        self.capture_s = 0.0  # time spent capturing, all buckets together
 
     def bucket(self, plan: SchedulerPlan) -> tuple[int, int] | None:
         """(batch, width) of the graph that runs this plan, or None when it must run eagerly."""
@@ -48,7 +50,7 @@ class DecodeGraphs:
         batch = next((b for b in BATCH_BUCKETS if b >= len(sequences)), None)
         longest = max(item.first_position for item in sequences) + 1
         width = max(MIN_WIDTH, 1 << (longest - 1).bit_length())
-        if batch is None or width > MAX_WIDTH:
+        if batch is None or batch * width > MAX_SLOTS:
             return None
         return batch, width
 
@@ -56,7 +58,9 @@ class DecodeGraphs:
         """Logits [num_sampling_sequences, vocab] of a plan that fits `bucket`; queued, not awaited."""
         graph = self.graphs.get(bucket)
         if graph is None:
+            start = time.perf_counter()
             graph = self.graphs[bucket] = self._capture(*bucket)
+            self.capture_s += time.perf_counter() - start
         graph.inputs.copy_(self._inputs(plan, *bucket))
         graph.graph.replay()
         rows = [i for i, item in enumerate(plan.sequences) if item.samples]
@@ -98,6 +102,7 @@ class DecodeGraphs:
             self._forward(inputs, batch, width)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.memory):
+        # thread_local: other threads (an event loop, another engine) may touch the GPU meanwhile.
+        with torch.cuda.graph(graph, pool=self.memory, capture_error_mode="thread_local"):
             logits = self._forward(inputs, batch, width)
         return _Graph(graph, inputs, logits)
