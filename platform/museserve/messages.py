@@ -13,6 +13,26 @@ from museserve.domain import FinishReason, Mode, PositionLogprobs, Usage
 
 
 @dataclass(frozen=True, slots=True)
+class MediaSegment:
+    """An image or audio clip in the prompt: `num_tokens` placeholder ids (`<|image|>` or
+    `<|audio|>`) at `prompt_token_ids[start : start + num_tokens]`, whose embeddings the model
+    replaces with its projection of `features`.
+
+    `features` holds float16 rows, row-major, shape [num_tokens, feature_dim] (image patches
+    or stacked log-mel frames). `digest` is the SHA-256 of the decoded media: the prefix
+    cache hashes it with the block's tokens, so equal placeholders over different media
+    never share KV blocks.
+    """
+
+    kind: str  # "image" or "audio"
+    start: int
+    num_tokens: int
+    feature_dim: int
+    features: bytes
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedRequest:
     request_id: str
     tenant: str
@@ -34,6 +54,7 @@ class PreparedRequest:
     priority: int = 0  # from the account tier; lower is scheduled first
     logprobs: bool = False
     top_logprobs: int = 0
+    media: tuple[MediaSegment, ...] = ()  # in prompt order, not overlapping
 
     @property
     def num_prompt_tokens(self) -> int:
