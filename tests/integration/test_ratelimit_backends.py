@@ -94,6 +94,20 @@ async def test_zero_settlement_changes_nothing(make_limiter: MakeLimiter) -> Non
     assert (await limiter.acquire([Charge(limit, 0)])).remaining[limit.key] == 10
 
 
+async def test_debts_are_written_with_the_decision_even_when_it_refuses(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter()
+    account = uuid.uuid4().hex
+    tokens, requests = fresh("tokens", 6000, 1000, account), fresh("requests", 60, 5, account)  # 100 tokens/s
+    # 900 tokens of debt then a 200-token prompt: over the 1000-token burst, refused...
+    refused = await limiter.acquire([Charge(tokens, 200, debt=900), Charge(requests, 1)])
+    assert not refused.allowed and 0.9 <= refused.retry_after_s <= 1.0
+    assert refused.remaining[requests.key] == 5  # all or nothing: no request charged
+    # ...but the debt stays written, and a debt-only charge of another limit never refuses.
+    assert (await limiter.acquire([Charge(tokens, 0)])).remaining[tokens.key] in (99, 100)
+    other = fresh("tokens", 60, 5, account)
+    assert (await limiter.acquire([Charge(requests, 1), Charge(other, 0, debt=50)])).allowed
+
+
 def guard_config(redis: RedisConfig) -> GatewayConfig:
     spec = RateSpec(requests_per_minute=600, tokens_per_minute=60_000)
     return GatewayConfig(tiers={"default": TierConfig(user=spec, tenant=spec)}, redis=redis)
@@ -116,8 +130,10 @@ async def test_one_slot_and_one_evalsha_per_decision(redis_server: RedisServer) 
         redis_server.command("CONFIG", "RESETSTAT")
         for _ in range(5):
             await guard.admit(identity, 10)
-        await guard.settle(identity, 20)
-        assert command_calls(redis_server, "evalsha") == 6
+        await guard.settle(identity, 20)  # waits to ride along with the next decision
+        assert command_calls(redis_server, "evalsha") == 5 and guard.pending_debts == 1
+        await guard.admit(identity, 10)
+        assert command_calls(redis_server, "evalsha") == 6 and guard.pending_debts == 0
         assert command_calls(redis_server, "eval") == 0
     finally:
         await guard.close()

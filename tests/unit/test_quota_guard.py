@@ -166,3 +166,52 @@ async def test_settlement_never_raises(caplog: pytest.LogCaptureFixture) -> None
     with caplog.at_level(logging.ERROR, logger="museserve.gateway.quota"):
         await g.settle(BOB, 10)
     assert "settling output tokens failed" in caplog.text
+
+
+async def test_deferred_settlement_rides_with_the_next_decision() -> None:
+    clock = Clock()
+    shared = LocalRateLimiter(clock)
+    g = QuotaGuard(gateway_config(), limiter=shared, fallback=LocalRateLimiter(clock), clock=clock, settle_delay_s=60)
+    await g.admit(BOB, 50)
+    await g.settle(BOB, 110)
+    assert g.pending_debts == 1  # not written yet
+    # The next decision carries the debt first: 50 + 110 tokens, past the burst, so the
+    # 10-token prompt is refused exactly as if the debt had been written at once.
+    with pytest.raises(ResourceExhausted) as refused:
+        await g.admit(BOB, 10)
+    assert refused.value.retry_after_s == pytest.approx(7.0)
+    assert g.pending_debts == 0  # and the debt stays written although the decision refused
+    with pytest.raises(ResourceExhausted):
+        await g.admit(BOB, 10)
+
+
+async def test_debts_of_idle_accounts_are_flushed_and_close_flushes_the_rest() -> None:
+    import asyncio
+
+    shared = LocalRateLimiter()
+    g = QuotaGuard(gateway_config(), limiter=shared, fallback=LocalRateLimiter(), settle_delay_s=0.05)
+    await g.settle(BOB, 30)
+    assert g.pending_debts == 1
+    for _ in range(100):
+        if g.pending_debts == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert g.pending_debts == 0 and len(shared) == 1  # written by the flusher
+    await g.settle(Identity(tenant="other", user="u", tier="pro"), 5)
+    await g.close()
+    assert g.pending_debts == 0
+
+
+async def test_fail_closed_keeps_debts_for_later() -> None:
+    clock = Clock()
+    g = QuotaGuard(
+        gateway_config("fail_closed"),
+        limiter=DownLimiter(),
+        fallback=LocalRateLimiter(clock),
+        clock=clock,
+        settle_delay_s=60,
+    )
+    await g.settle(BOB, 10)
+    with pytest.raises(Unavailable):
+        await g.admit(BOB, 1)
+    assert g.pending_debts == 1

@@ -142,3 +142,28 @@ def test_account_key_tags_one_account() -> None:
         assert key.startswith("{#") and key.count("{") == 1 and key.count("}") == 1
         assert hash_tag(key) == hash_tag(account_key(unsafe, "user", "x}{", "tokens"))
     assert account_key("a{b", "x") != account_key("a}b", "x")
+
+
+def test_a_debt_is_stored_even_when_the_decision_refuses_and_debt_alone_never_refuses() -> None:
+    limit = Limit("k", per_minute=60, burst=5)
+    other = Limit("o", per_minute=60, burst=5)
+    decision, stored = decide([Charge(limit, 3, debt=4)], [None], now=100.0)
+    assert not decision.allowed and decision.retry_after_s == pytest.approx(2.0)
+    assert stored == (104.0,)  # the debt, without the refused amount
+    decision, stored = decide([Charge(limit, 1), Charge(other, 0, debt=50)], [None, None], now=100.0)
+    assert decision.allowed and stored == (101.0, 150.0)
+
+
+def test_debt_ledger_merges_per_account_and_limit() -> None:
+    from museserve.gateway.settlement import DebtLedger, with_debts
+
+    clock = Clock()
+    ledger = DebtLedger(clock)
+    a, b = Limit("{t}:a", 60, 5), Limit("{t}:b", 60, 5)
+    ledger.add("t", [Charge(a, 3), Charge(b, 2)])
+    clock.now += 1
+    ledger.add("t", [Charge(a, 4), Charge(a, 0)])
+    assert ledger.due(2) == [] and ledger.due(1) == ["t"]
+    merged = with_debts([Charge(a, 1)], ledger.take("t"))
+    assert merged == [Charge(a, 1, debt=7), Charge(b, 0.0, 2)]
+    assert len(ledger) == 0 and ledger.take("t") == {}

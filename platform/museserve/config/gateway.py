@@ -96,6 +96,11 @@ class GatewayConfig(Section):
     disabled_modes: tuple[Mode, ...] = Field((), description="Modes refused with FAILED_PRECONDITION.")
     limits: RequestLimits = RequestLimits()
     tiers: dict[str, TierConfig] = Field({"default": TierConfig()}, description="Account tiers by name.")
+    inline_text_preprocess: bool = Field(
+        True,
+        description="Tokenize text-only requests in the gateway replica instead of a hop to the preprocess tier "
+        "(media always goes there).",
+    )
     mirror_log: str = Field(
         "/tmp/museserve/mirror-records.jsonl",
         pattern=r"^/",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from museserve.config import MuseServeConfig
 from museserve.gateway.gateway import Gateway, PoolClient, PreprocessClient
 from museserve.gateway.identity import Authenticator, redis_key_lookup
+from museserve.gateway.inline_preprocess import InlineTextPreprocess
 from museserve.gateway.mirror import Mirror
 from museserve.gateway.mirror_records import JsonlMirrorSink, RedisMirrorSink
 from museserve.gateway.observer import GatewayObserver
@@ -27,6 +28,8 @@ def build_gateway(
 ) -> Gateway:
     gateway_config = config.gateway
     redis = gateway_config.redis
+    if gateway_config.inline_text_preprocess:
+        preprocess = InlineTextPreprocess(config, preprocess)
     limiter = RedisRateLimiter.from_config(redis) if redis.url is not None else LocalRateLimiter()
     quota = QuotaGuard(gateway_config, limiter=limiter, on_backend_error=lambda: observer.redis_error("ratelimit"))
     lookup = None

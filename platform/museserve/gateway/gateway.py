@@ -201,6 +201,7 @@ def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str) -> lis
         events.append(ReasoningDelta(chunk.reasoning))
     if chunk.text:
         events.append(TextDelta(chunk.text))
+    events.extend(ToolCallEvent(call) for call in chunk.tool_calls)
     if chunk.logprobs:
         events.append(LogprobsDelta(chunk.logprobs))
     if chunk.finish is not None:

@@ -3,6 +3,8 @@
 An admission charges 1 request and the prompt's tokens against the user's and the
 tenant's limits of the caller's tier, all or nothing; the stream's end settles its output
 tokens (reasoning and answer) unconditionally, so a long answer leaves the limits in debt.
+With Redis the settlement waits in a ledger (`settlement.py`) and rides along with the
+account's next decision, so a request costs one round trip, not two.
 A caller with no user id is limited only as part of its tenant: per-user limits keep one
 user from starving the others of the same tenant, and an unnamed caller is no such user.
 
@@ -14,6 +16,7 @@ tried again only after `retry_backend_after_s`, so an outage costs no timeout pe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -33,10 +36,12 @@ from museserve.gateway.ratelimit import (
     account_key,
 )
 from museserve.gateway.redis_ratelimit import RedisRateLimiter
+from museserve.gateway.settlement import DebtLedger, as_debts, with_debts
 
 logger = logging.getLogger(__name__)
 
 REQUESTS = "requests"
+DEFERRED_SETTLE_S = 0.5
 TOKENS = "tokens"
 
 
@@ -97,6 +102,7 @@ class QuotaGuard:
         warn_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         on_backend_error: Callable[[], None] | None = None,
+        settle_delay_s: float | None = None,
     ):
         self.config = config
         self._on_backend_error = on_backend_error  # e.g. a metric; called once per failed call
@@ -115,6 +121,13 @@ class QuotaGuard:
         self.backend_errors = 0
         self.fallback_decisions = 0
         self.decisions_by_outcome: dict[str, int] = {"allowed": 0, "refused": 0, "unavailable": 0}
+        # Output-token debts wait (at most this long) to ride along with the account's next
+        # decision, so a request costs one round trip; an in-process limiter needs no wait.
+        if settle_delay_s is None:
+            settle_delay_s = DEFERRED_SETTLE_S if isinstance(limiter, RedisRateLimiter) else 0.0
+        self._settle_delay_s = settle_delay_s
+        self._ledger = DebtLedger(clock)
+        self._flusher: asyncio.Task | None = None
 
     async def admit(self, identity: Identity, prompt_tokens: int) -> Admission:
         limits = scoped_limits(self.config, identity)
@@ -129,7 +142,12 @@ class QuotaGuard:
                     f"of {s.scope}; it cannot be admitted"
                 )
         charges = [Charge(s.limit, 1 if s.unit == REQUESTS else prompt_tokens) for s in limits]
-        decision = await self._acquire(charges)
+        debts = self._ledger.take(identity.tenant)
+        try:
+            decision = await self._acquire(with_debts(charges, debts))
+        except Unavailable:
+            self._ledger.add(identity.tenant, as_debts(Charge(limit, units) for limit, units in debts.values()))
+            raise
         metadata = quota_metadata(limits, decision)
         if decision.allowed:
             self.decisions_by_outcome["allowed"] += 1
@@ -151,6 +169,13 @@ class QuotaGuard:
         charges = [Charge(s.limit, output_tokens) for s in scoped_limits(self.config, identity) if s.unit == TOKENS]
         if not charges:
             return
+        if self._settle_delay_s > 0:
+            self._ledger.add(identity.tenant, charges)
+            self._start_flusher()
+            return
+        await self._settle_now(charges)
+
+    async def _settle_now(self, charges: list[Charge]) -> None:
         try:
             if self._backend_up():
                 try:
@@ -164,8 +189,32 @@ class QuotaGuard:
             logger.exception("settling output tokens failed")
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush(self._ledger.accounts())
         await self.limiter.close()
         await self.fallback.close()
+
+    @property
+    def pending_debts(self) -> int:
+        """Accounts with output tokens not yet written to the limiter."""
+        return len(self._ledger)
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while len(self._ledger):
+            await asyncio.sleep(self._settle_delay_s)
+            await self._flush(self._ledger.due(self._settle_delay_s))
+
+    async def _flush(self, accounts: list[str]) -> None:
+        """Writes the debts of accounts that had no decision to carry them."""
+        for account in accounts:
+            debts = self._ledger.take(account)
+            await self._settle_now([Charge(limit, units) for limit, units in debts.values()])
 
     async def _acquire(self, charges: list[Charge]) -> Decision:
         if self._backend_up():

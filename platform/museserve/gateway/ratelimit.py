@@ -44,8 +44,12 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
+    """`amount` is decided on; `debt` (settled usage, e.g. output tokens of finished
+    streams) is applied first and unconditionally, even when the decision refuses."""
+
     limit: Limit
     amount: float
+    debt: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +106,20 @@ def remaining_units(limit: Limit, tat: float, now: float) -> int:
 
 def decide(
     charges: Sequence[Charge], tats: Sequence[float | None], now: float, *, force: bool = False
-) -> tuple[Decision, tuple[float, ...]]:
+) -> tuple[Decision, tuple[float | None, ...]]:
     """The decision for `charges` given each limit's stored TAT (None: never charged, or
-    expired) and the TATs to store: all of them when allowed or forced, none otherwise."""
-    starts = tuple(now if tat is None else max(tat, now) for tat in tats)
+    expired), and per limit the TAT to store (None: leave it). Debts are always stored;
+    amounts only when the decision allows them or is forced."""
+    starts = tuple(
+        (now if tat is None else max(tat, now)) + c.debt * c.limit.interval_s
+        for c, tat in zip(charges, tats, strict=True)
+    )
     new_tats = tuple(start + c.amount * c.limit.interval_s for c, start in zip(charges, starts, strict=True))
-    waits = tuple(max(0.0, new - now - c.limit.tolerance_s) for c, new in zip(charges, new_tats, strict=True))
+    # A debt-only charge (amount 0) never refuses: the usage it records already happened.
+    waits = tuple(
+        max(0.0, new - now - c.limit.tolerance_s) if c.amount > 0 else 0.0
+        for c, new in zip(charges, new_tats, strict=True)
+    )
     allowed = force or all(w <= EPSILON_S for w in waits)
     after = new_tats if allowed else starts
     states = tuple(
@@ -120,7 +132,10 @@ def decide(
         for c, tat, wait in zip(charges, after, waits, strict=True)
     )
     retry_after = 0.0 if allowed else max(waits)
-    return Decision(allowed, retry_after, states), (new_tats if allowed else ())
+    stores = tuple(
+        tat if (c.amount > 0 and allowed) or c.debt > 0 else None for c, tat in zip(charges, after, strict=True)
+    )
+    return Decision(allowed, retry_after, states), stores
 
 
 def expiry_s(tat: float, now: float, margin_s: float = 1.0) -> float:
@@ -146,7 +161,7 @@ class LocalRateLimiter:
         return self._apply(charges, force=False)
 
     async def settle(self, charges: Sequence[Charge]) -> None:
-        self._apply([c for c in charges if c.amount > 0], force=True)
+        self._apply([c for c in charges if c.amount > 0 or c.debt > 0], force=True)
 
     async def close(self) -> None:
         self._tats.clear()
@@ -157,10 +172,9 @@ class LocalRateLimiter:
         self._calls += 1
         if self._calls % self._prune_every == 0:
             self.prune(now)
-        decision, new_tats = decide(charges, [self._tats.get(c.limit.key) for c in charges], now, force=force)
-        stored = zip(charges, new_tats, strict=True) if new_tats else ()
-        for charge, tat in stored:  # nothing when refused
-            if charge.amount > 0:
+        decision, stores = decide(charges, [self._tats.get(c.limit.key) for c in charges], now, force=force)
+        for charge, tat in zip(charges, stores, strict=True):
+            if tat is not None:
                 self._tats[charge.limit.key] = tat
         return decision
 

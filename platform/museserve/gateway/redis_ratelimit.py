@@ -32,33 +32,40 @@ from museserve.gateway.ratelimit import (
 )
 
 # KEYS: one per limit. ARGV: force ('1' stores even when refused), expiry margin (ms),
-# epsilon (s), then for each key: interval (s), tolerance (s), amount.
+# epsilon (s), then for each key: interval (s), tolerance (s), amount, debt. Debts are
+# stored whatever the decision; amounts only when it allows them (or is forced). This is
+# `ratelimit.decide`, step for step.
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local margin_ms = tonumber(ARGV[2])
 local eps = tonumber(ARGV[3])
 local reply = {string.format('%.17g', now)}
-local new = {}
+local start, new = {}, {}
 local ok = true
 for i, key in ipairs(KEYS) do
   local raw = redis.call('GET', key)
-  local start = now
+  local j = 4 + 4 * (i - 1)
+  local interval = tonumber(ARGV[j])
+  start[i] = now
   reply[i + 1] = ''
   if raw then
     reply[i + 1] = raw
-    start = math.max(tonumber(raw), now)
+    start[i] = math.max(tonumber(raw), now)
   end
-  local j = 4 + 3 * (i - 1)
-  new[i] = start + tonumber(ARGV[j + 2]) * tonumber(ARGV[j])
-  if new[i] - now - tonumber(ARGV[j + 1]) > eps then ok = false end
+  start[i] = start[i] + tonumber(ARGV[j + 3]) * interval
+  new[i] = start[i] + tonumber(ARGV[j + 2]) * interval
+  if tonumber(ARGV[j + 2]) > 0 and new[i] - now - tonumber(ARGV[j + 1]) > eps then ok = false end
 end
-if ok or ARGV[1] == '1' then
-  for i, key in ipairs(KEYS) do
-    if tonumber(ARGV[4 + 3 * (i - 1) + 2]) > 0 then
-      local ttl = math.ceil((new[i] - now) * 1000) + margin_ms
-      redis.call('SET', key, string.format('%.17g', new[i]), 'PX', ttl)
-    end
+local allowed = ok or ARGV[1] == '1'
+for i, key in ipairs(KEYS) do
+  local j = 4 + 4 * (i - 1)
+  local tat = nil
+  if allowed and tonumber(ARGV[j + 2]) > 0 then tat = new[i]
+  elseif tonumber(ARGV[j + 3]) > 0 then tat = start[i] end
+  if tat then
+    local ttl = math.ceil((tat - now) * 1000) + margin_ms
+    redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
   end
 end
 return reply
@@ -121,7 +128,7 @@ class RedisRateLimiter:
         return await self._run(charges, force=False)
 
     async def settle(self, charges: Sequence[Charge]) -> None:
-        charges = [c for c in charges if c.amount > 0]
+        charges = [c for c in charges if c.amount > 0 or c.debt > 0]
         if charges:
             await self._run(charges, force=True)
 
@@ -138,7 +145,7 @@ class RedisRateLimiter:
             raise ValueError("all limits of one decision must share an account (see ratelimit.account_key)")
         args = ["1" if force else "0", self._margin_ms, repr(EPSILON_S)]
         for c in charges:
-            args += [repr(c.limit.interval_s), repr(c.limit.tolerance_s), repr(float(c.amount))]
+            args += [repr(c.limit.interval_s), repr(c.limit.tolerance_s), repr(float(c.amount)), repr(float(c.debt))]
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await self._eval(keys, args)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 
+import jsonschema
+
 from museserve.config import PoolConfig, RequestLimits
 from museserve.domain import (
     AudioPart,
@@ -17,6 +19,7 @@ from museserve.domain import (
     ImagePart,
     Message,
     Mode,
+    ResponseFormatKind,
     Role,
     TextPart,
     ToolChoiceKind,
@@ -32,6 +35,7 @@ MAX_TOP_LOGPROBS = 20
 def validate_request(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
     _check_messages(request.messages, limits)
     _check_tools(request, limits)
+    _check_response_format(request)
     _check_sampling(request, pool, limits)
     _check_mode(request, pool)
 
@@ -82,17 +86,43 @@ def _check_tools(request: ChatRequest, limits: RequestLimits) -> None:
         if tool.name in names:
             raise InvalidArgument(f"tool {tool.name!r} is declared twice", field=f"tools[{i}].name")
         names.add(tool.name)
-        try:
-            schema = json.loads(tool.parameters_json_schema or "{}")
-        except ValueError as e:
-            raise InvalidArgument(f"not valid JSON: {e}", field=f"tools[{i}].parameters_json_schema") from None
-        if not isinstance(schema, dict):
-            raise InvalidArgument("must be a JSON object", field=f"tools[{i}].parameters_json_schema")
+        where = f"tools[{i}].parameters_json_schema"
+        schema = _json_schema(tool.parameters_json_schema or "{}", where)
+        if schema.get("type", "object") != "object":
+            raise InvalidArgument('the arguments must be an object: type must be "object"', field=where)
     choice = request.tool_choice
     if choice.kind in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED) and not request.tools:
         raise InvalidArgument(f"tool_choice {choice.kind} needs at least one tool", field="tool_choice.kind")
     if choice.kind is ToolChoiceKind.NAMED and choice.name not in names:
         raise InvalidArgument(f"no tool named {choice.name!r} was declared", field="tool_choice.name")
+
+
+def _check_response_format(request: ChatRequest) -> None:
+    f = request.response_format
+    if f.kind is ResponseFormatKind.JSON_SCHEMA:
+        if not f.json_schema.strip():
+            raise InvalidArgument("a JSON schema is required", field="response_format.json_schema")
+        _json_schema(f.json_schema, "response_format.json_schema")
+    elif f.json_schema:
+        raise InvalidArgument("only with kind JSON_SCHEMA", field="response_format.json_schema")
+
+
+def _json_schema(text: str, where: str) -> dict:
+    """Parses a JSON Schema object and checks it against its draft's meta-schema."""
+    try:
+        schema = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"not valid JSON: {e}", field=where) from None
+    if not isinstance(schema, dict):
+        raise InvalidArgument("must be a JSON object", field=where)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        path = "/".join(str(p) for p in e.path)
+        raise InvalidArgument(
+            f"not a valid JSON Schema{' at ' + path if path else ''}: {e.message}", field=where
+        ) from None
+    return schema
 
 
 def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:

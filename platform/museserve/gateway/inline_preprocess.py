@@ -1,0 +1,60 @@
+"""Text-only requests are tokenized in the gateway replica; media goes to the preprocess tier.
+
+Tokenizing a chat prompt costs tens of microseconds per kilobyte, far less than a hop to
+another Serve deployment (milliseconds), so the hop is kept for what needs it: decoding
+images and audio, which is heavy and must not run on the gateway's event loop. Long texts
+are tokenized in a worker thread so the loop keeps serving other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from museserve.config import MuseServeConfig
+from museserve.domain import ChatRequest, TextPart
+from museserve.gateway.gateway import PreprocessClient
+from museserve.messages import PreparedRequest, PromptCount
+from museserve.preprocess.preprocessor import Preprocessor
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+THREAD_ABOVE_CHARS = 32_768  # below this, tokenizing takes less time than a thread hand-off
+
+
+def text_only(request: ChatRequest) -> bool:
+    return all(isinstance(part, TextPart) for message in request.messages for part in message.parts)
+
+
+def _text_chars(request: ChatRequest) -> int:
+    return sum(len(part.text) for message in request.messages for part in message.parts)
+
+
+class InlineTextPreprocess:
+    """A PreprocessClient: text-only requests here, the rest through `remote`."""
+
+    def __init__(self, config: MuseServeConfig, remote: PreprocessClient):
+        self._remote = remote
+        self._pools = {p.name: p for p in config.pools}
+        tokenizers: dict[str | None, MuseTokenizer] = {}
+        self._preprocessors: dict[str, Preprocessor] = {}
+        for pool in config.pools:
+            path = config.tokenizer_for(pool)
+            if path not in tokenizers:
+                tokenizers[path] = MuseTokenizer.load(path)
+            self._preprocessors[pool.name] = Preprocessor(
+                tokenizers[path], config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of
+            )
+
+    async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
+        if not text_only(request):
+            return await self._remote.prepare(request, pool)
+        return await self._run(self._preprocessors[pool].prepare, request, pool)
+
+    async def count(self, request: ChatRequest, pool: str) -> PromptCount:
+        if not text_only(request):
+            return await self._remote.count(request, pool)
+        return await self._run(self._preprocessors[pool].count, request, pool)
+
+    async def _run(self, method, request: ChatRequest, pool: str):
+        if _text_chars(request) > THREAD_ABOVE_CHARS:
+            return await asyncio.to_thread(method, request, self._pools[pool])
+        return method(request, self._pools[pool])
