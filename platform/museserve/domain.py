@@ -93,6 +93,21 @@ class ToolChoice:
     name: str = ""  # only with NAMED
 
 
+class ResponseFormatKind(enum.StrEnum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """The answer's shape. JSON kinds constrain decoding so the answer always parses."""
+
+    kind: ResponseFormatKind = ResponseFormatKind.TEXT
+    json_schema: str = ""  # only with JSON_SCHEMA: a JSON Schema, serialised
+    strict: bool = True  # JSON_SCHEMA: objects admit no properties the schema does not name
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
@@ -137,6 +152,7 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     mode: ModeParams = field(default_factory=ModeParams)
     identity: Identity = field(default_factory=Identity)
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,10 @@ class InvalidArgument(MuseError):
     code = ErrorCode.INVALID_ARGUMENT
 
 
+class NotFound(MuseError):
+    code = ErrorCode.NOT_FOUND
+
+
 class Unimplemented(MuseError):
     code = ErrorCode.UNIMPLEMENTED
 

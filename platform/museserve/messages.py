@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from museserve.domain import FinishReason, Mode, PositionLogprobs, Usage
+from museserve.domain import (
+    AgentProgress,
+    FinishReason,
+    Mode,
+    PositionLogprobs,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceKind,
+    ToolSpec,
+    Usage,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,10 @@ class PreparedRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     media: tuple[MediaSegment, ...] = ()  # in prompt order, not overlapping
+    tools: tuple[ToolSpec, ...] = ()  # offered to the model; empty when tool_choice is NONE
+    tool_choice: ToolChoice = ToolChoice(ToolChoiceKind.NONE)
+    response_format: ResponseFormat = ResponseFormat()
+    num_agents: int = 0  # CONTEMPLATING: parallel agents; 0 for the other modes
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -78,6 +93,8 @@ class GenerationChunk:
     text: str = ""
     reasoning: str = ""
     logprobs: tuple[PositionLogprobs, ...] = ()  # of the answer tokens behind `text`
+    tool_calls: tuple[ToolCall, ...] = ()  # complete calls, in the order the model made them
+    agent_progress: tuple[AgentProgress, ...] = ()  # CONTEMPLATING: agents that moved since the last chunk
     num_new_tokens: int = 0
     finish: FinishReason | None = None
     usage: Usage | None = None

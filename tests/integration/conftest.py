@@ -21,6 +21,7 @@ TEST_KEY = "sk-test-unlimited"  # tenant "tester", tier default: no rate limits
 PROBE_KEY = "sk-test-probe"  # tenant "probe": 50 requests at once, then 1 per minute
 METERED_KEY = "sk-test-metered"  # tenant "metered": 1 token per minute after a 400-token burst
 BULK_KEY = "sk-test-bulk"  # tenant "bulk": may fill only 10% of a pool's in-flight bound
+LIMITED_KEY = "sk-test-limited"  # tenant "limited": 2 requests at once, then 1 per minute (OpenAI API tests)
 AB_POOL, CANDIDATE_POOL = "muse-ab", "muse-cand"
 AB_SHARE, MIRROR_FRACTION = 0.5, 0.3
 
@@ -31,6 +32,7 @@ def _tiers() -> dict:
         "probe": {"priority": 1, "tenant": {"requests_per_minute": 1, "request_burst": 50}},
         "metered": {"priority": 1, "tenant": {"tokens_per_minute": 1, "token_burst": 400}},
         "bulk": {"priority": 2, "admission_share": 0.1},
+        "limited": {"priority": 1, "tenant": {"requests_per_minute": 1, "request_burst": 2}},
     }
 
 
@@ -63,6 +65,7 @@ def integration_config(redis_url: str) -> MuseServeConfig:
         (PROBE_KEY, "probe", "probe"),
         (METERED_KEY, "metered", "metered"),
         (BULK_KEY, "bulk", "bulk"),
+        (LIMITED_KEY, "limited", "limited"),
     ]
     data["gateway"].update(
         auth="api_key",

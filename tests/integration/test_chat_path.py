@@ -13,6 +13,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from museserve.client import ChatClient, build_request
 from museserve.v1 import chat_pb2 as pb
 
+from .conftest import TEST_KEY
+
 pytestmark = pytest.mark.integration
 
 
@@ -73,7 +75,7 @@ def test_count_tokens_matches_the_prompt_usage(client: ChatClient):
 def test_list_models(client: ChatClient):
     models = client.list_models(timeout=10).models
     assert [m.name for m in models] == ["muse-tiny", "muse-ab", "muse-cand"]
-    assert models[0].is_default and list(models[0].modes) == [pb.MODE_INSTANT, pb.MODE_THINKING]
+    assert models[0].is_default and list(models[0].modes) == [pb.MODE_INSTANT, pb.MODE_THINKING, pb.MODE_CONTEMPLATING]
 
 
 def test_reflection_lists_the_services(grpc_address: str):
@@ -93,7 +95,8 @@ def test_http_health_and_models(app_config):
     base = f"http://127.0.0.1:{app_config.server.http_port}"
     with urllib.request.urlopen(f"{base}/healthz", timeout=10) as r:
         assert json.load(r) == {"status": "ok"}
-    with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as r:
+    models = urllib.request.Request(f"{base}/v1/models", headers={"Authorization": f"Bearer {TEST_KEY}"})
+    with urllib.request.urlopen(models, timeout=10) as r:
         assert [m["id"] for m in json.load(r)["data"]] == ["muse-tiny", "muse-ab", "muse-cand"]
 
 

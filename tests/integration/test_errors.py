@@ -66,7 +66,7 @@ def _top_p() -> pb.ChatRequest:
 
 
 def _disabled_mode() -> pb.ChatRequest:
-    return build_request("hi", mode="contemplating")
+    return build_request("hi", mode="contemplating", model="muse-cand")  # a pool without that mode
 
 
 def _budget_on_instant() -> pb.ChatRequest:
@@ -177,12 +177,12 @@ def test_count_tokens_counts_a_prompt_over_the_context(client: ChatClient):
     assert count.prompt_tokens > count.context_length == CONTEXT_LENGTH
 
 
-def test_media_input_is_unimplemented_and_names_the_part(client: ChatClient):
-    request = build_request("look")
+def test_a_corrupt_image_is_invalid_and_names_the_part(client: ChatClient):
+    request = build_request("look")  # a PNG signature and nothing after it
     request.messages[0].content.append(pb.ContentPart(image=pb.Image(data=b"\x89PNG\r\n\x1a\n", mime_type="image/png")))
     with pytest.raises(grpc.RpcError) as caught:
         client.chat(request, timeout=30)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("messages[0].content[1].image: ")
 
 

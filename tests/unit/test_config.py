@@ -61,7 +61,7 @@ def test_shipped_file_has_one_tiny_pool(shipped: MuseServeConfig) -> None:
     assert shipped.app_name == "museserve"
     assert [p.name for p in shipped.pools] == ["muse-tiny"]
     pool = shipped.pools[0]
-    assert pool.modes == (Mode.INSTANT, Mode.THINKING)
+    assert pool.modes == (Mode.INSTANT, Mode.THINKING, Mode.CONTEMPLATING)
     assert pool.model.size == "tiny"
     assert pool.model.load_format == "dummy"
     assert pool.model.path is None

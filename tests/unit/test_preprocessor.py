@@ -17,7 +17,7 @@ from museserve.domain import (
     SamplingParams,
     TextPart,
 )
-from museserve.errors import InvalidArgument, MuseError, Unimplemented
+from museserve.errors import InvalidArgument, MuseError
 from museserve.messages import PreparedRequest
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
@@ -225,16 +225,16 @@ def test_image_over_the_limit(pre: Preprocessor) -> None:
     assert error.field == "messages[0].content[1].image.data"
 
 
-def test_image_within_the_limit_is_unimplemented(pre: Preprocessor) -> None:
+def test_image_that_is_no_image_names_the_part(pre: Preprocessor) -> None:
     error = prepare_error(pre, chat(TextPart("see"), ImagePart(data=b"\0" * 100)))
-    assert isinstance(error, Unimplemented)
+    assert isinstance(error, InvalidArgument)
     assert error.field == "messages[0].content[1].image"
 
 
-def test_image_url_is_unimplemented(pre: Preprocessor) -> None:
+def test_image_url_is_refused_when_urls_are_off(pre: Preprocessor) -> None:
     error = prepare_error(pre, chat(ImagePart(url="https://example.com/x.png")))
-    assert isinstance(error, Unimplemented)
-    assert error.field == "messages[0].content[0].image"
+    assert isinstance(error, InvalidArgument)
+    assert error.field == "messages[0].content[0].image.url"
 
 
 def test_audio_over_the_limit(pre: Preprocessor) -> None:
@@ -243,9 +243,9 @@ def test_audio_over_the_limit(pre: Preprocessor) -> None:
     assert error.field == "messages[0].content[2].audio.data"
 
 
-def test_audio_within_the_limit_is_unimplemented(pre: Preprocessor) -> None:
+def test_audio_that_is_no_audio_names_the_part(pre: Preprocessor) -> None:
     error = prepare_error(pre, chat(TextPart("hear"), AudioPart(b"\0" * 50, "flac")))
-    assert isinstance(error, Unimplemented)
+    assert isinstance(error, InvalidArgument)
     assert error.field == "messages[0].content[1].audio"
 
 
@@ -266,12 +266,14 @@ def test_media_in_a_later_message(pre: Preprocessor) -> None:
     assert prepare_error(pre, request).field == "messages[1].content[1].image"
 
 
-def test_contemplating_is_unimplemented(pre: Preprocessor) -> None:
-    error = prepare_error(pre, chat(mode=Mode.CONTEMPLATING))
-    assert isinstance(error, Unimplemented)
-    assert error.field == "mode.mode"
-    with pytest.raises(Unimplemented):
-        pre.count(chat(mode=Mode.CONTEMPLATING), POOL)
+def test_contemplating_takes_the_pools_default_number_of_agents(pre: Preprocessor) -> None:
+    wide = POOL.model_copy(update={"engine": POOL.engine.model_copy(update={"context_length": 8192})})
+    prepared = pre.prepare(chat(mode=Mode.CONTEMPLATING), wide)
+    assert prepared.mode is Mode.CONTEMPLATING and prepared.num_agents == wide.contemplating.default_agents
+    with pytest.raises(InvalidArgument) as refused:  # agents and synthesis cannot fit a 256-token window
+        pre.prepare(chat(mode=Mode.CONTEMPLATING), POOL)
+    assert refused.value.field == "mode.num_agents"
+    assert pre.prepare(chat(mode=Mode.INSTANT), POOL).num_agents == 0
 
 
 # ---- copied fields ----

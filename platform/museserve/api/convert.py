@@ -23,6 +23,8 @@ from museserve.domain import (
     ModeParams,
     PositionLogprobs,
     ReasoningDelta,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
     SamplingParams,
     StreamEvent,
@@ -58,6 +60,12 @@ _TOOL_CHOICES = {
     pb.ToolChoice.KIND_REQUIRED: ToolChoiceKind.REQUIRED,
     pb.ToolChoice.KIND_NAMED: ToolChoiceKind.NAMED,
 }
+_RESPONSE_FORMATS = {
+    pb.ResponseFormat.KIND_UNSPECIFIED: ResponseFormatKind.TEXT,
+    pb.ResponseFormat.KIND_TEXT: ResponseFormatKind.TEXT,
+    pb.ResponseFormat.KIND_JSON_OBJECT: ResponseFormatKind.JSON_OBJECT,
+    pb.ResponseFormat.KIND_JSON_SCHEMA: ResponseFormatKind.JSON_SCHEMA,
+}
 _FINISH_PB = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
@@ -76,7 +84,15 @@ def request_from_pb(msg: pb.ChatRequest, request_id: str, identity: Identity) ->
         sampling=_sampling_from_pb(msg.sampling),
         mode=_mode_from_pb(msg.mode),
         identity=identity,
+        response_format=_response_format_from_pb(msg.response_format),
     )
+
+
+def _response_format_from_pb(f: pb.ResponseFormat) -> ResponseFormat:
+    kind = _RESPONSE_FORMATS.get(f.kind)
+    if kind is None:
+        raise InvalidArgument(f"unknown response format {f.kind}", field="response_format.kind")
+    return ResponseFormat(kind, f.json_schema, f.strict if f.HasField("strict") else True)
 
 
 def _message_from_pb(msg: pb.Message, where: str) -> Message:

@@ -2,7 +2,7 @@
 
 from museserve.config.base import DeploymentConfig, Section, ServerConfig
 from museserve.config.gateway import ApiKey, GatewayConfig, RateSpec, RedisConfig, RequestLimits, TierConfig
-from museserve.config.pool import ABSplit, EngineConfig, MirrorConfig, ModelConfig, PoolConfig
+from museserve.config.pool import ABSplit, ContemplatingConfig, EngineConfig, MirrorConfig, ModelConfig, PoolConfig
 from museserve.config.preprocess import MediaLimits, PreprocessConfig
 from museserve.config.tree import (
     DEFAULT_CONFIG_PATH,
@@ -18,6 +18,7 @@ __all__ = [
     "ABSplit",
     "ApiKey",
     "ConfigError",
+    "ContemplatingConfig",
     "DEFAULT_CONFIG_PATH",
     "DeploymentConfig",
     "EngineConfig",

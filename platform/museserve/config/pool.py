@@ -55,6 +55,19 @@ class EngineConfig(Section):
         return self
 
 
+class ContemplatingConfig(Section):
+    """Several agents reason in parallel on one prompt, then a synthesis pass answers."""
+
+    default_agents: int = Field(4, ge=2, le=8, description="Agents when a request sets none.")
+    agent_answer_tokens: int = Field(
+        256, ge=1, description="Answer tokens of each agent (after its reasoning); the synthesis reads these."
+    )
+    synthesis_thinking_budget: int = Field(128, ge=0, description="Reasoning tokens of the synthesis pass.")
+    quorum: float = Field(
+        0.5, gt=0.0, le=1.0, description="Fraction of agents that must answer for the synthesis to run."
+    )
+
+
 class ABSplit(Section):
     """A share of this pool's traffic served by a candidate pool, sticky per user."""
 
@@ -86,5 +99,6 @@ class PoolConfig(Section):
     max_in_flight: int = Field(
         256, ge=1, description="Requests a gateway replica lets into this pool at once; beyond: shed."
     )
+    contemplating: ContemplatingConfig = ContemplatingConfig()
     ab: ABSplit | None = Field(None, description="A/B split to a candidate pool.")
     mirror: MirrorConfig | None = Field(None, description="Shadow mirroring to a candidate pool.")

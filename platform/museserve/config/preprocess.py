@@ -30,6 +30,16 @@ class MediaLimits(Section):
     url_timeout_s: float = Field(5.0, gt=0, description="Bound on one URL fetch, redirects included.")
     max_url_redirects: int = Field(3, ge=0, description="Redirects followed per URL; each is checked again.")
 
+    @property
+    def image_feature_dim(self) -> int:
+        """Values per image token: one RGB patch of image_patch_size x image_patch_size pixels."""
+        return 3 * self.image_patch_size * self.image_patch_size
+
+    @property
+    def audio_feature_dim(self) -> int:
+        """Values per audio token: audio_frames_per_token log-mel frames of audio_mel_bins."""
+        return self.audio_mel_bins * self.audio_frames_per_token
+
     @model_validator(mode="after")
     def _request_can_hold_one_image(self) -> MediaLimits:
         if self.max_image_tokens > self.max_request_media_tokens:

@@ -1,9 +1,11 @@
 """Logical KV blocks: integer ids, reference counts and the prefix cache. No tensors.
 
 A full block is identified by a hash chained over its parent's hash, the sequence's
-cache salt (one per tenant) and its own token ids, so two blocks share a hash only when
+cache salt (one per tenant), its own token ids and, where it holds media placeholders, the
+media's digests and offsets (`media.block_media_keys`), so two blocks share a hash only when
 the whole prefix up to and including them is equal *for the same tenant*: one tenant's
-prompt never reuses, or times, another tenant's cache.
+prompt never reuses, or times, another tenant's cache, and one image's KV never stands in
+for another's.
 
 Free blocks (ref count 0) sit in one LRU order: blocks without cached content first,
 then cached ones by last use. Allocation takes from the front, so the least recently
@@ -17,14 +19,18 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 
+from museserve.engine.media import block_media_keys
 from museserve.engine.sequence import Sequence
 
 BlockHash = bytes
 
 
-def chain_hash(parent: BlockHash, token_ids: Seq[int]) -> BlockHash:
+def chain_hash(parent: BlockHash, token_ids: Seq[int], extra: bytes = b"") -> BlockHash:
+    """`extra`: what else the block's KV depends on (its media); after the fixed-size token bytes."""
     digest = hashlib.blake2b(parent, digest_size=16)
     digest.update(b"".join(t.to_bytes(4, "little", signed=False) for t in token_ids))
+    if extra:
+        digest.update(extra)
     return digest.digest()
 
 
@@ -45,6 +51,8 @@ class BlockManager:
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         # Per request: hashes of its full blocks so far (block i <-> _chain[i]).
         self._chains: dict[str, list[BlockHash]] = {}
+        # Per request with media: block index -> extra hash bytes, computed once.
+        self._media_keys: dict[str, dict[int, bytes]] = {}
         self.prefix_queries = 0  # prompt tokens looked up in the cache
         self.prefix_hits = 0  # of which found
 
@@ -140,6 +148,7 @@ class BlockManager:
     def forget(self, request_id: str) -> None:
         """Drops the hash chain memo of a request that will not come back."""
         self._chains.pop(request_id, None)
+        self._media_keys.pop(request_id, None)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -147,10 +156,19 @@ class BlockManager:
         chain = self._chains.setdefault(seq.request_id, [])
         parent = chain[-1] if chain else root_hash(seq.cache_salt)
         bs = self.block_size
+        extra = self._media_keys_of(seq) if len(chain) < num_full_blocks else {}
         for index in range(len(chain), num_full_blocks):
-            parent = chain_hash(parent, seq.token_ids[index * bs : (index + 1) * bs])
+            parent = chain_hash(parent, seq.token_ids[index * bs : (index + 1) * bs], extra.get(index, b""))
             chain.append(parent)
         return chain[:num_full_blocks]
+
+    def _media_keys_of(self, seq: Sequence) -> dict[int, bytes]:
+        if not seq.media:
+            return {}
+        keys = self._media_keys.get(seq.request_id)
+        if keys is None:
+            keys = self._media_keys[seq.request_id] = block_media_keys(seq.media, self.block_size)
+        return keys
 
     def _take(self, block_id: int) -> None:
         if self._ref_counts[block_id] == 0:

@@ -45,7 +45,8 @@ class DecodeGraphs:
     def bucket(self, plan: SchedulerPlan) -> tuple[int, int] | None:
         """(batch, width) of the graph that runs this plan, or None when it must run eagerly."""
         sequences = plan.sequences
-        if not sequences or any(item.num_new_tokens != 1 for item in sequences):
+        # A one-token recompute may land on a media placeholder: graphs embed token ids only.
+        if not sequences or any(item.num_new_tokens != 1 or item.media for item in sequences):
             return None
         batch = next((b for b in BATCH_BUCKETS if b >= len(sequences)), None)
         longest = max(item.first_position for item in sequences) + 1

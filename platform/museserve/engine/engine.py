@@ -13,26 +13,28 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from museserve.config import PoolConfig
+from museserve.config import MediaLimits, PoolConfig
 from museserve.domain import PositionLogprobs, TokenLogprob
 from museserve.engine.block_manager import BlockManager
+from museserve.engine.constraint import ConstraintFactory
 from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
 from museserve.engine.logits_processors import LogitsProcessor, processors_for
+from museserve.engine.media import check_segments
 from museserve.engine.model_runner import Executor, ModelRunner
 from museserve.engine.request_state import RequestState
 from museserve.engine.sampler import make_generator, sample_batch
 from museserve.engine.scheduler import Scheduler, SchedulerLimits, SchedulerPlan
 from museserve.engine.sequence import Sequence
 from museserve.engine.stats import EngineStats, RequestPhase, RequestRecord
-from museserve.errors import Cancelled, DeadlineExceeded, Internal, MuseError, ResourceExhausted
+from museserve.errors import Cancelled, DeadlineExceeded, Internal, InvalidArgument, MuseError, ResourceExhausted
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
-from museserve.model.loader import resolve_device
+from museserve.model.loader import check_media_dims, resolve_device
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 logger = logging.getLogger(__name__)
@@ -58,14 +60,19 @@ class MuseEngine:
         tokenizer: MuseTokenizer,
         executor: Executor | None = None,
         metrics: MetricsRecorder | None = None,
+        media: MediaLimits | None = None,
     ):
+        """`media`: the preprocess tier's limits; a dummy model then gets projectors of their
+        feature dims, a checkpoint's are checked against them. None: a text-only dummy model."""
         self.pool = pool
         self.metrics = metrics if metrics is not None else InMemoryMetrics()
         self.tokenizer = tokenizer
         engine = pool.engine
         if executor is None:
-            executor = local_runner(pool, tokenizer)
+            executor = local_runner(pool, tokenizer, media)
         self.executor = executor
+        # Executors of text-only models may not declare it.
+        self.media_feature_dims: dict[str, int] = dict(getattr(executor, "media_feature_dims", {}))
         self.blocks = BlockManager(
             executor.num_blocks, engine.block_size, enable_prefix_caching=engine.enable_prefix_caching
         )
@@ -79,6 +86,7 @@ class MuseEngine:
         self.stats = EngineStats()
         self._active: dict[str, _Active] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool.name}")
+        self.constraints = ConstraintFactory(tokenizer)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
@@ -93,7 +101,10 @@ class MuseEngine:
             cache_salt=request.tenant,
             priority=request.priority,
             max_num_tokens=request.num_prompt_tokens + reasoning + request.max_output_tokens,
+            media=request.media,
         )
+        self._check_media(request)
+        constraint = await self.constraints.build(request)  # compiles off the loop; InvalidArgument
         try:
             self.scheduler.add(seq)
         except ResourceExhausted:
@@ -104,7 +115,7 @@ class MuseEngine:
             RequestState(request, self.tokenizer),
             self.stats.admit(request.request_id, request.tenant),
             make_generator(request.seed),
-            processors_for(request),
+            processors_for(request, constraint),
         )
         self._active[request.request_id] = active
         self._wakeup.set()
@@ -123,6 +134,21 @@ class MuseEngine:
                     return
         finally:
             self._finish(request.request_id, phase)
+
+    def _check_media(self, request: PreparedRequest) -> None:
+        """The preprocess tier refuses media a pool cannot take; this guards against a
+        mismatch between the tiers, so a bad request fails alone rather than its whole step."""
+        for segment in request.media:
+            dim = self.media_feature_dims.get(segment.kind)
+            if dim != segment.feature_dim:
+                raise InvalidArgument(
+                    f"model {self.pool.name} takes no {segment.kind} input of {segment.feature_dim} values per token",
+                    field="messages",
+                )
+        try:
+            check_segments(request.media, request.num_prompt_tokens)
+        except ValueError as exc:
+            raise Internal(f"malformed prepared request: {exc}") from None
 
     def abort(self, request_id: str) -> None:
         """Ends a request now; its stream raises CANCELLED."""
@@ -284,12 +310,13 @@ class MuseEngine:
         if self._loop_task is not None:
             self._loop_task.cancel()
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self.constraints.close()
 
 
-def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer) -> ModelRunner:
+def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> ModelRunner:
     """A runner in this process on the pool's device, its KV pool sized from the pool's memory budget."""
     engine = pool.engine
-    model = load_pool_model(pool, tokenizer)
+    model = load_pool_model(pool, tokenizer, media)
     dtype = getattr(torch, pool.model.dtype)
     device = next(model.parameters()).device
     num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(model.config, engine.block_size, dtype)
@@ -308,12 +335,18 @@ def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer) -> ModelRunner:
     return ModelRunner(model, kv_pool)
 
 
-def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer) -> MuseForCausalLM:
+def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseForCausalLM:
+    """With `media`, dummy weights get image and audio projectors of its feature dims; a
+    checkpoint's projectors (from its config.json) must match them."""
     spec = pool.model
     if spec.load_format == "safetensors":
         arch = load_config_json(spec.path)
     else:
         arch = MuseConfig.named(spec.size, vocab_size=tokenizer.vocab_size)
+        if media is not None:
+            arch = replace(arch, image_feature_dim=media.image_feature_dim, audio_feature_dim=media.audio_feature_dim)
+    if media is not None:
+        check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, pool.name)
     if arch.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
     return build_model(

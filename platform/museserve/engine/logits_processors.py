@@ -44,8 +44,8 @@ class Penalties:
         return logits
 
 
-def processors_for(request: PreparedRequest) -> tuple[LogitsProcessor, ...]:
+def processors_for(request: PreparedRequest, constraint: LogitsProcessor | None = None) -> tuple[LogitsProcessor, ...]:
+    """Penalties first; a grammar `constraint` last, so nothing after it can lift its mask."""
     penalties = Penalties(request.presence_penalty, request.frequency_penalty, request.repetition_penalty)
-    if penalties == Penalties():
-        return ()
-    return (penalties,)
+    chain = () if penalties == Penalties() else (penalties,)
+    return chain if constraint is None else (*chain, constraint)

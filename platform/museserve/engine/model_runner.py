@@ -1,13 +1,15 @@
 """Runs one scheduled step on the device: the only engine code that touches tensors.
 
-Input is a `SchedulerPlan` (token ids, positions implied by first_position, block ids);
-output is the logits of the sequences that sample this step, in plan order. Executors
+Input is a `SchedulerPlan` (token ids, positions implied by first_position, block ids,
+media feature rows as bytes); output is the logits of the sequences that sample this step,
+in plan order. This is the only place media bytes become tensors. Executors
 that run this in other processes (tensor and pipeline parallel workers) take the same
 plan, so the scheduler never knows where the model runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
@@ -28,6 +30,8 @@ GPU_DECODE_GROUP = 1024
 
 class Executor(Protocol):
     num_blocks: int  # KV blocks each worker's pool holds; the block manager hands out these ids
+    # Media kind -> feature values per token the model projects; executors of text-only models may omit it.
+    media_feature_dims: Mapping[str, int]
 
     def execute(self, plan: SchedulerPlan) -> Tensor:
         """Runs the plan; returns float32 logits [num_sampling_sequences, vocab], on any device,
@@ -42,6 +46,7 @@ class ModelRunner:
         self.pool = pool
         self.device = next(model.parameters()).device
         self.num_blocks = pool.num_blocks
+        self.media_feature_dims = model.config.media_feature_dims
         self.decode_group = CPU_DECODE_GROUP if self.device.type == "cpu" else GPU_DECODE_GROUP
         self.graphs = DecodeGraphs(model, pool) if cuda_graphs and self.device.type == "cuda" else None
 
@@ -74,6 +79,33 @@ class ModelRunner:
         ).to(self.device)
         packed = torch.tensor(token_ids + token_positions + sample_rows, dtype=torch.long).to(self.device)
         ids, positions, rows = packed.split((len(token_ids), len(token_positions), len(sample_rows)))
+        media_rows, media_positions = self._media_inputs(plan)
         with sdpa_kernel(SDPA_BACKENDS):
-            hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
+            embeds = self.model.embed(ids, media_rows, media_positions)
+            hidden = self.model(embeds, positions, PagedStep(self.pool, layout))
         return self.model.compute_logits(hidden[rows])
+
+    def _media_inputs(self, plan: SchedulerPlan) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per media kind: the step's feature rows [R, feature_dim] in the model's dtype, and
+        their rows [R] in the flattened batch. Empty dicts for a text-only step."""
+        chunks: dict[str, list[bytes]] = {}
+        flat_rows: dict[str, list[int]] = {}
+        dims: dict[str, int] = {}
+        base = 0  # the sequence's first row in the flattened batch
+        for item in plan.sequences:
+            for piece in item.media:
+                if dims.setdefault(piece.kind, piece.feature_dim) != piece.feature_dim:
+                    raise ValueError(f"{piece.kind} rows of {piece.feature_dim} and {dims[piece.kind]} in one step")
+                chunks.setdefault(piece.kind, []).append(piece.rows)
+                start = base + piece.offset
+                flat_rows.setdefault(piece.kind, []).extend(range(start, start + piece.num_rows))
+            base += item.num_new_tokens
+        dtype = self.model.model.embed_tokens.weight.dtype
+        media_rows, media_positions = {}, {}
+        for kind, pieces in chunks.items():
+            # One copy into a writable buffer (frombuffer warns on read-only bytes), one to the device.
+            buffer = bytearray().join(pieces)
+            host = torch.frombuffer(buffer, dtype=torch.float16).view(len(flat_rows[kind]), dims[kind])
+            media_rows[kind] = host.to(self.device, dtype)
+            media_positions[kind] = torch.tensor(flat_rows[kind], dtype=torch.long).to(self.device)
+        return media_rows, media_positions

@@ -3,13 +3,16 @@
 Token handling per step: a sampled (or forced) token goes into the reasoning segment
 until `<|/think|>` closes it, then into the answer; `<|eos|>` or `<|end|>` ends the
 request, as do a stop string, the output budget, or the context window. When the
-reasoning budget is spent, the next token is forced to `<|/think|>`.
+reasoning budget is spent, the next token is forced to `<|/think|>`. When the request offers
+tools, `<|tool_call|>...<|/tool_call|>` spans of the answer become ToolCall values, not text;
+an answer that ends right after a call finishes with TOOL_CALLS.
 """
 
 from __future__ import annotations
 
-from museserve.domain import FinishReason, PositionLogprobs, Usage
+from museserve.domain import FinishReason, PositionLogprobs, ToolCall, Usage
 from museserve.engine.detokenizer import IncrementalDetokenizer
+from museserve.engine.tool_calls import ToolCallSpans
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -30,6 +33,9 @@ class RequestState:
         self._pending_text: list[str] = []
         self._pending_logprobs: list[PositionLogprobs] = []
         self._pending_tokens = 0
+        self._calls = ToolCallSpans(tokenizer) if request.tools else None
+        self._pending_calls: list[ToolCall] = []
+        self._ends_in_call = False  # the last answer token closed a call
 
     @property
     def num_generated_tokens(self) -> int:
@@ -61,15 +67,24 @@ class RequestState:
             return
         self.output_tokens += 1
         if token_id in self._end_ids:
-            self._end(FinishReason.STOP)
+            self._end(FinishReason.TOOL_CALLS if self._ends_in_call else FinishReason.STOP)
             return
-        self._pending_text.append(self._answer.push([token_id]))
-        if logprobs is not None:
-            self._pending_logprobs.append(logprobs)
+        if self._calls is not None and self._calls.consumes(token_id):
+            done = self._calls.push(token_id)
+            self._ends_in_call = isinstance(done, ToolCall)
+            if isinstance(done, ToolCall):
+                self._pending_calls.append(done)
+            elif done:
+                self._pending_text.append(done)
+        else:
+            self._ends_in_call = False
+            self._pending_text.append(self._answer.push([token_id]))
+            if logprobs is not None:
+                self._pending_logprobs.append(logprobs)
         if self._answer.stopped:
             self.finish = FinishReason.STOP
         elif self.output_tokens >= self.request.max_output_tokens:
-            self._end(FinishReason.LENGTH)
+            self._end(FinishReason.TOOL_CALLS if self._ends_in_call else FinishReason.LENGTH)
 
     def end_for_length(self) -> None:
         """The context window is full."""
@@ -78,6 +93,8 @@ class RequestState:
 
     def _end(self, reason: FinishReason) -> None:
         self._pending_text.append(self._answer.flush())
+        if self._calls is not None:
+            self._pending_text.append(self._calls.flush())
         self.finish = reason
 
     def usage(self) -> Usage:
@@ -94,6 +111,7 @@ class RequestState:
             text="".join(self._pending_text),
             reasoning="".join(self._pending_reasoning),
             logprobs=tuple(self._pending_logprobs),
+            tool_calls=tuple(self._pending_calls),
             num_new_tokens=self._pending_tokens,
             finish=self.finish,
             usage=self.usage() if self.finish is not None else None,
@@ -101,5 +119,6 @@ class RequestState:
         self._pending_text.clear()
         self._pending_reasoning.clear()
         self._pending_logprobs.clear()
+        self._pending_calls.clear()
         self._pending_tokens = 0
         return chunk

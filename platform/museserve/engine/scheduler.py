@@ -15,6 +15,7 @@ import itertools
 from dataclasses import dataclass
 
 from museserve.engine.block_manager import BlockManager
+from museserve.engine.media import MediaSlice, step_slices
 from museserve.engine.sequence import Sequence, SequenceStatus
 from museserve.errors import InvalidArgument, ResourceExhausted
 
@@ -34,6 +35,7 @@ class ScheduledSequence:
     token_ids: tuple[int, ...]  # the tokens computed this step, from first_position on
     block_ids: tuple[int, ...]
     samples: bool  # the step reaches the last known token, so it yields the next one
+    media: tuple[MediaSlice, ...] = ()  # feature rows of the media placeholders among token_ids
 
     @property
     def num_new_tokens(self) -> int:
@@ -159,6 +161,7 @@ class Scheduler:
             tuple(seq.token_ids[first : first + num_new]),
             tuple(seq.block_ids),
             samples=first + num_new == seq.num_tokens,
+            media=step_slices(seq.media, first, num_new) if seq.media else (),
         )
 
     def _preempt(self, seq: Sequence) -> None:

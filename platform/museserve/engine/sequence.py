@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence as Seq
 
+from museserve.messages import MediaSegment
+
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
@@ -26,6 +28,7 @@ class Sequence:
         cache_salt: str,
         priority: int = 0,
         max_num_tokens: int | None = None,
+        media: tuple[MediaSegment, ...] = (),
     ):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
@@ -35,6 +38,8 @@ class Sequence:
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.cache_salt = cache_salt  # prefix-cache namespace: one per tenant
+        # Images / audio over prompt placeholders; kept through preemption so recompute sees them.
+        self.media = media
         self.priority = priority  # lower runs first
         self.arrival = 0  # set by the scheduler on arrival; ties within a priority: earlier first
         self.status = SequenceStatus.WAITING

@@ -197,6 +197,7 @@ class Gateway:
 
 def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str) -> list[StreamEvent]:
     events: list[StreamEvent] = []
+    events.extend(chunk.agent_progress)
     if chunk.reasoning:
         events.append(ReasoningDelta(chunk.reasoning))
     if chunk.text:

@@ -69,6 +69,9 @@ _NAMED_SHAPES: dict[str, tuple[int, int, int, int, int, int, bool]] = {
 }
 
 _HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# config.json keys of a Muse checkpoint with media projectors; absent in text-only checkpoints.
+IMAGE_FEATURE_DIM_KEY = "muse_image_feature_dim"
+AUDIO_FEATURE_DIM_KEY = "muse_audio_feature_dim"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ class MuseConfig:
     max_position_embeddings: int = LONG_CONTEXT
     tie_word_embeddings: bool = False
     qkv_bias: bool = False  # Qwen2 checkpoints carry q/k/v biases
+    # Early fusion: values per image / audio token fed to the projector into the embedding
+    # space (see `muse.MuseModel`); 0: the model has no projector and takes no such input.
+    # A text-only Hugging Face checkpoint has neither.
+    image_feature_dim: int = 0
+    audio_feature_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -114,6 +122,8 @@ class MuseConfig:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.head_dim < 0 or self.head_dim % 2:
             raise ValueError(f"head_dim must be positive and even for RoPE, got {self.head_dim}")
+        if self.image_feature_dim < 0 or self.audio_feature_dim < 0:
+            raise ValueError("image_feature_dim and audio_feature_dim must be >= 0")
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("rms_norm_eps and rope_theta must be positive")
         scaling = self.rope_scaling
@@ -129,6 +139,12 @@ class MuseConfig:
         return self.num_attention_heads // self.num_key_value_heads
 
     @property
+    def media_feature_dims(self) -> dict[str, int]:
+        """Media kind -> values per token, for the kinds this model has a projector for."""
+        dims = {"image": self.image_feature_dim, "audio": self.audio_feature_dim}
+        return {kind: dim for kind, dim in dims.items() if dim}
+
+    @property
     def num_parameters(self) -> int:
         h, d = self.hidden_size, self.head_dim
         attention = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
@@ -136,7 +152,8 @@ class MuseConfig:
             attention += d * (self.num_attention_heads + 2 * self.num_key_value_heads)
         per_layer = attention + 3 * h * self.intermediate_size + 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_hidden_layers * per_layer + embeddings + h
+        projectors = sum((dim + 1) * h for dim in self.media_feature_dims.values())
+        return self.num_hidden_layers * per_layer + embeddings + projectors + h
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int) -> int:
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * bytes_per_element
@@ -191,6 +208,8 @@ class MuseConfig:
             max_position_embeddings=int(d.get("max_position_embeddings", LONG_CONTEXT)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             qkv_bias=model_type == "qwen2",
+            image_feature_dim=int(d.get(IMAGE_FEATURE_DIM_KEY) or 0),
+            audio_feature_dim=int(d.get(AUDIO_FEATURE_DIM_KEY) or 0),
         )
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -212,4 +231,7 @@ class MuseConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": False,
+            # Our own keys: transformers keeps unknown keys as plain attributes.
+            **({IMAGE_FEATURE_DIM_KEY: self.image_feature_dim} if self.image_feature_dim else {}),
+            **({AUDIO_FEATURE_DIM_KEY: self.audio_feature_dim} if self.audio_feature_dim else {}),
         }

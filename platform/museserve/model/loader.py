@@ -2,12 +2,18 @@
 
 The module is first built on the meta device and materialised once on the target device
 in the target dtype, so weights are never allocated twice.
+
+A checkpoint with media projectors declares their feature dims in config.json
+(`muse_image_feature_dim`, `muse_audio_feature_dim`) and holds `model.image_projector.*` /
+`model.audio_projector.*`; a text-only (e.g. Hugging Face Llama) checkpoint declares none and
+its pool takes no media.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -30,6 +36,16 @@ def load_config_json(path: str | Path) -> MuseConfig:
     if not file.is_file():
         raise FileNotFoundError(f"no config.json at {file}")
     return MuseConfig.from_hf_dict(json.loads(file.read_text()))
+
+
+def check_media_dims(config: MuseConfig, expected: Mapping[str, int], name: str) -> None:
+    """Each projector the model has must take the rows the preprocess tier produces."""
+    for kind, dim in config.media_feature_dims.items():
+        if dim != expected.get(kind):
+            raise ValueError(
+                f"pool {name}: the model's {kind} projector takes {dim} values per token; "
+                f"preprocess.media produces {expected.get(kind)}"
+            )
 
 
 def build_model(

@@ -1,7 +1,16 @@
-"""The Muse decoder-only language model, laid out with Hugging Face Llama parameter names."""
+"""The Muse decoder-only language model, laid out with Hugging Face Llama parameter names.
+
+Early fusion: an image or audio token's embedding is a linear projection of its feature row
+(one image patch, or stacked log-mel frames) into the hidden size, in place of the
+`<|image|>`/`<|audio|>` placeholder's own embedding. The projectors are
+`model.image_projector.{weight,bias}` [hidden, image_feature_dim] / [hidden] and
+`model.audio_projector.{weight,bias}` [hidden, audio_feature_dim] / [hidden]; a model whose
+config gives a feature dim of 0 has no such projector (a text-only checkpoint).
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,6 +51,15 @@ class MuseModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        dims = config.media_feature_dims
+        self.image_projector = nn.Linear(dims["image"], config.hidden_size) if "image" in dims else None
+        self.audio_projector = nn.Linear(dims["audio"], config.hidden_size) if "audio" in dims else None
+
+    def projector(self, kind: str) -> nn.Linear:
+        projector = {"image": self.image_projector, "audio": self.audio_projector}.get(kind)
+        if projector is None:
+            raise ValueError(f"this model has no {kind} projector: it takes no {kind} input")
+        return projector
 
     def forward(self, input_embeds: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
         cos, sin = self.rotary_emb(positions, input_embeds.dtype)  # [T, head_dim] each
@@ -66,9 +84,22 @@ class MuseForCausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def embed(self, input_ids: Tensor) -> Tensor:
-        """[T] token ids -> [T, hidden]. Callers may overwrite rows with other features."""
-        return self.model.embed_tokens(input_ids)
+    def embed(
+        self,
+        input_ids: Tensor,
+        media_rows: dict[str, Tensor] | None = None,
+        media_positions: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """[T] token ids -> [T, hidden]. Per media kind, `media_rows[kind]` [R, feature_dim] are
+        projected and replace the embeddings at rows `media_positions[kind]` [R] (long, into T)."""
+        embeds = self.model.embed_tokens(input_ids)
+        for kind, rows in (media_rows or {}).items():
+            positions = media_positions[kind] if media_positions else None
+            if positions is None or positions.shape != (rows.shape[0],):
+                raise ValueError(f"{kind}: {rows.shape[0]} feature rows need as many positions")
+            projected = self.model.projector(kind)(rows.to(embeds.dtype))  # [R, hidden]
+            embeds = torch.index_copy(embeds, 0, positions, projected)
+        return embeds
 
     def forward(self, input_embeds: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
         """input_embeds [T, hidden], positions [T] -> hidden [T, hidden]; appends T to `cache`."""

@@ -5,7 +5,7 @@ Layout, with control tokens written by name and `text(...)` meaning `encode_text
     <|bos|>
     <|tools|> text(JSON list of {name, description, parameters}) <|end|>      if tools
     <|system|> text(content) <|end|>                                          per message
-    <|user|> text + media <|end|>
+    <|user|> text + media <|end|>      a media part: <|image|> or <|audio|> x its num_tokens
     <|assistant|> text(content) (<|tool_call|> text({"name", "arguments"}) <|/tool_call|>)* <|end|>
     <|tool|> text({"tool_call_id": ...} + "\\n" + content) <|end|>
     <|assistant|> <|think|>                                 reasoning opened
@@ -38,7 +38,8 @@ ROLE_TOKENS: dict[Role, str] = {
 
 
 def single_placeholder(part: MediaPart, tokenizer: MuseTokenizer) -> list[int]:
-    """One `<|image|>` or `<|audio|>` per part; the model tier later expands it into features."""
+    """One `<|image|>` or `<|audio|>` per part, for rendering without decoded media; the
+    preprocessor passes `media.placeholders` instead (one placeholder per feature row)."""
     return [tokenizer.image_id if isinstance(part, ImagePart) else tokenizer.audio_id]
 
 

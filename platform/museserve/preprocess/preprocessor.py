@@ -2,7 +2,11 @@
 
 Everything that needs the tokenizer is decided here, before a model pool sees the
 request: the prompt's token count against the context window, the output budget that
-still fits, and the reasoning budget of the mode.
+still fits, and the reasoning budget of the mode. Images and audio become feature rows and
+placeholder runs here too (`media`); their tokens count like any other prompt token.
+
+`fetch_media` (async, image URLs) runs on the event loop; `count` and `prepare` are CPU work
+for a worker thread and take what it fetched.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ import time
 from collections.abc import Callable
 
 from museserve.config import MediaLimits, PoolConfig
-from museserve.domain import AudioPart, ChatRequest, ImagePart, Mode
-from museserve.errors import InvalidArgument, Unimplemented
+from museserve.domain import ChatRequest, Mode, ToolChoiceKind, ToolSpec
+from museserve.errors import InvalidArgument
 from museserve.messages import PreparedRequest, PromptCount
+from museserve.modes.contemplating_prompts import check_contemplating_fits
 from museserve.preprocess.chat_template import render_prompt
+from museserve.preprocess.media import ALL_KINDS, EncodedMedia, Fetched, MediaEncoder, media_segments, placeholders
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.url_fetch import ImageFetcher
 
 
 class Preprocessor:
@@ -25,22 +32,32 @@ class Preprocessor:
         media: MediaLimits,
         request_timeout_s: float,
         priority_of: Callable[[str], int] = lambda tier: 0,
+        *,
+        media_kinds: frozenset[str] = ALL_KINDS,
+        fetcher: ImageFetcher | None = None,
     ):
+        """`media_kinds`: the media the pool's model has projectors for (`pool_media_kinds`)."""
         self.tokenizer = tokenizer
-        self._media = media
+        self._media = MediaEncoder(media, media_kinds, fetcher)
         self._request_timeout_s = request_timeout_s
         self._priority_of = priority_of  # account tier -> scheduling priority
 
-    def count(self, request: ChatRequest, pool: PoolConfig) -> PromptCount:
+    async def fetch_media(self, request: ChatRequest, pool: PoolConfig) -> Fetched:
+        """The request's image URLs, fetched concurrently (when the service allows URLs)."""
+        return await self._media.fetch(request, pool.name)
+
+    def count(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None = None) -> PromptCount:
         """The prompt's size, also when it exceeds the context window (so a client can trim)."""
-        ids = self._render(request, self._requested_budget(request, pool) > 0)
+        media = self._encode(request, pool, fetched)
+        ids = self._render(request, self._requested_budget(request, pool) > 0, media)
         return PromptCount(len(ids), pool.engine.context_length, pool.name)
 
-    def prepare(self, request: ChatRequest, pool: PoolConfig) -> PreparedRequest:
+    def prepare(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None = None) -> PreparedRequest:
         """Positions used: prompt + reasoning (budget + its closing marker) + output <= context."""
         context_length = pool.engine.context_length
         budget = self._requested_budget(request, pool)
-        ids = self._render(request, budget > 0)
+        media = self._encode(request, pool, fetched)
+        ids = self._render(request, budget > 0, media)
         room = _room_after_prompt(ids, pool)
         requested = request.sampling.max_output_tokens
         if requested is not None:
@@ -56,9 +73,13 @@ class Preprocessor:
                 budget = room - 2
                 if budget <= 0:
                     budget = 0
-                    ids = self._render(request, thinking_enabled=False)  # closes the segment
+                    ids = self._render(request, False, media)  # closes the segment
                     room = _room_after_prompt(ids, pool)
             max_output = min(pool.engine.default_max_output_tokens, room - _reasoning_positions(budget))
+        num_agents = 0
+        if request.mode.mode is Mode.CONTEMPLATING:
+            num_agents = request.mode.num_agents or pool.contemplating.default_agents
+            check_contemplating_fits(len(ids), num_agents, budget, max_output, pool)
         s = request.sampling
         return PreparedRequest(
             request_id=request.request_id,
@@ -81,6 +102,11 @@ class Preprocessor:
             priority=self._priority_of(request.identity.tier),
             logprobs=s.logprobs,
             top_logprobs=s.top_logprobs,
+            media=media_segments(ids, media, self.tokenizer),
+            tools=offered_tools(request),
+            tool_choice=request.tool_choice,
+            response_format=request.response_format,
+            num_agents=num_agents,
         )
 
     def _checked_stop_token_ids(self, token_ids: tuple[int, ...]) -> tuple[int, ...]:
@@ -92,16 +118,17 @@ class Preprocessor:
                 )
         return token_ids
 
-    def _render(self, request: ChatRequest, thinking_enabled: bool) -> list[int]:
-        self._check_media(request)
-        if request.mode.mode is Mode.CONTEMPLATING:
-            raise Unimplemented("contemplating mode is not served by this version", field="mode.mode")
+    def _encode(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None) -> list[EncodedMedia]:
+        return self._media.encode(request, pool.name, fetched)
+
+    def _render(self, request: ChatRequest, thinking_enabled: bool, media: list[EncodedMedia]) -> list[int]:
         return render_prompt(
             request.messages,
-            request.tools,
+            offered_tools(request),
             mode=request.mode.mode,
             thinking_enabled=thinking_enabled,
             tokenizer=self.tokenizer,
+            media_tokens=placeholders(media),
         )
 
     @staticmethod
@@ -110,25 +137,6 @@ class Preprocessor:
             return 0
         budget = request.mode.thinking_budget
         return pool.engine.default_thinking_budget if budget is None else budget
-
-    def _check_media(self, request: ChatRequest) -> None:
-        for i, message in enumerate(request.messages):
-            for j, part in enumerate(message.parts):
-                where = f"messages[{i}].content[{j}]"
-                if isinstance(part, ImagePart):
-                    if part.data is not None and len(part.data) > self._media.max_image_bytes:
-                        raise InvalidArgument(
-                            f"image is {len(part.data)} bytes; at most {self._media.max_image_bytes} are accepted",
-                            field=f"{where}.image.data",
-                        )
-                    raise Unimplemented("image input is not served by this version", field=f"{where}.image")
-                if isinstance(part, AudioPart):
-                    if len(part.data) > self._media.max_audio_bytes:
-                        raise InvalidArgument(
-                            f"audio is {len(part.data)} bytes; at most {self._media.max_audio_bytes} are accepted",
-                            field=f"{where}.audio.data",
-                        )
-                    raise Unimplemented("audio input is not served by this version", field=f"{where}.audio")
 
 
 def _reasoning_positions(budget: int) -> int:
@@ -146,3 +154,8 @@ def _room_after_prompt(ids: list[int], pool: PoolConfig) -> int:
             field="messages",
         )
     return room
+
+
+def offered_tools(request: ChatRequest) -> tuple[ToolSpec, ...]:
+    """The tools the prompt shows: none with tool_choice NONE, so the model cannot call one."""
+    return () if request.tool_choice.kind is ToolChoiceKind.NONE else request.tools

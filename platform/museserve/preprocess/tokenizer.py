@@ -69,6 +69,10 @@ class MuseTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def vocab(self) -> dict[str, int]:
+        """Every token's id by its encoded form (byte-level BPE: `Ġ` stands for a space)."""
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
     def token_id(self, special: str) -> int:
         try:
             return self._control_ids[special]

@@ -49,7 +49,7 @@ def _options(name: str, d: DeploymentConfig) -> dict:
 def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
     pools = {
         pool.name: ModelPoolDeployment.options(**_options(f"pool-{pool.name}", pool.deployment)).bind(
-            pool, config.tokenizer_for(pool), log_level
+            pool, config.tokenizer_for(pool), log_level, config.preprocess.media
         )
         for pool in config.pools
     }

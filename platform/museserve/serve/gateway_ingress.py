@@ -1,19 +1,26 @@
 """The gateway tier: the Serve ingress for gRPC (ChatService, grpc.health.v1) and HTTP.
 
-A thin shell: the request path lives in `Gateway` and `GrpcChatApi`. Method names of the
-gRPC side must equal the RPC names; the proxy routes by them.
-"""
+A thin shell: the request path lives in `Gateway`, `GrpcChatApi` and `OpenAIHttpApi`.
+Method names of the gRPC side must equal the RPC names; the proxy routes by them. The
+HTTP side is the OpenAI-compatible API; FastAPI serves its OpenAPI document at
+`/openapi.json`.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Ray Serve re-signs the route methods, and
+FastAPI then reads their annotations as they are, so they must be real types.
+"""
 
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from museserve.api.grpc_api import GrpcChatApi
+from museserve.api.openai.http_api import OpenAIHttpApi, install_error_handlers
+from museserve.api.openai.responses import CHAT_RESPONSES, OPENAI_ERRORS, ChatCompletion, Model, ModelList
+from museserve.api.openai.schemas import ChatCompletionRequest
 from museserve.config import MuseServeConfig
 from museserve.gateway.factory import build_gateway
 from museserve.logs import setup_logging
@@ -22,7 +29,8 @@ from museserve.serve.gateway_metrics import GatewayMetrics
 from museserve.serve.handles import HandlePoolClient, HandlePreprocessClient
 from museserve.v1 import chat_pb2 as pb
 
-http_app = FastAPI(title="museserve", docs_url=None, redoc_url=None)
+http_app = FastAPI(title="museserve", version="1", docs_url=None, redoc_url=None)
+install_error_handlers(http_app)
 
 
 @serve.deployment
@@ -41,6 +49,7 @@ class GatewayIngress:
         preprocess_client = HandlePreprocessClient(preprocess)
         self._gateway = build_gateway(config, preprocess_client, pool_clients, GatewayMetrics())
         self._api = GrpcChatApi(self._gateway)
+        self._openai = OpenAIHttpApi(self._gateway)
 
     async def Chat(self, request: pb.ChatRequest, grpc_context) -> pb.ChatResponse:
         return await self._api.chat(request, grpc_context)
@@ -63,10 +72,19 @@ class GatewayIngress:
     def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @http_app.get("/v1/models")
-    def models(self) -> dict:
-        data = [
-            {"id": info.name, "object": "model", "created": 0, "owned_by": "museserve"}
-            for info, _ in self._gateway.list_models()
-        ]
-        return {"object": "list", "data": data}
+    @http_app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses=CHAT_RESPONSES,
+        summary="Chat completion; with stream: true, server-sent chat.completion.chunk events",
+    )
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
+        return await self._openai.chat_completions(body, request)
+
+    @http_app.get("/v1/models", response_model=ModelList, responses=OPENAI_ERRORS)
+    async def list_models(self, request: Request) -> Response:
+        return await self._openai.list_models(request)
+
+    @http_app.get("/v1/models/{model_id}", response_model=Model, responses=OPENAI_ERRORS)
+    async def retrieve_model(self, model_id: str, request: Request) -> Response:
+        return await self._openai.retrieve_model(model_id, request)

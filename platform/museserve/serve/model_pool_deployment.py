@@ -6,21 +6,28 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from museserve.config import PoolConfig
+from museserve.config import MediaLimits, PoolConfig
+from museserve.domain import Mode
 from museserve.engine.engine import MuseEngine
 from museserve.logs import setup_logging
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import EngineMetrics
+from museserve.modes.contemplating import Contemplation
 from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.serve.cancel_board import CancelWatcher, current_app_name
 
 
 @serve.deployment
 class ModelPoolDeployment:
-    def __init__(self, pool: PoolConfig, tokenizer_path: str | None, log_level: str = "INFO"):
+    def __init__(
+        self, pool: PoolConfig, tokenizer_path: str | None, log_level: str = "INFO", media: MediaLimits | None = None
+    ):
+        """`media`: the preprocess tier's limits, which fix the model's projector input sizes."""
         setup_logging(log_level)
-        self.engine = MuseEngine(pool, MuseTokenizer.load(tokenizer_path), metrics=EngineMetrics(pool.name))
-        self.cancels = CancelWatcher(current_app_name(), self.engine.abort)
+        tokenizer = MuseTokenizer.load(tokenizer_path)
+        self.engine = MuseEngine(pool, tokenizer, metrics=EngineMetrics(pool.name), media=media)
+        self.contemplation = Contemplation(self.engine, tokenizer, pool.contemplating)
+        self.cancels = CancelWatcher(current_app_name(), self._abort)
 
     async def generate(self, request: PreparedRequest, cancel_key: str | None = None) -> AsyncIterator[GenerationChunk]:
         """`cancel_key`: the key under which the gateway may cancel this call through the
@@ -28,8 +35,15 @@ class ModelPoolDeployment:
         # Started here, not in __init__: the watcher must run on the loop the engine runs on.
         self.cancels.start()
         with self.cancels.holding(cancel_key, request.request_id):
-            async for chunk in self.engine.generate(request):
+            contemplating = request.mode is Mode.CONTEMPLATING
+            chunks = self.contemplation.generate(request) if contemplating else self.engine.generate(request)
+            async for chunk in chunks:
                 yield chunk
+
+    def _abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+        for sub_request in self.contemplation.running_passes(request_id):
+            self.engine.abort(sub_request)
 
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""

@@ -1,4 +1,4 @@
-"""The preprocess tier: chat template, tokenizer and (later) media encoders, on CPU."""
+"""The preprocess tier: chat template, tokenizer, image and audio encoders, on CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from museserve.config import MuseServeConfig
 from museserve.domain import ChatRequest
 from museserve.logs import setup_logging
 from museserve.messages import PreparedRequest, PromptCount
+from museserve.preprocess.media import pool_media_kinds
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -26,12 +27,21 @@ class PreprocessDeployment:
             if path not in tokenizers:
                 tokenizers[path] = MuseTokenizer.load(path)
             self._preprocessors[pool.name] = Preprocessor(
-                tokenizers[path], config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of
+                tokenizers[path],
+                config.preprocess.media,
+                config.server.request_timeout_s,
+                config.gateway.priority_of,
+                media_kinds=pool_media_kinds(pool, config.preprocess.media),
             )
 
-    # Tokenizing a long prompt takes milliseconds of CPU: off the replica's event loop.
+    # Image URLs are fetched on the event loop; tokenizing a long prompt and decoding images
+    # and audio take milliseconds of CPU or more: off the replica's event loop.
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
-        return await asyncio.to_thread(self._preprocessors[pool].prepare, request, self._pools[pool])
+        preprocessor, config = self._preprocessors[pool], self._pools[pool]
+        fetched = await preprocessor.fetch_media(request, config)
+        return await asyncio.to_thread(preprocessor.prepare, request, config, fetched)
 
     async def count(self, request: ChatRequest, pool: str) -> PromptCount:
-        return await asyncio.to_thread(self._preprocessors[pool].count, request, self._pools[pool])
+        preprocessor, config = self._preprocessors[pool], self._pools[pool]
+        fetched = await preprocessor.fetch_media(request, config)
+        return await asyncio.to_thread(preprocessor.count, request, config, fetched)

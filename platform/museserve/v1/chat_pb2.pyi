@@ -126,6 +126,26 @@ class ToolChoice(_message.Message):
     name: str
     def __init__(self, kind: _Optional[_Union[ToolChoice.Kind, str]] = ..., name: _Optional[str] = ...) -> None: ...
 
+class ResponseFormat(_message.Message):
+    __slots__ = ("kind", "json_schema", "strict")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[ResponseFormat.Kind]
+        KIND_TEXT: _ClassVar[ResponseFormat.Kind]
+        KIND_JSON_OBJECT: _ClassVar[ResponseFormat.Kind]
+        KIND_JSON_SCHEMA: _ClassVar[ResponseFormat.Kind]
+    KIND_UNSPECIFIED: ResponseFormat.Kind
+    KIND_TEXT: ResponseFormat.Kind
+    KIND_JSON_OBJECT: ResponseFormat.Kind
+    KIND_JSON_SCHEMA: ResponseFormat.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    kind: ResponseFormat.Kind
+    json_schema: str
+    strict: bool
+    def __init__(self, kind: _Optional[_Union[ResponseFormat.Kind, str]] = ..., json_schema: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
+
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "seed", "max_output_tokens", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "stop_token_ids", "logprobs", "top_logprobs")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -165,7 +185,7 @@ class ModeParams(_message.Message):
     def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., thinking_budget: _Optional[int] = ..., num_agents: _Optional[int] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("model", "messages", "tools", "tool_choice", "sampling", "mode", "request_id")
+    __slots__ = ("model", "messages", "tools", "tool_choice", "sampling", "mode", "request_id", "response_format")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +193,7 @@ class ChatRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
@@ -180,7 +201,8 @@ class ChatRequest(_message.Message):
     sampling: SamplingParams
     mode: ModeParams
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., mode: _Optional[_Union[ModeParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    response_format: ResponseFormat
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., mode: _Optional[_Union[ModeParams, _Mapping]] = ..., request_id: _Optional[str] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "cached_tokens", "reasoning_tokens", "output_tokens", "total_tokens")

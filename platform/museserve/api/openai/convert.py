@@ -1,0 +1,187 @@
+"""OpenAI chat request -> domain `ChatRequest`.
+
+Errors raised here name the field as OpenAI's API spells it (`messages[0].content[1].image_url.url`);
+errors from the gateway name domain fields and are renamed in `errors.openai_param`.
+
+Mode: the model name may carry one (`muse-tiny:thinking`), or the body's `mode` field;
+both given must agree. Without either, a `reasoning_effort` other than `none` means
+thinking. `reasoning_effort` also sets the thinking budget when `thinking_budget` is
+not given: REASONING_BUDGETS, capped at the model's output limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+
+from museserve.api.openai import schemas as s
+from museserve.domain import (
+    AudioPart,
+    ChatRequest,
+    ContentPart,
+    Identity,
+    ImagePart,
+    Message,
+    Mode,
+    ModelInfo,
+    ModeParams,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceKind,
+    ToolSpec,
+)
+from museserve.errors import InvalidArgument, NotFound
+
+REASONING_BUDGETS = {"minimal": 64, "low": 512, "medium": 2048, "high": 8192, "xhigh": 32768}
+_ROLES = {
+    "system": Role.SYSTEM,
+    "developer": Role.SYSTEM,
+    "user": Role.USER,
+    "assistant": Role.ASSISTANT,
+    "tool": Role.TOOL,
+}
+_TOOL_CHOICES = {"none": ToolChoiceKind.NONE, "auto": ToolChoiceKind.AUTO, "required": ToolChoiceKind.REQUIRED}
+
+
+def request_from_openai(
+    body: s.ChatCompletionRequest, request_id: str, identity: Identity, models: Mapping[str, ModelInfo]
+) -> ChatRequest:
+    _refuse_unsupported(body)
+    model, mode = _model_and_mode(body, models)
+    return ChatRequest(
+        request_id=request_id,
+        messages=tuple(_message(m, f"messages[{i}]") for i, m in enumerate(body.messages)),
+        model=model.name,
+        tools=tuple(_tool(t) for t in body.tools or ()),
+        tool_choice=_tool_choice(body),
+        sampling=_sampling(body),
+        mode=mode,
+        identity=identity,
+        response_format=_response_format(body.response_format),
+    )
+
+
+def _refuse_unsupported(body: s.ChatCompletionRequest) -> None:
+    for name in s.UNSUPPORTED_FIELDS:
+        value = getattr(body, name)
+        if name == "modalities" and value in (["text"], []):
+            continue
+        if value is not None and value != {} and value != []:
+            raise InvalidArgument("is not supported by this server", field=name)
+
+
+def _model_and_mode(body: s.ChatCompletionRequest, models: Mapping[str, ModelInfo]) -> tuple[ModelInfo, ModeParams]:
+    name, _, suffix = body.model.partition(":")
+    model = models.get(name)
+    if model is None:
+        raise NotFound(f"the model {body.model!r} does not exist (served: {', '.join(models)})", field="model")
+    modes = [m for m in (suffix or None, body.mode) if m is not None]
+    if suffix and suffix not in Mode.__members__.values():
+        raise InvalidArgument(f"unknown mode suffix {suffix!r} (instant, thinking, contemplating)", field="model")
+    if len(set(modes)) > 1:
+        raise InvalidArgument(f"the model suffix says {suffix} but mode says {body.mode}", field="mode")
+    effort = body.reasoning_effort
+    if modes:
+        mode = Mode(modes[0])
+    else:
+        mode = Mode.THINKING if effort not in (None, "none") else Mode.INSTANT
+    budget = body.thinking_budget
+    if effort is not None and mode is not Mode.INSTANT:
+        if effort == "none":
+            raise InvalidArgument(f"'none' contradicts mode {mode}", field="reasoning_effort")
+        if budget is None:
+            budget = min(REASONING_BUDGETS[effort], model.max_output_tokens)
+    elif effort not in (None, "none"):
+        raise InvalidArgument("instant mode does not reason: leave reasoning_effort out", field="reasoning_effort")
+    return model, ModeParams(mode, budget, body.num_agents)
+
+
+def _message(m: s.SystemMessage | s.UserMessage | s.AssistantMessage | s.ToolMessage, where: str) -> Message:
+    role = _ROLES[m.role]
+    if isinstance(m, s.ToolMessage):
+        return Message(role, _parts(m.content, where), tool_call_id=m.tool_call_id)
+    if isinstance(m, s.AssistantMessage):
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+        return Message(role, _parts(m.content, where), m.name or "", tool_calls=calls)
+    return Message(role, _parts(m.content, where), m.name or "")
+
+
+def _parts(content: str | list | None, where: str) -> tuple[ContentPart, ...]:
+    if content is None:
+        return ()
+    if isinstance(content, str):
+        return (TextPart(content),)
+    return tuple(_part(p, f"{where}.content[{j}]") for j, p in enumerate(content))
+
+
+def _part(p: s.TextContent | s.ImageContent | s.AudioContent | s.RefusalContent, where: str) -> ContentPart:
+    if isinstance(p, s.TextContent):
+        return TextPart(p.text)
+    if isinstance(p, s.RefusalContent):
+        return TextPart(p.refusal)
+    if isinstance(p, s.AudioContent):
+        data = _base64(p.input_audio.data, f"{where}.input_audio.data")
+        return AudioPart(data=data, format=p.input_audio.format)
+    url = p.image_url.url
+    if not url.startswith("data:"):
+        return ImagePart(url=url)
+    header, comma, payload = url[len("data:") :].partition(",")
+    mime_type, _, encoding = header.partition(";")
+    if not comma or encoding != "base64":
+        raise InvalidArgument("a data: URL must be data:<mime type>;base64,<data>", field=f"{where}.image_url.url")
+    return ImagePart(data=_base64(payload, f"{where}.image_url.url"), mime_type=mime_type)
+
+
+def _base64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("is not valid base64", field=field) from None
+
+
+def _tool(t: s.Tool) -> ToolSpec:
+    f = t.function
+    return ToolSpec(f.name, f.description or "", json.dumps(f.parameters or {"type": "object", "properties": {}}))
+
+
+def _tool_choice(body: s.ChatCompletionRequest) -> ToolChoice:
+    choice = body.tool_choice
+    if choice is None:
+        return ToolChoice(ToolChoiceKind.AUTO if body.tools else ToolChoiceKind.NONE)
+    if isinstance(choice, str):
+        return ToolChoice(_TOOL_CHOICES[choice])
+    return ToolChoice(ToolChoiceKind.NAMED, choice.function.name)
+
+
+def _response_format(f: s.TextFormat | s.JsonObjectFormat | s.JsonSchemaFormat | None) -> ResponseFormat:
+    if isinstance(f, s.JsonObjectFormat):
+        return ResponseFormat(ResponseFormatKind.JSON_OBJECT)
+    if isinstance(f, s.JsonSchemaFormat):
+        spec = f.json_schema
+        schema = json.dumps(spec.schema_ if spec.schema_ is not None else {"type": "object"})
+        return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema, bool(spec.strict))  # OpenAI's default: not strict
+    return ResponseFormat()
+
+
+def _sampling(body: s.ChatCompletionRequest) -> SamplingParams:
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        seed=body.seed,
+        max_output_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        stop=stop,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs or 0,
+    )

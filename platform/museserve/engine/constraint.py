@@ -1,0 +1,210 @@
+"""The answer's shape as a logits processor: tool calls and JSON, grammar-constrained.
+
+`OutputConstraint` follows one request's tokens through the phases of its answer and masks
+the next token's logits to what the phase allows:
+
+    reasoning  -> unconstrained until `<|/think|>` (or no reasoning segment at all)
+    start      -> calls only (REQUIRED, NAMED): `<|tool_call|>`
+                  JSON answer: the JSON grammar's first tokens, plus `<|tool_call|>` with AUTO tools
+                  otherwise: anything but `<|/tool_call|>`
+    text       -> anything but `<|/tool_call|>`; `<|tool_call|>` opens a call
+    call       -> the call grammar; `<|/tool_call|>` once its JSON is complete
+    after call -> `<|end|>`/`<|eos|>`, or another `<|tool_call|>` (not with NAMED)
+    json       -> the JSON grammar; the end tokens once the JSON is complete
+
+So every call that closes parses, an answer that has called a tool holds nothing but calls
+after that, and a finished grammar forces the end of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from museserve.domain import ResponseFormatKind, ToolChoiceKind
+from museserve.engine.grammar import GrammarCache
+from museserve.messages import PreparedRequest
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.Enum):
+    REASONING = "reasoning"
+    START = "start"
+    TEXT = "text"
+    CALL = "call"
+    AFTER_CALL = "after_call"
+    JSON = "json"
+    DONE = "done"  # the grammar ended, or failed: nothing more is constrained
+
+
+def needs_constraint(request: PreparedRequest) -> bool:
+    return bool(request.tools) or request.response_format.kind is not ResponseFormatKind.TEXT
+
+
+def word_bits(ids: Sequence[int], num_words: int) -> Tensor:
+    """An xgrammar-layout bitmask row (int32 words, bit i%32 of word i//32) with `ids` set."""
+    words = np.zeros(num_words, dtype=np.uint32)
+    for i in ids:
+        words[i // 32] |= np.uint32(1 << (i % 32))
+    return torch.from_numpy(words.view(np.int32))
+
+
+class OutputConstraint:
+    """A LogitsProcessor holding one request's grammar matchers; fed every accepted token."""
+
+    def __init__(self, request: PreparedRequest, tokenizer: MuseTokenizer, call_grammar, json_grammar, vocab_size: int):
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        t = self._tokenizer = tokenizer
+        self._open, self._close, self._think_end = t.tool_call_id, t.tool_call_end_id, t.think_end_id
+        self._end_ids = [t.end_id, t.eos_id]
+        choice = request.tool_choice.kind
+        self._calls_only = bool(request.tools) and choice in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED)
+        self._single_call = choice is ToolChoiceKind.NAMED
+        self._may_call = bool(request.tools) and choice is not ToolChoiceKind.NONE
+        self._call = xgr.GrammarMatcher(call_grammar, override_stop_tokens=[self._close]) if call_grammar else None
+        self._json = (
+            xgr.GrammarMatcher(json_grammar, override_stop_tokens=self._end_ids)
+            if json_grammar and not self._calls_only
+            else None
+        )
+        self.vocab_size = vocab_size
+        words = (vocab_size + 31) // 32
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        control = word_bits(sorted(t.control_ids), words)
+        # Bits cleared from a grammar's mask: control tokens other than the matcher's stop tokens.
+        self._keep_for_call = ~(control & ~word_bits([self._close], words))
+        self._keep_for_json = ~(control & ~word_bits(self._end_ids, words))
+        self._open_bit = word_bits([self._open], words)
+        self.phase = Phase.REASONING if request.thinking_budget > 0 else Phase.START
+        self._consumed = 0
+
+    def __call__(self, prompt_ids: Sequence[int], output_ids: Sequence[int], logits: Tensor) -> Tensor:
+        for token in output_ids[self._consumed :]:
+            self._accept(token)
+        self._consumed = len(output_ids)
+        return self._mask(logits)
+
+    def _accept(self, token: int) -> None:
+        phase = self.phase
+        if phase is Phase.REASONING:
+            if token == self._think_end:
+                self.phase = Phase.START
+        elif token == self._open and phase in (Phase.START, Phase.TEXT, Phase.AFTER_CALL):
+            self._call.reset()
+            self.phase = Phase.CALL
+        elif phase is Phase.CALL:
+            self._feed(self._call, token)
+            if token == self._close and self.phase is Phase.CALL:
+                self.phase = Phase.AFTER_CALL
+        elif phase is Phase.START:
+            self.phase = Phase.TEXT if self._json is None else Phase.JSON
+            if self._json is not None:
+                self._feed(self._json, token)
+        elif phase is Phase.JSON:
+            self._feed(self._json, token)
+        elif phase is Phase.AFTER_CALL:
+            self.phase = Phase.DONE
+
+    def _feed(self, matcher, token: int) -> None:
+        if not matcher.accept_token(token):
+            logger.warning("grammar refused token %d in phase %s; the rest is unconstrained", token, self.phase.value)
+            self.phase = Phase.DONE
+
+    def _mask(self, logits: Tensor) -> Tensor:
+        phase = self.phase
+        if phase in (Phase.REASONING, Phase.DONE):
+            return logits
+        if phase is Phase.TEXT or (phase is Phase.START and not self._calls_only and self._json is None):
+            logits[self._close] = float("-inf")
+            if not self._may_call:
+                logits[self._open] = float("-inf")
+            return logits
+        if phase is Phase.START and self._calls_only:
+            return _only(logits, [self._open])
+        if phase is Phase.AFTER_CALL:
+            return _only(logits, self._end_ids if self._single_call else [*self._end_ids, self._open])
+        matcher, keep = (self._call, self._keep_for_call) if phase is Phase.CALL else (self._json, self._keep_for_json)
+        if matcher.is_terminated():
+            return _only(logits, self._end_ids)
+        matcher.fill_next_token_bitmask(self._bitmask)
+        self._bitmask[0] &= keep
+        if phase is Phase.START and self._may_call:
+            self._bitmask[0] |= self._open_bit
+        if not bool(self._bitmask.any()):  # a dead end: never sample from an empty distribution
+            return _only(logits, self._end_ids)
+        forced = self._forced_token(matcher)
+        if forced is not None:
+            return _only(logits, [forced])
+        if logits.shape[-1] > self.vocab_size:  # model vocabulary padded past the tokenizer's
+            logits[self.vocab_size :] = float("-inf")
+        bitmask = self._bitmask.to(logits.device, non_blocking=True)
+        self._xgr.apply_token_bitmask_inplace(logits[None], bitmask, vocab_size=self.vocab_size)
+        return logits
+
+    def _forced_token(self, matcher) -> int | None:
+        """Where the grammar admits one string only (`{"name": "`, a property's key), its first token
+        as the tokenizer would write it: the way rendered calls read in the prompt, in fewer steps."""
+        jump = matcher.find_jump_forward_string()
+        if not jump:
+            return None
+        token = self._tokenizer.encode_text(jump)[0]
+        allowed = (int(self._bitmask[0, token // 32]) >> (token % 32)) & 1
+        return token if allowed else None
+
+
+def _only(logits: Tensor, allowed: list[int]) -> Tensor:
+    kept = logits[allowed].clone()
+    logits.fill_(float("-inf"))
+    logits[allowed] = kept
+    return logits
+
+
+class ConstraintFactory:
+    """Builds each request's OutputConstraint, compiling its grammars on a thread of its own so
+    a compile never holds up the engine's step loop (xgrammar compiles outside the GIL)."""
+
+    def __init__(self, tokenizer: MuseTokenizer, vocab_size: int | None = None):
+        self._tokenizer = tokenizer
+        self._vocab_size = vocab_size or tokenizer.vocab_size
+        self._grammars: GrammarCache | None = None  # built on first use: importing xgrammar takes seconds
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
+
+    async def build(self, request: PreparedRequest) -> OutputConstraint | None:
+        """None when the request needs no constraint; InvalidArgument when a schema cannot be compiled."""
+        if not needs_constraint(request):
+            return None
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.build_now, request)
+
+    def build_now(self, request: PreparedRequest) -> OutputConstraint:
+        if self._grammars is None:
+            self._grammars = GrammarCache(self._tokenizer, self._vocab_size)
+        call_grammar = json_grammar = None
+        tools = [(i, t) for i, t in enumerate(request.tools)]
+        if request.tool_choice.kind is ToolChoiceKind.NAMED:
+            tools = [(i, t) for i, t in tools if t.name == request.tool_choice.name]
+        if tools:
+            where = [f"tools[{i}].parameters_json_schema" for i, _ in tools]
+            call_grammar = self._grammars.tool_calls([t for _, t in tools], where)
+        f = request.response_format
+        if f.kind is not ResponseFormatKind.TEXT:
+            schema = f.json_schema if f.kind is ResponseFormatKind.JSON_SCHEMA else None
+            json_grammar = self._grammars.json(schema, f.strict)
+        return OutputConstraint(request, self._tokenizer, call_grammar, json_grammar, self._vocab_size)
+
+    @property
+    def grammars(self) -> GrammarCache | None:
+        return self._grammars
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

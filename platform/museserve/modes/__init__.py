@@ -1,0 +1,1 @@
+"""Reasoning modes that need more than one pass of the engine (Contemplating)."""

@@ -1,0 +1,149 @@
+"""The Contemplating mode, run inside one model replica so its agents share the KV cache.
+
+1. Agent 0 starts first; once its prompt is prefilled (its first chunk arrives) the other
+   agents start, and the prefix cache serves them the conversation's blocks: only their
+   angle turn is computed. All agents then decode in the same batches.
+2. Each agent reasons (its own seed and angle), then answers in at most
+   `agent_answer_tokens`. The stream reports their progress, not their text.
+3. Once every agent has ended, and at least a quorum answered, a synthesis pass reads the
+   answers and streams the final reasoning and answer. Usage sums every pass.
+A failed agent is dropped; too few answers fail the request with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from museserve.config import ContemplatingConfig
+from museserve.domain import AgentProgress, Mode, Usage
+from museserve.errors import Cancelled, DeadlineExceeded, MuseError, Unavailable
+from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.modes.contemplating_prompts import agent_prompt, split_generation_prompt, synthesis_prompt
+from museserve.preprocess.tokenizer import MuseTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]: ...
+
+
+@dataclasses.dataclass
+class _Agent:
+    request: PreparedRequest
+    tokens: int = 0
+    answer: list[str] = dataclasses.field(default_factory=list)
+    usage: Usage | None = None
+    error: MuseError | None = None
+
+
+class Contemplation:
+    def __init__(self, engine: Engine, tokenizer: MuseTokenizer, config: ContemplatingConfig):
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._config = config
+        self._passes: dict[str, list[str]] = {}  # request id -> engine request ids of its passes
+
+    def running_passes(self, request_id: str) -> list[str]:
+        """The engine requests (agents, synthesis) of a contemplation in progress."""
+        return list(self._passes.get(request_id, ()))
+
+    async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+        conversation, reasoning_open = split_generation_prompt(request.prompt_token_ids, self._tokenizer)
+        agents = [self._agent(request, conversation, i, reasoning_open) for i in range(request.num_agents)]
+        passes = [a.request.request_id for a in agents] + [f"{request.request_id}#synthesis"]
+        self._passes[request.request_id] = passes
+        updates: asyncio.Queue[int | None] = asyncio.Queue()
+        first_prefilled = asyncio.Event()
+        tasks = [asyncio.ensure_future(self._run(agents[0], 0, updates, first_prefilled))]
+        try:
+            await asyncio.wait([tasks[0], asyncio.ensure_future(first_prefilled.wait())], return_when="FIRST_COMPLETED")
+            tasks += [asyncio.ensure_future(self._run(a, i, updates, None)) for i, a in enumerate(agents) if i]
+            running = len(agents)
+            while running:
+                index = await updates.get()
+                if index is None:
+                    running -= 1
+                    continue
+                agent = agents[index]
+                done = agent.usage is not None or agent.error is not None
+                yield GenerationChunk(agent_progress=(AgentProgress(index, agent.tokens, done),))
+            async for chunk in self._synthesize(request, conversation, agents):
+                yield chunk
+        finally:
+            self._passes.pop(request.request_id, None)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _agent(self, request: PreparedRequest, conversation: tuple[int, ...], i: int, reasoning_open: bool) -> _Agent:
+        prompt = agent_prompt(conversation, i, request.num_agents, self._tokenizer, reasoning_open)
+        return _Agent(
+            dataclasses.replace(
+                request,
+                request_id=f"{request.request_id}#agent{i}",
+                prompt_token_ids=prompt,
+                mode=Mode.THINKING if reasoning_open else Mode.INSTANT,
+                max_output_tokens=min(request.max_output_tokens, self._config.agent_answer_tokens),
+                seed=None if request.seed is None else request.seed + i,
+                num_agents=0,
+                logprobs=False,
+                top_logprobs=0,
+            )
+        )
+
+    async def _run(self, agent: _Agent, index: int, updates: asyncio.Queue, prefilled: asyncio.Event | None) -> None:
+        """Streams one agent; every chunk is an update, the end is a `None`."""
+        try:
+            async for chunk in self._engine.generate(agent.request):
+                if prefilled is not None:
+                    prefilled.set()
+                agent.tokens += chunk.num_new_tokens
+                agent.answer.append(chunk.text)
+                if chunk.finish is not None:
+                    agent.usage = chunk.usage or Usage()
+                updates.put_nowait(index)
+        except (Cancelled, DeadlineExceeded):
+            raise
+        except MuseError as e:
+            logger.warning("request %s: agent %d failed: %s", agent.request.request_id, index, e.code.name)
+            agent.error = e
+            updates.put_nowait(index)
+        finally:
+            if prefilled is not None:
+                prefilled.set()
+            updates.put_nowait(None)
+
+    async def _synthesize(
+        self, request: PreparedRequest, conversation: tuple[int, ...], agents: list[_Agent]
+    ) -> AsyncIterator[GenerationChunk]:
+        answered = [a for a in agents if a.usage is not None]
+        needed = max(1, math.ceil(self._config.quorum * len(agents)))
+        if len(answered) < needed:
+            raise Unavailable(f"only {len(answered)} of {len(agents)} agents answered; {needed} are needed")
+        budget = min(request.thinking_budget, self._config.synthesis_thinking_budget)
+        prompt = synthesis_prompt(
+            conversation,
+            ["".join(a.answer) for a in answered],
+            self._tokenizer,
+            budget > 0,
+            self._config.agent_answer_tokens,
+        )
+        synthesis = dataclasses.replace(
+            request,
+            request_id=self._passes[request.request_id][-1],
+            prompt_token_ids=prompt,
+            mode=Mode.THINKING if budget > 0 else Mode.INSTANT,
+            thinking_budget=budget,
+            num_agents=0,
+        )
+        spent = sum((a.usage for a in answered), Usage())
+        async for chunk in self._engine.generate(synthesis):
+            if chunk.finish is not None:
+                chunk = dataclasses.replace(chunk, usage=spent + (chunk.usage or Usage()))
+            yield chunk
