@@ -46,6 +46,7 @@ bench: install redis
 	$(PY) -m tests.bench.bench_stream_path --out .bench/stream_path.json
 	$(PY) -m tests.bench.bench_engine --out .bench/engine.json
 	$(PY) -m tests.bench.bench_gateway --out .bench/gateway.json
+	$(PY) -m tests.bench.bench_modes --out .bench/modes.json
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=platform --pyi_out=platform --grpc_python_out=platform \
