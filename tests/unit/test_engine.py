@@ -20,7 +20,7 @@ from museserve.engine.scheduler import Scheduler, SchedulerLimits
 from museserve.engine.sequence import Sequence
 from museserve.errors import DeadlineExceeded
 from museserve.messages import PreparedRequest
-from museserve.metrics import EngineMetrics
+from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseForCausalLM, SequenceKVCache
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.support import prepared_request
@@ -39,7 +39,7 @@ def pool_config(**engine) -> PoolConfig:
         "kv_cache_bytes": 1 << 20,
         "stream_interval_ms": 0,
     }
-    return PoolConfig(name="muse-test", engine={**defaults, **engine})
+    return PoolConfig(name="muse-test", model={"device": "cpu"}, engine={**defaults, **engine})
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +215,9 @@ async def test_abort_and_deadline_free_blocks_at_once(tokenizer):
     assert engine.stats.recent["late"].phase.value == "cancelled"
 
 
-class RecordingMetrics(EngineMetrics):
+class RecordingMetrics(InMemoryMetrics):
     def __init__(self) -> None:
-        super().__init__("muse-test")
+        super().__init__()
         self.calls: list[tuple] = []
         self.generated = 0
 
