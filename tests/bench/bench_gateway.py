@@ -6,16 +6,18 @@ API keys, keeps rate limits in Redis (a tier whose user and tenant both have req
 token limits, set too high to ever refuse) and routes by mode.
 
 - `gateway_overhead_ratio`: p50 latency of a short unary Chat (greedy, 1 output token)
-  through the full path (gRPC client -> Ray Serve gRPC proxy -> gateway -> preprocess ->
-  model pool), over the p50 of a direct call to the same pool deployment: a
-  DeploymentHandle from this process, `generate` with the equivalent PreparedRequest
-  (built once with the Preprocessor; each call only gets a fresh id and deadline), its
-  stream consumed. The two alternate, first one then the other, so both see the same load.
-  Cheap probes in the same loop split the difference into hops: ListModels (proxy +
-  gateway), CountTokens (plus a preprocess call), and `prepare` on the preprocess
-  deployment from this process.
+  through the primary ingress for product services (gRPC client -> the gateway replica's
+  own gRPC server on `server.direct_grpc_port` -> preprocess -> model pool), over the p50
+  of a direct call to the same pool deployment: a DeploymentHandle from this process,
+  `generate` with the equivalent PreparedRequest (built once with the Preprocessor; each
+  call only gets a fresh id and deadline), its stream consumed.
+  `gateway_overhead_ratio_via_ray_proxy`: the same through Ray Serve's gRPC proxy (client
+  -> proxy -> gateway -> ...). The three take turns in a rotating order, so all see the
+  same load. Cheap probes in the same loop split the difference into hops: ListModels
+  (ingress + gateway, both ingresses), CountTokens (plus a preprocess call), and
+  `prepare` on the preprocess deployment from this process.
 - `redis_round_trips_per_request`: commands that clients sent to Redis during the
-  measured full-path requests, per request. Redis's `INFO commandstats` counts every
+  measured Chat requests (both ingresses), per request. Redis's `INFO commandstats` counts every
   command, also those a Lua script runs inside the server, so the slowlog (threshold 0 for
   the run) tells the two apart, and tells a rate-limit admission (the script's force flag
   0) from an output-token settlement (force 1).
@@ -80,7 +82,12 @@ def bench_config(redis_url: str) -> MuseServeConfig:
     }
     return parse_config(
         {
-            "server": {"grpc_port": free_port(), "http_port": free_port(), "request_timeout_s": TIMEOUT_S},
+            "server": {
+                "grpc_port": free_port(),
+                "http_port": free_port(),
+                "direct_grpc_port": free_port(),
+                "request_timeout_s": TIMEOUT_S,
+            },
             "gateway": {
                 "auth": "api_key",
                 "api_keys": [{"sha256": key_digest(API_KEY), "tenant": TENANT, "tier": TIER}],
@@ -210,7 +217,10 @@ def prepared_once(config: MuseServeConfig) -> PreparedRequest:
     return pre.prepare(domain_request(), pool)
 
 
-def bench_overhead(config: MuseServeConfig, client: ChatClient, server: RedisServer, requests: int) -> dict:
+def bench_overhead(
+    config: MuseServeConfig, client: ChatClient, ingress: ChatClient, server: RedisServer, requests: int
+) -> dict:
+    """`client` goes through Ray Serve's gRPC proxy, `ingress` to the gateway's own server."""
     from ray import serve
 
     pool = serve.get_deployment_handle(f"pool-{PLAIN}", app_name=config.app_name).options(stream=True)
@@ -224,6 +234,10 @@ def bench_overhead(config: MuseServeConfig, client: ChatClient, server: RedisSer
         reply = client.chat(chat_request(), timeout=TIMEOUT_S)
         assert reply.usage.output_tokens == 1 and reply.model == PLAIN, reply
 
+    def via_ingress() -> None:
+        reply = ingress.chat(chat_request(), timeout=TIMEOUT_S)
+        assert reply.usage.output_tokens == 1 and reply.model == PLAIN, reply
+
     def direct() -> None:
         call = dataclasses.replace(prepared, request_id=uuid.uuid4().hex, deadline_unix_s=time.time() + TIMEOUT_S)
         chunks = list(pool.generate.remote(call))
@@ -232,6 +246,7 @@ def bench_overhead(config: MuseServeConfig, client: ChatClient, server: RedisSer
     # Cheap calls that stop at each hop: their p50s split the full path's extra time.
     probes = {
         "list_models (proxy + gateway)": lambda: client.list_models(timeout=TIMEOUT_S),
+        "list_models (direct ingress + gateway)": lambda: ingress.list_models(timeout=TIMEOUT_S),
         "count_tokens (proxy + gateway + preprocess)": lambda: client.count_tokens(chat_request(), timeout=TIMEOUT_S),
         "preprocess.prepare (handle from this process)": lambda: preprocess.prepare.remote(
             domain_request(), PLAIN
@@ -241,32 +256,37 @@ def bench_overhead(config: MuseServeConfig, client: ChatClient, server: RedisSer
     trailing = dict(call.trailing_metadata())
     assert trailing.get("x-served-by") == PLAIN and "x-ratelimit-remaining-tokens" in trailing, trailing
     for _ in range(WARMUP):
-        for warm in (full, direct, *probes.values()):
+        for warm in (full, via_ingress, direct, *probes.values()):
             warm()
     time.sleep(0.5)  # the last settlements land before the count starts
 
     r = redis.Redis.from_url(server.url)
     start_command_log(r)
     before = command_calls(server)
-    times: dict[str, list[float]] = {"full": [], "direct": [], **{name: [] for name in probes}}
+    times: dict[str, list[float]] = {"full": [], "ingress": [], "direct": [], **{name: [] for name in probes}}
+    turns = [("full", full), ("ingress", via_ingress), ("direct", direct)]
     for i in range(requests):
-        for name, call in (("full", full), ("direct", direct)) if i % 2 == 0 else (("direct", direct), ("full", full)):
+        for name, call in turns[i % 3 :] + turns[: i % 3]:
             times[name].append(timed(call))
         for name, probe in probes.items():
             times[name].append(timed(probe))
     calls = settled_calls(server) - before
     log = logged_commands(r)
     r.close()
-    full_p50, direct_p50 = p50_ms(times["full"]), p50_ms(times["direct"])
+    full_p50, ingress_p50, direct_p50 = p50_ms(times["full"]), p50_ms(times["ingress"]), p50_ms(times["direct"])
     return {
-        "gateway_overhead_ratio": full_p50 / direct_p50,
-        "gateway_p50_ms": full_p50,
-        "gateway_p99_ms": p99_ms(times["full"]),
+        "gateway_overhead_ratio": ingress_p50 / direct_p50,
+        "gateway_p50_ms": ingress_p50,
+        "gateway_p99_ms": p99_ms(times["ingress"]),
+        "gateway_overhead_ratio_via_ray_proxy": full_p50 / direct_p50,
+        "gateway_via_ray_proxy_p50_ms": full_p50,
+        "gateway_via_ray_proxy_p99_ms": p99_ms(times["full"]),
         "direct_pool_p50_ms": direct_p50,
         "direct_pool_p99_ms": p99_ms(times["direct"]),
         "hops_p50_ms": {name: p50_ms(times[name]) for name in probes},
-        **redis_accounting(calls, log, requests),
-        "full_path_requests": len(times["full"]),
+        **redis_accounting(calls, log, len(times["full"]) + len(times["ingress"])),
+        "direct_ingress_requests": len(times["ingress"]),
+        "ray_proxy_requests": len(times["full"]),
         "direct_requests": len(times["direct"]),
     }
 
@@ -338,9 +358,11 @@ def main() -> None:
             start_local_app(config)
             metadata = [("authorization", f"Bearer {API_KEY}"), ("x-user-id", USER)]
             client = ChatClient(f"127.0.0.1:{config.server.grpc_port}", metadata=metadata)
-            overhead = bench_overhead(config, client, server, args.requests)
+            ingress = ChatClient(f"127.0.0.1:{config.server.direct_grpc_port}", metadata=metadata)
+            overhead = bench_overhead(config, client, ingress, server, args.requests)
             mirror = bench_mirror(config, client, server, args.requests)
             client.close()
+            ingress.close()
         finally:
             ray.shutdown()
     report = {
@@ -348,7 +370,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "workload": {
             "prompt": PROMPT,
-            "overhead": "unary Chat, greedy, 1 output token, mode-routed to a tiny pool; direct: handle.generate",
+            "overhead": "unary Chat, greedy, 1 output token, mode-routed to a tiny pool, through the gateway's "
+            "direct gRPC ingress and through Ray Serve's gRPC proxy; direct: handle.generate",
             "mirror": f"unary Chat, greedy, {MIRROR_OUTPUT_TOKENS} output tokens, tiny pools; candidate: small "
             f"model, max_running_requests 1; mirror fraction 1.0, max_in_flight {MIRROR_MAX_IN_FLIGHT}",
             "requests_per_side": args.requests,
@@ -356,7 +379,7 @@ def main() -> None:
             "rate_limits": "user and tenant: requests and tokens, never refusing (Redis)",
             "throughput_optimized": config.server.throughput_optimized,
             "redis_round_trips_per_request": "commands sent by clients (not those run inside the Lua script) "
-            "over the measured full-path requests, per request",
+            "over the measured Chat requests of both ingresses, per request",
         },
         **overhead,
         "mirror": mirror,

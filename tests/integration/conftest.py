@@ -22,6 +22,7 @@ PROBE_KEY = "sk-test-probe"  # tenant "probe": 50 requests at once, then 1 per m
 METERED_KEY = "sk-test-metered"  # tenant "metered": 1 token per minute after a 400-token burst
 BULK_KEY = "sk-test-bulk"  # tenant "bulk": may fill only 10% of a pool's in-flight bound
 LIMITED_KEY = "sk-test-limited"  # tenant "limited": 2 requests at once, then 1 per minute (OpenAI API tests)
+DIRECT_LIMITED_KEY = "sk-test-direct-limited"  # tenant "direct-limited", tier "limited" (direct ingress tests)
 AB_POOL, CANDIDATE_POOL = "muse-ab", "muse-cand"
 AB_SHARE, MIRROR_FRACTION = 0.5, 0.3
 
@@ -57,7 +58,11 @@ def integration_config(redis_url: str) -> MuseServeConfig:
     and two more pools for A/B and mirroring."""
     data = load_config().model_dump(mode="json")
     data["server"].update(
-        grpc_port=free_port(), http_port=free_port(), request_timeout_s=60, max_request_bytes=MAX_REQUEST_BYTES
+        grpc_port=free_port(),
+        http_port=free_port(),
+        direct_grpc_port=free_port(),
+        request_timeout_s=60,
+        max_request_bytes=MAX_REQUEST_BYTES,
     )
     data["preprocess"]["media"]["max_image_bytes"] = MAX_IMAGE_BYTES
     keys = [
@@ -66,6 +71,7 @@ def integration_config(redis_url: str) -> MuseServeConfig:
         (METERED_KEY, "metered", "metered"),
         (BULK_KEY, "bulk", "bulk"),
         (LIMITED_KEY, "limited", "limited"),
+        (DIRECT_LIMITED_KEY, "direct-limited", "limited"),
     ]
     data["gateway"].update(
         auth="api_key",
@@ -111,6 +117,12 @@ def grpc_address(app_config: MuseServeConfig) -> str:
 
 def key_client(address: str, key: str, user: str = "tester") -> ChatClient:
     return ChatClient(address, metadata=[("authorization", f"Bearer {key}"), ("x-user-id", user)])
+
+
+@pytest.fixture(scope="session")
+def direct_grpc_address(app_config: MuseServeConfig) -> str:
+    """The gateway replica's own gRPC server (no Ray Serve proxy)."""
+    return f"127.0.0.1:{app_config.server.direct_grpc_port}"
 
 
 @pytest.fixture

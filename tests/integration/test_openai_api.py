@@ -10,6 +10,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
+import jsonschema
 import openai
 import pytest
 
@@ -137,21 +138,45 @@ def test_a_corrupt_image_is_400(oai: openai.OpenAI):
     assert caught.value.body["param"] == "messages[0].content[1].image_url.url"
 
 
+# Bounded values: random weights would otherwise write a string until the token limit.
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+}
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}
+
+
 def test_tool_choice_required_returns_tool_calls(oai: openai.OpenAI):
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-    completion = oai.chat.completions.create(
-        model="muse-tiny", messages=HELLO, tools=[tool], tool_choice="required", temperature=0, max_tokens=64
-    )
+    fields = {"tools": [WEATHER_TOOL], "tool_choice": "required", "temperature": 1.0, "seed": 3, "max_tokens": 300}
+    completion = oai.chat.completions.create(model="muse-tiny", messages=HELLO, **fields)
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
-    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    chunks = list(oai.chat.completions.create(model="muse-tiny", messages=HELLO, stream=True, **fields))
+    streamed = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert [(c.index, c.function.name, c.function.arguments) for c in streamed] == [
+        (i, c.function.name, c.function.arguments) for i, c in enumerate(choice.message.tool_calls)
+    ]  # the same seed: the same calls (ids are fresh per request)
+    assert all(c.id.startswith("call_") and c.type == "function" for c in streamed)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    followup = [
+        *HELLO,
+        choice.message,
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    assert oai.chat.completions.create(model="muse-tiny", messages=followup, max_tokens=2).choices[0].message
+
+
+def test_json_schema_response_format(oai: openai.OpenAI):
+    response_format = {"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER, "strict": True}}
+    completion = oai.chat.completions.create(
+        model="muse-tiny", messages=HELLO, response_format=response_format, temperature=1.0, seed=5, max_tokens=300
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(completion.choices[0].message.content), WEATHER)
 
 
 def test_malformed_json_and_unknown_routes_answer_in_openai_shape(app_config: MuseServeConfig):
@@ -173,7 +198,8 @@ def test_malformed_json_and_unknown_routes_answer_in_openai_shape(app_config: Mu
     assert {"/v1/chat/completions", "/v1/models", "/v1/models/{model_id}"} <= set(doc["paths"])
 
 
-def test_a_client_that_disconnects_stops_generation(oai: openai.OpenAI, pool_handle):
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_client_that_disconnects_stops_generation(oai: openai.OpenAI, pool_handle, attempt: int):
     request_id = f"openai-cancel-{uuid.uuid4().hex}"
     stream = oai.chat.completions.create(
         model="muse-tiny", messages=HELLO, stream=True, temperature=1.0, seed=1, max_tokens=1000,

@@ -144,6 +144,12 @@ def test_mode_from_suffix_extra_fields_or_reasoning_effort(fields, mode, budget,
         ({"logit_bias": {"1": 5}}, "logit_bias", ErrorCode.INVALID_ARGUMENT),
         ({"functions": [{"name": "f"}]}, "functions", ErrorCode.INVALID_ARGUMENT),
         ({"modalities": ["text", "audio"]}, "modalities", ErrorCode.INVALID_ARGUMENT),
+        ({"model": "muse-tiny:"}, "model", ErrorCode.INVALID_ARGUMENT),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"\ud800": 1}}}},
+            "response_format.json_schema.schema",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]},
             "messages[0].content[0].image_url.url",
@@ -193,6 +199,12 @@ def test_harmless_fields_of_the_official_client_are_ignored():
         ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"top_p": float("nan")}, "top_p"),
+        ({"messages": [{"role": "user", "content": "lone \ud800 surrogate"}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+            "messages[0].content[0].text",
+        ),
+        ({"stop": ["ok", "\ud800"]}, "stop"),
     ],
 )
 def test_schema_errors_name_the_field_path(body, param):

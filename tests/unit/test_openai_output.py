@@ -195,3 +195,14 @@ async def test_unary_models_and_unknown_model():
     responses.ModelList.model_validate(models)
     assert (await api.retrieve_model("nope", http_request())).status_code == 404
     assert (await api.chat_completions(body(model="nope"), http_request())).status_code == 404
+
+
+def test_the_openapi_document_describes_the_routes_without_422():
+    from museserve.serve.gateway_ingress import http_app
+
+    doc = http_app.openapi()
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+    assert {"200", "400", "401", "404", "429", "503", "504"} <= set(chat["responses"]) and "422" not in json.dumps(doc)
+    assert "text/event-stream" in chat["responses"]["200"]["content"] and chat["security"] == [{"bearer": []}]
+    assert {"ChatCompletionChunk", "ErrorResponse", "ModelList"} <= set(doc["components"]["schemas"])

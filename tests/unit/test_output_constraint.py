@@ -54,12 +54,16 @@ def factory(tok: MuseTokenizer) -> ConstraintFactory:
     return ConstraintFactory(tok)
 
 
-def drive(constraint: OutputConstraint, tok: MuseTokenizer, seed: int, first: int | None = None) -> list[int]:
-    """Samples from random logits through the constraint until an end token (at most 300 steps)."""
+def drive(
+    constraint: OutputConstraint, tok: MuseTokenizer, seed: int, first: int | None = None, favour: str = ""
+) -> list[int]:
+    """Samples from random logits through the constraint until an end token (at most 300 steps);
+    tokens holding a character of `favour` get a boost, to end unbounded strings sooner."""
     generator = torch.Generator().manual_seed(seed)
+    boost = torch.tensor([4.0 * any(c in tok.decode([i]) for c in favour) for i in range(tok.vocab_size)])
     out: list[int] = []
     for _ in range(300):
-        logits = torch.randn(tok.vocab_size, generator=generator)
+        logits = torch.randn(tok.vocab_size, generator=generator) + boost
         if first is not None and not out:
             logits[first] += 50.0
         logits = constraint((), out, logits)
@@ -93,7 +97,7 @@ def test_auto_text_never_holds_a_stray_call_end(factory, tok: MuseTokenizer) -> 
 @pytest.mark.parametrize("seed", range(4))
 def test_json_object_answer_parses(factory, tok: MuseTokenizer, seed: int) -> None:
     request = prepared_request(response_format=ResponseFormat(ResponseFormatKind.JSON_OBJECT))
-    out = drive(factory.build_now(request), tok, seed)
+    out = drive(factory.build_now(request), tok, seed, favour='"}')
     assert isinstance(json.loads(tok.decode(out[:-1])), dict)
 
 
@@ -181,3 +185,12 @@ def test_gateway_emits_tool_call_events_after_text() -> None:
     events = _events(GenerationChunk(text="ok", tool_calls=(call,)), prepared_request(), "p")
     assert [type(e).__name__ for e in events] == ["TextDelta", "ToolCallEvent"]
     assert events[1] == ToolCallEvent(call)
+
+
+def test_json_answer_with_auto_tools_may_open_a_call_first(factory, tok: MuseTokenizer) -> None:
+    fmt = ResponseFormat(ResponseFormatKind.JSON_OBJECT)
+    request = prepared_request(tools=(LOOKUP,), tool_choice=ToolChoice(ToolChoiceKind.AUTO), response_format=fmt)
+    logits = factory.build_now(request)((), [], torch.zeros(tok.vocab_size))
+    allowed = {i for i in range(tok.vocab_size) if logits[i] > float("-inf")}
+    assert tok.tool_call_id in allowed and tok.encode_text("{")[0] in allowed
+    assert all(tok.decode([i]).startswith("{") for i in allowed - {tok.tool_call_id})

@@ -26,6 +26,27 @@ class ServerConfig(Section):
     max_request_bytes: int = Field(
         64 << 20, ge=1 << 20, description="Largest gRPC message the proxy accepts; larger: RESOURCE_EXHAUSTED."
     )
+    direct_grpc_port: int | None = Field(
+        50052,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC server each gateway replica runs itself (ChatService, grpc.health.v1, "
+        "reflection), bypassing Ray Serve's proxy; replicas on one node share it (SO_REUSEPORT). "
+        "null or 0: off.",
+    )
+    direct_grpc_host: str = Field(
+        "127.0.0.1", description="Address the direct gRPC server binds; 0.0.0.0 (or [::]) in a cluster."
+    )
+    direct_grpc_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="When a gateway replica stops, how long its direct gRPC server lets calls in flight finish "
+        "before cancelling them. Keep it under the deployment's graceful shutdown timeout.",
+    )
+
+    @property
+    def direct_grpc_enabled(self) -> bool:
+        return bool(self.direct_grpc_port)
 
 
 class DeploymentConfig(Section):

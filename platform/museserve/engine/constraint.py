@@ -23,6 +23,7 @@ import enum
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from museserve.domain import ResponseFormatKind, ToolChoiceKind
 from museserve.engine.grammar import GrammarCache
 from museserve.messages import PreparedRequest
 from museserve.preprocess.tokenizer import MuseTokenizer
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,14 @@ def word_bits(ids: Sequence[int], num_words: int) -> Tensor:
 class OutputConstraint:
     """A LogitsProcessor holding one request's grammar matchers; fed every accepted token."""
 
-    def __init__(self, request: PreparedRequest, tokenizer: MuseTokenizer, call_grammar, json_grammar, vocab_size: int):
+    def __init__(
+        self,
+        request: PreparedRequest,
+        tokenizer: MuseTokenizer,
+        call_grammar: xgr.CompiledGrammar | None,
+        json_grammar: xgr.CompiledGrammar | None,
+        vocab_size: int,
+    ):
         import xgrammar as xgr
 
         self._xgr = xgr
@@ -116,7 +127,7 @@ class OutputConstraint:
         elif phase is Phase.AFTER_CALL:
             self.phase = Phase.DONE
 
-    def _feed(self, matcher, token: int) -> None:
+    def _feed(self, matcher: xgr.GrammarMatcher, token: int) -> None:
         if not matcher.accept_token(token):
             logger.warning("grammar refused token %d in phase %s; the rest is unconstrained", token, self.phase.value)
             self.phase = Phase.DONE
@@ -139,11 +150,12 @@ class OutputConstraint:
             return _only(logits, self._end_ids)
         matcher.fill_next_token_bitmask(self._bitmask)
         self._bitmask[0] &= keep
-        if phase is Phase.START and self._may_call:
+        may_open = phase is Phase.START and self._may_call  # a JSON answer, or a call instead
+        if may_open:
             self._bitmask[0] |= self._open_bit
         if not bool(self._bitmask.any()):  # a dead end: never sample from an empty distribution
             return _only(logits, self._end_ids)
-        forced = self._forced_token(matcher)
+        forced = None if may_open else self._forced_token(matcher)
         if forced is not None:
             return _only(logits, [forced])
         if logits.shape[-1] > self.vocab_size:  # model vocabulary padded past the tokenizer's
@@ -152,7 +164,7 @@ class OutputConstraint:
         self._xgr.apply_token_bitmask_inplace(logits[None], bitmask, vocab_size=self.vocab_size)
         return logits
 
-    def _forced_token(self, matcher) -> int | None:
+    def _forced_token(self, matcher: xgr.GrammarMatcher) -> int | None:
         """Where the grammar admits one string only (`{"name": "`, a property's key), its first token
         as the tokenizer would write it: the way rendered calls read in the prompt, in fewer steps."""
         jump = matcher.find_jump_forward_string()
@@ -172,7 +184,7 @@ def _only(logits: Tensor, allowed: list[int]) -> Tensor:
 
 class ConstraintFactory:
     """Builds each request's OutputConstraint, compiling its grammars on a thread of its own so
-    a compile never holds up the engine's step loop (xgrammar compiles outside the GIL)."""
+    a compile does not hold up the engine's step loop (xgrammar compiles mostly outside the GIL)."""
 
     def __init__(self, tokenizer: MuseTokenizer, vocab_size: int | None = None):
         self._tokenizer = tokenizer

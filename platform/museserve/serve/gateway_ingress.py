@@ -25,6 +25,7 @@ from museserve.config import MuseServeConfig
 from museserve.gateway.factory import build_gateway
 from museserve.logs import setup_logging
 from museserve.serve.cancel_board import CancelSignal
+from museserve.serve.direct_ingress import DirectGrpcIngress
 from museserve.serve.gateway_metrics import GatewayMetrics
 from museserve.serve.handles import HandlePoolClient, HandlePreprocessClient
 from museserve.v1 import chat_pb2 as pb
@@ -36,7 +37,7 @@ install_error_handlers(http_app)
 @serve.deployment
 @serve.ingress(http_app)
 class GatewayIngress:
-    def __init__(
+    async def __init__(  # Serve awaits an async __init__ on the replica's loop, before any request
         self,
         config: MuseServeConfig,
         preprocess: DeploymentHandle,
@@ -50,6 +51,16 @@ class GatewayIngress:
         self._gateway = build_gateway(config, preprocess_client, pool_clients, GatewayMetrics())
         self._api = GrpcChatApi(self._gateway)
         self._openai = OpenAIHttpApi(self._gateway)
+        self._direct = DirectGrpcIngress.from_config(self._api, config)
+        if self._direct is not None:
+            await self._direct.start()
+
+    async def __del__(self) -> None:
+        """Serve awaits this (through the `@serve.ingress` wrapper, after the HTTP app's
+        lifespan ends) when the replica stops: the direct gRPC server drains."""
+        direct = getattr(self, "_direct", None)
+        if direct is not None:
+            await direct.stop()
 
     async def Chat(self, request: pb.ChatRequest, grpc_context) -> pb.ChatResponse:
         return await self._api.chat(request, grpc_context)

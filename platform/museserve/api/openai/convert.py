@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from museserve.api.openai import schemas as s
 from museserve.domain import (
@@ -47,6 +48,7 @@ _ROLES = {
     "assistant": Role.ASSISTANT,
     "tool": Role.TOOL,
 }
+_SCHEMA_FIELD = "response_format.json_schema.schema"
 _TOOL_CHOICES = {"none": ToolChoiceKind.NONE, "auto": ToolChoiceKind.AUTO, "required": ToolChoiceKind.REQUIRED}
 
 
@@ -59,7 +61,7 @@ def request_from_openai(
         request_id=request_id,
         messages=tuple(_message(m, f"messages[{i}]") for i, m in enumerate(body.messages)),
         model=model.name,
-        tools=tuple(_tool(t) for t in body.tools or ()),
+        tools=tuple(_tool(t, f"tools[{i}]") for i, t in enumerate(body.tools or ())),
         tool_choice=_tool_choice(body),
         sampling=_sampling(body),
         mode=mode,
@@ -78,7 +80,9 @@ def _refuse_unsupported(body: s.ChatCompletionRequest) -> None:
 
 
 def _model_and_mode(body: s.ChatCompletionRequest, models: Mapping[str, ModelInfo]) -> tuple[ModelInfo, ModeParams]:
-    name, _, suffix = body.model.partition(":")
+    name, colon, suffix = body.model.partition(":")
+    if colon and not suffix:
+        raise InvalidArgument("a mode must follow ':' (instant, thinking, contemplating)", field="model")
     model = models.get(name)
     if model is None:
         raise NotFound(f"the model {body.model!r} does not exist (served: {', '.join(models)})", field="model")
@@ -146,9 +150,19 @@ def _base64(text: str, field: str) -> bytes:
         raise InvalidArgument("is not valid base64", field=field) from None
 
 
-def _tool(t: s.Tool) -> ToolSpec:
+def _json_text(value: Any, field: str) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("text must be valid Unicode (a lone surrogate was sent)", field=field) from None
+    return text
+
+
+def _tool(t: s.Tool, where: str) -> ToolSpec:
     f = t.function
-    return ToolSpec(f.name, f.description or "", json.dumps(f.parameters or {"type": "object", "properties": {}}))
+    parameters = f.parameters or {"type": "object", "properties": {}}
+    return ToolSpec(f.name, f.description or "", _json_text(parameters, f"{where}.function.parameters"))
 
 
 def _tool_choice(body: s.ChatCompletionRequest) -> ToolChoice:
@@ -165,7 +179,7 @@ def _response_format(f: s.TextFormat | s.JsonObjectFormat | s.JsonSchemaFormat |
         return ResponseFormat(ResponseFormatKind.JSON_OBJECT)
     if isinstance(f, s.JsonSchemaFormat):
         spec = f.json_schema
-        schema = json.dumps(spec.schema_ if spec.schema_ is not None else {"type": "object"})
+        schema = _json_text(spec.schema_ if spec.schema_ is not None else {"type": "object"}, _SCHEMA_FIELD)
         return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema, bool(spec.strict))  # OpenAI's default: not strict
     return ResponseFormat()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -19,6 +19,18 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utf8_only(cls, value: Any) -> Any:
+        """JSON can carry lone UTF-16 surrogates (`"\\ud800"`); no tier below can encode them."""
+        for text in value if isinstance(value, list) else (value,):
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text must be valid Unicode (a lone surrogate was sent)") from None
+        return value
 
 
 class TextContent(Strict):
