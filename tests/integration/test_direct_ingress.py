@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from museserve.client import ChatClient, build_request
 from museserve.v1 import chat_pb2 as pb
 
-from .conftest import DIRECT_LIMITED_KEY, TEST_KEY, key_client
+from .conftest import DIRECT_LIMITED_KEY, MAX_REQUEST_BYTES, TEST_KEY, key_client
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,12 @@ def test_a_rate_limited_stream_carries_retry_info(direct_grpc_address: str):
     assert any(d.Unpack(retry) for d in rpc_status.from_call(error).details)
     assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 60
     assert dict(error.trailing_metadata())["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_message_over_max_request_bytes_is_refused(direct: ChatClient):
+    with pytest.raises(grpc.RpcError) as caught:
+        direct.chat(build_request("x" * (MAX_REQUEST_BYTES + 1024)), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_health_and_reflection_answer_on_the_direct_port(direct_grpc_address: str):
