@@ -219,3 +219,16 @@ def test_a_client_that_disconnects_stops_generation(oai: openai.OpenAI, pool_han
         assert time.monotonic() < deadline, f"still {record}"
         time.sleep(0.05)
     assert record["phase"] == "cancelled" and record["generated_tokens"] < 1000
+
+
+def test_a_body_over_the_size_limit_is_413_before_parsing(app_config: MuseServeConfig):
+    url = f"http://127.0.0.1:{app_config.server.http_port}/v1/chat/completions"
+    text = "x" * (app_config.server.max_request_bytes + 1)
+    body = json.dumps({"model": "muse-tiny", "messages": [{"role": "user", "content": text}]}).encode()
+    request = urllib.request.Request(
+        url, data=body, headers={"content-type": "application/json", "authorization": f"Bearer {TEST_KEY}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert json.load(refused.value)["error"]["code"] == "request_too_large"

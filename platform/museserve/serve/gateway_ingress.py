@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from museserve.api.grpc_api import GrpcChatApi
+from museserve.api.openai.body_limit import BodyLimit
 from museserve.api.openai.http_api import OpenAIHttpApi, install_error_handlers
 from museserve.api.openai.responses import CHAT_RESPONSES, OPENAI_ERRORS, ChatCompletion, Model, ModelList
 from museserve.api.openai.schemas import ChatCompletionRequest
@@ -32,6 +33,7 @@ from museserve.v1 import chat_pb2 as pb
 
 http_app = FastAPI(title="museserve", version="1", docs_url=None, redoc_url=None)
 install_error_handlers(http_app)
+http_app.add_middleware(BodyLimit)  # reads app.state.max_request_bytes, set per replica below
 
 
 @serve.deployment
@@ -45,6 +47,7 @@ class GatewayIngress:
         log_level: str = "INFO",
     ):
         setup_logging(log_level)
+        http_app.state.max_request_bytes = config.server.max_request_bytes
         cancels = CancelSignal.for_this_replica()
         pool_clients = {name: HandlePoolClient(handle, name, cancels) for name, handle in pools.items()}
         preprocess_client = HandlePreprocessClient(preprocess)
