@@ -193,6 +193,8 @@ def _chat(args: argparse.Namespace) -> int:
             response = client.chat(request, timeout=args.timeout)
             if response.reasoning:
                 print(f"[reasoning] {response.reasoning}", file=sys.stderr)
+            for call in response.tool_calls:
+                print(f"[tool call {call.id}] {call.name}({call.arguments_json})", file=sys.stderr)
             print(response.text)
             _print_usage(response.usage, response.model, pb.FinishReason.Name(response.finish_reason))
             return 0
@@ -202,6 +204,12 @@ def _chat(args: argparse.Namespace) -> int:
                 print(event.text_delta, end="", flush=True)
             elif kind == "reasoning_delta":
                 print(event.reasoning_delta, end="", file=sys.stderr, flush=True)
+            elif kind == "agent_progress" and event.agent_progress.done:
+                progress = event.agent_progress
+                print(f"[agent {progress.agent_index} done: {progress.generated_tokens} tokens]", file=sys.stderr)
+            elif kind == "tool_call":
+                call = event.tool_call
+                print(f"[tool call {call.id}] {call.name}({call.arguments_json})", file=sys.stderr)
             elif kind == "usage":
                 usage = event.usage
             elif kind == "finish":
