@@ -29,6 +29,7 @@ BLOCK = 4
 CHUNK = 6  # against 4-token blocks and 20-token images: chunks end inside both
 POOL = PoolConfig(
     name="muse-mm",
+    model={"device": "cpu"},  # the references below compute on the CPU
     engine={"context_length": 1024, "max_output_tokens": 64, "default_max_output_tokens": 8, "block_size": BLOCK},
 )
 
@@ -185,6 +186,20 @@ async def test_engine_streams_the_reference_answer_and_counts_media_tokens(
             break
     assert "".join(c.text for c in chunks) == state.take_chunk().text
     assert chunks[-1].usage.prompt_tokens == request.num_prompt_tokens == len(request.prompt_token_ids)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch sees no GPU")
+async def test_media_on_the_gpu_gives_the_cpu_answer(pre: Preprocessor, tokenizer: MuseTokenizer) -> None:
+    request = prepare(pre, TextPart("look"), picture(3), TextPart("and listen"), AudioPart(wav_bytes(0.2), "wav"))
+    answers = []
+    for device in ("cpu", "cuda"):
+        pool = POOL.model_copy(update={"model": POOL.model.model_copy(update={"device": device})})
+        engine = MuseEngine(pool, tokenizer, media=MEDIA)
+        try:
+            answers.append([chunk.text async for chunk in engine.generate(request)])
+        finally:
+            engine.shutdown()
+    assert "".join(answers[0]) == "".join(answers[1])
 
 
 async def test_a_text_only_engine_refuses_media_alone(pre: Preprocessor, tokenizer: MuseTokenizer) -> None:
