@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from museserve.gateway.mirror_records import MirrorRecord, MirrorSide, MirrorSourceError, read_records
+from museserve.gateway.mirror_records import MirrorRecord, MirrorSide
+from museserve.gateway.mirror_sinks import MirrorSourceError, read_records
 
 SIDES = ("primary", "candidate")
 DIGEST_NOTE = (

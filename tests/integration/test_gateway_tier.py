@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from museserve.client import ChatClient, build_request
 from museserve.gateway.identity import key_digest
-from museserve.gateway.mirror_records import read_records
+from museserve.gateway.mirror_sinks import read_records
 from museserve.gateway.routing import unit_hash
 from museserve.v1 import chat_pb2 as pb
 from tests.integration.conftest import (

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from museserve.gateway.mirror_records import MirrorRecord, MirrorSide, RedisMirrorSink, read_records
+from museserve.gateway.mirror_records import MirrorRecord, MirrorSide
+from museserve.gateway.mirror_sinks import RedisMirrorSink, read_records
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from museserve.domain import ChatRequest, FinishReason, Identity, Message, Role,
 from museserve.errors import ResourceExhausted, Unavailable
 from museserve.gateway.gateway import Gateway
 from museserve.gateway.mirror import Mirror
-from museserve.gateway.mirror_records import JsonlMirrorSink, read_records
+from museserve.gateway.mirror_sinks import JsonlMirrorSink, read_records
 from museserve.gateway.observer import CountingObserver
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter

@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from museserve.config import GatewayConfig
-from museserve.gateway.mirror_records import (
+from museserve.gateway.mirror_records import MirrorRecord, MirrorSide, apply_content_policy, messages_digest
+from museserve.gateway.mirror_sinks import (
     JsonlMirrorSink,
-    MirrorRecord,
-    MirrorSide,
     MirrorSourceError,
     RedisMirrorSink,
-    apply_content_policy,
     build_mirror_sink,
-    messages_digest,
     read_records,
 )
 

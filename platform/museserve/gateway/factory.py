@@ -11,7 +11,7 @@ from museserve.gateway.gateway import Gateway, PoolClient, PreprocessClient
 from museserve.gateway.identity import Authenticator, redis_key_lookup
 from museserve.gateway.inline_preprocess import InlineTextPreprocess
 from museserve.gateway.mirror import Mirror
-from museserve.gateway.mirror_records import JsonlMirrorSink, RedisMirrorSink
+from museserve.gateway.mirror_sinks import JsonlMirrorSink, RedisMirrorSink
 from museserve.gateway.observer import GatewayObserver
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter

@@ -23,15 +23,8 @@ from museserve.config import MirrorConfig
 from museserve.domain import ChatRequest
 from museserve.errors import MuseError
 from museserve.gateway.capture import StreamCapture
-from museserve.gateway.mirror_records import (
-    MirrorRecord,
-    MirrorSide,
-    MirrorSink,
-    RedisMirrorSink,
-    apply_content_policy,
-    messages_digest,
-    sha256_hex,
-)
+from museserve.gateway.mirror_records import MirrorRecord, MirrorSide, apply_content_policy, messages_digest, sha256_hex
+from museserve.gateway.mirror_sinks import MirrorSink, RedisMirrorSink
 
 if TYPE_CHECKING:
     from museserve.gateway.gateway import PoolClient, PreprocessClient
