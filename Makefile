@@ -1,6 +1,6 @@
 # museserve: `make run` serves the local setup, `make test` runs the suite. Both install
 # what is missing first: a .venv with torch 2.13.0 (CPU build) and the project, and for
-# tests a redis-server from apt.
+# tests a redis-server and prometheus (promtool, and the server the scrape test runs) from apt.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
@@ -8,11 +8,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.museserve-installed
+# DeepSpeed's CPU shared-memory all-reduce, compiled once by g++ (~35-50 s) into the venv;
+# tensor-parallel workers load it from there (museserve.parallel.tp.extensions_dir).
+DS_OPS_STAMP := $(VENV)/torch-extensions/.museserve-prebuilt
 PYTEST_ARGS ?=
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test unit integration bench proto lint install redis clean
+.PHONY: run test unit integration bench proto lint install redis promtool clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "museserve needs Python >= 3.11"; exit 1; }
@@ -22,7 +25,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(DS_OPS_STAMP): $(STAMP)
+	$(PY) -m museserve.parallel.prebuild
+	@touch $(DS_OPS_STAMP)
+
+install: $(STAMP) $(DS_OPS_STAMP)
 
 redis:
 	@command -v redis-server >/dev/null || { \
@@ -30,16 +37,23 @@ redis:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# promtool checks and unit-tests the alert rules; the prometheus server scrapes the app in a test.
+promtool:
+	@{ command -v promtool && command -v prometheus; } >/dev/null || { \
+		echo "installing prometheus (promtool) from apt"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 run: install
 	$(VENV)/bin/museserve serve $(if $(CONFIG),--config $(CONFIG))
 
-test: install redis
+test: install redis promtool
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install redis
+integration: install redis promtool
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install redis
@@ -47,14 +61,16 @@ bench: install redis
 	$(PY) -m tests.bench.bench_engine --out .bench/engine.json
 	$(PY) -m tests.bench.bench_gateway --out .bench/gateway.json
 	$(PY) -m tests.bench.bench_modes --out .bench/modes.json
+	$(PY) -m tests.bench.bench_kernels --out .bench/kernels.json  # GPU only: says so and exits 0 without CUDA
+	$(PY) -m tests.bench.bench_parallel --out .bench/parallel.json
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=platform --pyi_out=platform --grpc_python_out=platform \
 		$(wildcard proto/museserve/v1/*.proto)
 
 lint: install
-	$(VENV)/bin/ruff check platform tests
-	$(VENV)/bin/ruff format --check platform tests
+	$(VENV)/bin/ruff check platform kernels tests
+	$(VENV)/bin/ruff format --check platform kernels tests
 
 clean:
 	rm -rf .bench .pytest_cache .ruff_cache

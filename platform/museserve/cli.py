@@ -1,4 +1,4 @@
-"""`museserve`: serve the platform locally, talk to it, check a config."""
+"""`museserve`: serve the platform locally, talk to it, check a config, operate a release in Kubernetes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from museserve.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, read_environment
+from museserve.ops.commands import add_ops_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--grader-timeout", type=float, default=600.0, help="seconds (default %(default)s)")
     report.set_defaults(func=_mirror_report)
 
+    add_ops_parser(commands)  # museserve ops status|scale|canary|drain: the kubernetes client, imported on use
+
     args = parser.parse_args(argv)
     return args.func(args)
 
 
 def _config_check(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, read_environment())  # with MUSESERVE_REDIS_URL / _API_KEYS_FILE, as served
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -132,7 +135,7 @@ def _mirror_report(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     env = read_environment()
     try:
-        config = load_config(args.config or env.config_path)
+        config = load_config(args.config or env.config_path, env)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

@@ -70,12 +70,18 @@ def free_port() -> int:
 
 
 def ingress(
-    pool: Pool, port: int, *, grace_s: float = 5.0, timeout_s: float = 30.0, limits: dict | None = None
+    pool: Pool,
+    port: int,
+    *,
+    grace_s: float = 5.0,
+    timeout_s: float = 30.0,
+    limits: dict | None = None,
+    observer: CountingObserver | None = None,
 ) -> DirectGrpcIngress:
     tiers = {"default": {"tenant": limits}} if limits else {"default": {}}
     config = parse_config({"pools": [{"name": "main"}], "gateway": {"tiers": tiers}}, source="test")
     quota = QuotaGuard(config.gateway, limiter=LocalRateLimiter())
-    gateway = Gateway(config, Prep(config), {"main": pool}, quota=quota, observer=CountingObserver())
+    gateway = Gateway(config, Prep(config), {"main": pool}, quota=quota, observer=observer or CountingObserver())
     return DirectGrpcIngress(
         GrpcChatApi(gateway),
         host="127.0.0.1",
@@ -102,20 +108,24 @@ async def until(predicate, timeout_s: float = 5.0) -> None:
 
 
 async def test_every_cancel_after_the_first_token_ends_the_pool_stream() -> None:
-    pool, port = Pool(tokens=1000, delay_s=0.002), free_port()
-    async with serving(ingress(pool, port)), grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    pool, port, observer = Pool(tokens=1000, delay_s=0.002), free_port(), CountingObserver()
+    async with (
+        serving(ingress(pool, port, observer=observer)),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         for _ in range(20):
             call = stub.ChatStream(build_request("hi"))
             await call.read()
             call.cancel()
         await until(lambda: pool.abandoned == 20)
+        await until(lambda: observer.requests["grpc", "CANCELLED"] == 20)
     assert pool.started == 20
 
 
 async def test_a_rate_limited_stream_carries_retry_info() -> None:
-    port = free_port()
-    server = ingress(Pool(tokens=1, delay_s=0), port, limits=LIMITS)
+    port, observer = free_port(), CountingObserver()
+    server = ingress(Pool(tokens=1, delay_s=0), port, limits=LIMITS, observer=observer)
     async with serving(server), grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         for _ in range(LIMITS["request_burst"]):
@@ -127,6 +137,7 @@ async def test_a_rate_limited_stream_carries_retry_info() -> None:
     assert "rate limit" in caught.value.details()
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in rpc_status.from_call(caught.value).details)
+    assert observer.requests == {("grpc", "OK"): LIMITS["request_burst"], ("grpc", "RESOURCE_EXHAUSTED"): 1}
 
 
 async def test_a_call_past_the_server_limit_is_deadline_exceeded_and_ends_the_pool_stream() -> None:

@@ -198,3 +198,13 @@ def test_keys_create_prints_a_key_whose_hash_the_config_accepts(capsys: pytest.C
     assert key.startswith("sk-") and key_digest(key) == digest
     assert f"HSET museserve:apikey:{digest} tenant acme tier pro" in out
     GatewayConfig(auth="api_key", api_keys=[{"sha256": digest, "tenant": "acme", "tier": "default"}])
+
+
+def test_model_replicas_do_not_see_traffic_settings() -> None:
+    from museserve.serve.app import replica_view
+
+    pool = config().pool("main")
+    view = replica_view(pool)
+    assert pool.ab is not None and pool.mirror is not None
+    assert view.ab is None and view.mirror is None
+    assert view.model_copy(update={"ab": pool.ab, "mirror": pool.mirror}) == pool

@@ -35,6 +35,7 @@ from museserve.domain import (
 )
 from museserve.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from museserve.gateway.gateway import Gateway
+from museserve.gateway.observer import CountingObserver
 
 USAGE = Usage(prompt_tokens=10, cached_tokens=4, reasoning_tokens=3, output_tokens=5)
 POSITION = PositionLogprobs(TokenLogprob("a", 64, -0.5), (TokenLogprob("a", 64, -0.5), TokenLogprob("b", 65, -1e30)))
@@ -108,6 +109,7 @@ class StubGateway:
         self.events, self.fail_at, self.error = events, fail_at, error
         self.closed = asyncio.Event()
         self.requests: list[ChatRequest] = []
+        self.observer = CountingObserver()
 
     chat = Gateway.chat  # folds `stream`, as the real one does
 
@@ -173,6 +175,7 @@ async def test_an_error_mid_stream_is_an_error_event_and_a_fault_hides_its_trace
         last = json.loads(lines[-1][len("data: ") :])
         assert last["error"]["code"] == code and "secret" not in last["error"]["message"]
         assert gateway.closed.is_set()
+        assert gateway.observer.requests == {("http", code.upper()): 1}
 
 
 async def test_a_client_that_leaves_closes_the_gateway_stream():
@@ -183,6 +186,7 @@ async def test_a_client_that_leaves_closes_the_gateway_stream():
     await anext(lines)
     await lines.aclose()  # what Starlette's cancelled response task leaves to the generator
     assert gateway.closed.is_set()
+    assert gateway.observer.requests == {("http", "CANCELLED"): 1}
 
 
 async def test_unary_models_and_unknown_model():
@@ -195,6 +199,7 @@ async def test_unary_models_and_unknown_model():
     responses.ModelList.model_validate(models)
     assert (await api.retrieve_model("nope", http_request())).status_code == 404
     assert (await api.chat_completions(body(model="nope"), http_request())).status_code == 404
+    assert gateway.observer.requests == {("http", "OK"): 1, ("http", "NOT_FOUND"): 1}
 
 
 def test_the_openapi_document_describes_the_routes_without_422():

@@ -4,7 +4,8 @@ Protobuf is converted to domain types on the way in and back on the way out; eve
 `MuseError` becomes its gRPC status. Anything else is a server fault: it is logged with
 its traceback and reaches the client as INTERNAL with the request id only, never the
 traceback. The context is any object with the ServicerContext methods used below (a
-Ray Serve gRPC context or a grpc.aio one).
+Ray Serve gRPC context or a grpc.aio one). Every Chat and ChatStream call ends with one
+`observer.request("grpc", code)`: its final status, CANCELLED when the caller went away.
 """
 
 from __future__ import annotations
@@ -51,20 +52,25 @@ class GrpcChatApi:
             identity = await self.gateway.identify(_credentials(context))
             result = await self.gateway.chat(request_from_pb(msg, request_id, identity), trailers.add)
         except Exception as e:
-            _set_status(context, e, request_id)
+            self._ended(_set_status(context, e, request_id))
             return pb.ChatResponse()
+        self._ended(grpc.StatusCode.OK)
         return result_to_pb(result, request_id)
 
     async def chat_stream(self, msg: pb.ChatRequest, context: RpcContext) -> AsyncIterator[pb.ChatEvent]:
         request_id = _request_id(msg, context)
         trailers = _Trailers(context, request_id)
+        code = grpc.StatusCode.CANCELLED  # unless the stream ends: the caller went away
         try:
             identity = await self.gateway.identify(_credentials(context))
             async for event in self.gateway.stream(request_from_pb(msg, request_id, identity), trailers.add):
                 yield event_to_pb(event, request_id)
+            code = grpc.StatusCode.OK
         except Exception as e:
-            _set_status(context, e, request_id)
+            code = _set_status(context, e, request_id)
             raise RpcFailed(str(e)) from None
+        finally:
+            self._ended(code)
 
     async def count_tokens(self, msg: pb.ChatRequest, context: RpcContext) -> pb.CountTokensResponse:
         request_id = _request_id(msg, context)
@@ -85,6 +91,9 @@ class GrpcChatApi:
             _set_status(context, e, uuid.uuid4().hex)
             return pb.ListModelsResponse()
         return pb.ListModelsResponse(models=[model_info_to_pb(m, d) for m, d in self.gateway.list_models()])
+
+    def _ended(self, code: grpc.StatusCode) -> None:
+        self.gateway.observer.request("grpc", code.name)
 
 
 def _metadata(context: RpcContext, key: str) -> str:
@@ -121,7 +130,7 @@ class _Trailers:
         self._context.set_trailing_metadata(self._pairs)
 
 
-def _set_status(context: RpcContext, error: BaseException, request_id: str) -> None:
+def _set_status(context: RpcContext, error: BaseException, request_id: str) -> grpc.StatusCode:
     if not isinstance(error, MuseError):
         logger.exception("request %s failed in the server", request_id, exc_info=error)
         error = Internal(f"internal error; request id {request_id}")
@@ -131,3 +140,4 @@ def _set_status(context: RpcContext, error: BaseException, request_id: str) -> N
     context.set_code(status.code)
     context.set_details(status.details)
     context.set_trailing_metadata(list(status.trailing_metadata))
+    return status.code

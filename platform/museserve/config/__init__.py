@@ -2,7 +2,15 @@
 
 from museserve.config.base import DeploymentConfig, Section, ServerConfig
 from museserve.config.gateway import ApiKey, GatewayConfig, RateSpec, RedisConfig, RequestLimits, TierConfig
-from museserve.config.pool import ABSplit, ContemplatingConfig, EngineConfig, MirrorConfig, ModelConfig, PoolConfig
+from museserve.config.pool import (
+    ABSplit,
+    ContemplatingConfig,
+    EngineConfig,
+    MirrorConfig,
+    ModelConfig,
+    ParallelConfig,
+    PoolConfig,
+)
 from museserve.config.preprocess import MediaLimits, PreprocessConfig
 from museserve.config.tree import (
     DEFAULT_CONFIG_PATH,
@@ -28,6 +36,7 @@ __all__ = [
     "MirrorConfig",
     "ModelConfig",
     "MuseServeConfig",
+    "ParallelConfig",
     "PoolConfig",
     "PreprocessConfig",
     "RateSpec",

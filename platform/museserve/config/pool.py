@@ -90,6 +90,27 @@ class MirrorConfig(Section):
     )
 
 
+class ParallelConfig(Section):
+    """How many devices one replica of the pool spans: `tensor` ranks shard each layer
+    (DeepSpeed AutoTP; the KV cache by KV heads) inside each of `pipeline` stages of contiguous
+    layers, each rank a Ray actor (see `museserve.parallel`). Deployments reserve `world_size`
+    GPUs per replica for it."""
+
+    tensor: int = Field(1, ge=1, le=64, description="Shards of each layer (one TP group per stage); divides the heads.")
+    pipeline: int = Field(1, ge=1, le=64, description="Pipeline stages of the decoder layers; at most the layers.")
+    worker_cpus: float = Field(
+        0.01, ge=0, description="CPUs each worker actor reserves: tiny for CPU tests, 1 or more beside a GPU."
+    )
+    step_timeout_s: float = Field(60.0, gt=0, description="Bound on one step across the workers; past it: UNAVAILABLE.")
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="Bound on placing, starting and loading the workers, also when rebuilding them."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor * self.pipeline
+
+
 class PoolConfig(Section):
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name clients ask for.")
     modes: tuple[Mode, ...] = Field((Mode.INSTANT, Mode.THINKING), min_length=1, description="Modes accepted.")
@@ -100,5 +121,18 @@ class PoolConfig(Section):
         256, ge=1, description="Requests a gateway replica lets into this pool at once; beyond: shed."
     )
     contemplating: ContemplatingConfig = ContemplatingConfig()
+    parallel: ParallelConfig = Field(ParallelConfig(), description="Tensor and pipeline parallel workers per replica.")
     ab: ABSplit | None = Field(None, description="A/B split to a candidate pool.")
     mirror: MirrorConfig | None = Field(None, description="Shadow mirroring to a candidate pool.")
+
+    @model_validator(mode="after")
+    def _parallel_fits_model(self) -> PoolConfig:
+        # Dummy shapes are known here; a checkpoint's are checked when its config.json is read.
+        if self.parallel.world_size > 1 and self.model.load_format == "dummy":
+            from museserve.model.config import MuseConfig  # imports torch: only for parallel pools
+            from museserve.parallel.plan import check_parallel
+
+            check_parallel(
+                MuseConfig.named(self.model.size, vocab_size=1), self.parallel.tensor, self.parallel.pipeline
+            )
+        return self

@@ -105,7 +105,9 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> MuseServeCo
         raise ConfigError(f"{source} is not valid:\n" + "\n".join(_problems(e))) from None
 
 
-def load_config(path: str | Path | None = None) -> MuseServeConfig:
+def load_config(path: str | Path | None = None, env: Environment | None = None) -> MuseServeConfig:
+    """Reads the YAML file; `env` (see `Environment`) adds what a deployment keeps in secrets:
+    the Redis URL and a file of API key hashes."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
         text = path.read_text()
@@ -117,7 +119,31 @@ def load_config(path: str | Path | None = None) -> MuseServeConfig:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
+    if env is not None:
+        data = _with_environment(data, env)
     return parse_config(data, source=str(path))
+
+
+def _with_environment(data: dict[str, Any], env: Environment) -> dict[str, Any]:
+    """The file's tree with `env.redis_url` as gateway.redis.url and the keys of
+    `env.api_keys_file` appended to gateway.api_keys (the file is left as it is)."""
+    if env.redis_url is None and env.api_keys_file is None:
+        return data
+    gateway = dict(data.get("gateway") or {})
+    if env.redis_url is not None:
+        gateway["redis"] = {**(gateway.get("redis") or {}), "url": env.redis_url}
+    if env.api_keys_file is not None:
+        keys_path = Path(env.api_keys_file)
+        try:
+            keys = yaml.safe_load(keys_path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read API keys file {keys_path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{keys_path} is not valid YAML: {e}") from None
+        if not isinstance(keys, list):
+            raise ConfigError(f"{keys_path} must hold a list of API keys (sha256, tenant, tier)")
+        gateway["api_keys"] = [*(gateway.get("api_keys") or []), *keys]
+    return {**data, "gateway": gateway}
 
 
 @dataclass(frozen=True)
@@ -126,6 +152,9 @@ class Environment:
 
     config_path: str | None = None
     log_level: str = "INFO"
+    # Kept out of the config file, which lives in a ConfigMap: both come from Kubernetes Secrets.
+    redis_url: str | None = None  # MUSESERVE_REDIS_URL: replaces gateway.redis.url
+    api_keys_file: str | None = None  # MUSESERVE_API_KEYS_FILE: YAML list of gateway.api_keys entries, appended
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
@@ -133,4 +162,6 @@ def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
     return Environment(
         config_path=environ.get("MUSESERVE_CONFIG") or None,
         log_level=environ.get("MUSESERVE_LOG_LEVEL", "INFO").upper(),
+        redis_url=environ.get("MUSESERVE_REDIS_URL") or None,
+        api_keys_file=environ.get("MUSESERVE_API_KEYS_FILE") or None,
     )

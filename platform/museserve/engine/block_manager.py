@@ -150,6 +150,13 @@ class BlockManager:
         self._chains.pop(request_id, None)
         self._media_keys.pop(request_id, None)
 
+    def drop_prefix_cache(self) -> None:
+        """Forgets every cached block's content: the KV tensors behind the ids were lost (a
+        worker of the replica died), so no later prompt may reuse them. Call with no running
+        sequences; the per-request hash memos stay valid (they hash tokens, not tensors)."""
+        self._cached.clear()
+        self._hashes = [None] * self.num_blocks
+
     # -- internals ----------------------------------------------------------------------
 
     def _chain_for(self, seq: Sequence, num_full_blocks: int) -> list[BlockHash]:

@@ -29,7 +29,7 @@ MAX_SLOTS = 1 << 17  # batch * width: beyond, a step decodes eagerly rather than
 @dataclass(frozen=True)
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: Tensor  # long [4 * batch + batch * width]: ids, positions, new slots, lengths, then slots
+    inputs: Tensor  # long [4 * batch + batch * blocks]: ids, positions, new slots, lengths, then block tables
     logits: Tensor  # [batch, vocab] float32, overwritten by each replay
 
 
@@ -73,24 +73,21 @@ class DecodeGraphs:
         sequences = plan.sequences if plan is not None else ()
         num_blocks = -(-width // bs)
         table = [list(item.block_ids[:num_blocks]) + [0] * (num_blocks - len(item.block_ids)) for item in sequences]
-        table += [[0] * num_blocks] * (batch - len(sequences))
-        slots = (torch.tensor(table, dtype=torch.long)[:, :, None] * bs + torch.arange(bs)).view(batch, -1)
-        slots = slots[:, :width].clone()
+        # An idle row's one key is the pool's scratch slot: "block" num_blocks, offset 0.
+        table += [[self.pool.num_blocks] + [0] * (num_blocks - 1)] * (batch - len(sequences))
+        tables = torch.tensor(table, dtype=torch.long)  # [batch, num_blocks]
         positions = torch.tensor([item.first_position for item in sequences] + [0] * (batch - len(sequences)))
         lengths = positions + 1
-        slots.masked_fill_(torch.arange(width)[None, :] >= lengths[:, None], 0)
-        slots[len(sequences) :, 0] = self.pool.scratch_slot
-        new_slots = slots.gather(1, positions[:, None]).squeeze(1)
+        new_slots = tables.gather(1, (positions // bs)[:, None]).squeeze(1) * bs + positions % bs
         ids = torch.tensor([item.token_ids[0] for item in sequences] + [0] * (batch - len(sequences)))
-        return torch.cat((ids, positions, new_slots, lengths, slots.flatten()))
+        return torch.cat((ids, positions, new_slots, lengths, tables.flatten()))
 
     def _forward(self, inputs: Tensor, batch: int, width: int) -> Tensor:
         ids, positions, new_slots, lengths = inputs[: 4 * batch].view(4, batch)
-        slots = inputs[4 * batch :].view(batch, width)
-        own = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
-        decode = DecodeBatch(torch.arange(batch, device=self.device), slots, own[:, None, None, :])
+        tables = inputs[4 * batch :].view(batch, -1)
+        decode = DecodeBatch(torch.arange(batch, device=self.device), tables, lengths)
         # Only the decode group is read: no sequence is chunked, so per-sequence fields stay empty.
-        layout = BatchLayout(new_slots, slots, (), (), (), decode=(decode,), chunked=())
+        layout = BatchLayout(new_slots, new_slots[:0], (), (), (), decode=(decode,), chunked=())
         with sdpa_kernel(SDPA_BACKENDS):
             hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
         return self.model.compute_logits(hidden)

@@ -30,7 +30,15 @@ from museserve.engine.sampler import make_generator, sample_batch
 from museserve.engine.scheduler import Scheduler, SchedulerLimits, SchedulerPlan
 from museserve.engine.sequence import Sequence
 from museserve.engine.stats import EngineStats, RequestPhase, RequestRecord
-from museserve.errors import Cancelled, DeadlineExceeded, Internal, InvalidArgument, MuseError, ResourceExhausted
+from museserve.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    MuseError,
+    ResourceExhausted,
+    Unavailable,
+)
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
@@ -69,7 +77,7 @@ class MuseEngine:
         self.tokenizer = tokenizer
         engine = pool.engine
         if executor is None:
-            executor = local_runner(pool, tokenizer, media)
+            executor = pool_executor(pool, tokenizer, media)
         self.executor = executor
         # Executors of text-only models may not declare it.
         self.media_feature_dims: dict[str, int] = dict(getattr(executor, "media_feature_dims", {}))
@@ -205,6 +213,15 @@ class MuseEngine:
             try:
                 logits = await loop.run_in_executor(self._worker, self.executor.execute, plan)
                 sampled = self._sample(plan, logits)
+            except Unavailable as exc:
+                # The executor lost a worker: the KV cache is gone with it, so every running
+                # sequence fails and no cached prefix may be reused; the executor rebuilds.
+                logger.error("step of %d sequences failed: %s", len(plan.sequences), exc)
+                lost = {item.request_id for item in plan.sequences} | {seq.request_id for seq in self.scheduler.running}
+                for request_id in lost:
+                    self._fail(request_id, Unavailable(exc.message, retry_after_s=exc.retry_after_s))
+                self.blocks.drop_prefix_cache()
+                continue
             except Exception:
                 logger.exception("step of %d sequences failed", len(plan.sequences))
                 for item in plan.sequences:
@@ -311,6 +328,18 @@ class MuseEngine:
             self._loop_task.cancel()
         self._worker.shutdown(wait=False, cancel_futures=True)
         self.constraints.close()
+        close = getattr(self.executor, "shutdown", None)  # executors with workers of their own
+        if close is not None:
+            close()
+
+
+def pool_executor(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> Executor:
+    """The pool's model in this process, or across Ray workers when `pool.parallel` asks for them."""
+    if pool.parallel.world_size == 1:
+        return local_runner(pool, tokenizer, media)
+    from museserve.parallel.executor import RayExecutor  # imports Ray only for parallel pools
+
+    return RayExecutor(pool, pool_architecture(pool, tokenizer, media))
 
 
 def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> ModelRunner:
@@ -336,6 +365,18 @@ def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits 
 
 
 def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseForCausalLM:
+    spec = pool.model
+    return build_model(
+        pool_architecture(pool, tokenizer, media),
+        load_format=spec.load_format,
+        seed=spec.seed,
+        dtype=getattr(torch, spec.dtype),
+        path=spec.path,
+        device=resolve_device(spec.device),
+    )
+
+
+def pool_architecture(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseConfig:
     """With `media`, dummy weights get image and audio projectors of its feature dims; a
     checkpoint's projectors (from its config.json) must match them."""
     spec = pool.model
@@ -349,11 +390,4 @@ def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimi
         check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, pool.name)
     if arch.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
-    return build_model(
-        arch,
-        load_format=spec.load_format,
-        seed=spec.seed,
-        dtype=getattr(torch, spec.dtype),
-        path=spec.path,
-        device=resolve_device(spec.device),
-    )
+    return arch

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend
 
+from museserve.model import ops
 from museserve.model.config import MuseConfig
 from museserve.model.layers import causal_attention
 
@@ -49,15 +49,15 @@ class PagedKVPool:
 
 @dataclass(frozen=True)
 class DecodeBatch:
-    """Sequences computing one token this step, attended in one batched call.
-    Row r of the batch reads slots[r, :lengths[r]]; the rest of the row is padding."""
+    """Sequences computing one token this step, attended in one batched call (`ops.paged_decode`).
+    Row r reads positions 0..lengths[r] - 1 through its block table; the rest of the row is padding."""
 
     rows: Tensor  # [B] long: their rows in the flattened batch
-    slots: Tensor  # [B, max_context] long, padded with slot 0
-    mask: Tensor  # [B, 1, 1, max_context] bool: True where a key is the sequence's own
+    block_tables: Tensor  # [B, max_blocks] long: each one's block ids, padded with block 0
+    lengths: Tensor  # [B] long: context lengths, each >= 1, the new token included
 
     def to(self, device: torch.device) -> DecodeBatch:
-        return DecodeBatch(self.rows.to(device), self.slots.to(device), self.mask.to(device))
+        return DecodeBatch(self.rows.to(device), self.block_tables.to(device), self.lengths.to(device))
 
 
 @dataclass(frozen=True)
@@ -118,21 +118,23 @@ class BatchLayout:
         if len(single) < 2:
             return replace(layout, chunked=tuple(range(len(context_lens))))
         groups = [single[g : g + decode_group] for g in range(0, len(single), decode_group)]
-        decode = tuple(_decode_batch(group, layout) for group in groups)
+        decode = tuple(_decode_batch(group, layout, bs) for group in groups)
         chunked = tuple(i for i, n in enumerate(num_new_tokens) if n != 1)
         return replace(layout, decode=decode, chunked=chunked)
 
 
-def _decode_batch(group: list[int], layout: BatchLayout) -> DecodeBatch:
+def _decode_batch(group: list[int], layout: BatchLayout, block_size: int) -> DecodeBatch:
     lengths = torch.tensor([layout.context_lens[i] for i in group])
     starts = torch.tensor([layout.slot_starts[i] for i in group])
-    columns = torch.arange(int(lengths.max()))
-    own = columns[None, :] < lengths[:, None]  # [B, width]
-    # Padding reads slot 0 (then masked): indices past a row's own slots may run off block_slots.
-    index = (starts[:, None] + columns[None, :]).masked_fill_(~own, 0)
-    slots = layout.block_slots[index].masked_fill_(~own, 0)
+    blocks = -(-lengths // block_size)  # [B] blocks each sequence uses
+    columns = torch.arange(int(blocks.max()))
+    own = columns[None, :] < blocks[:, None]  # [B, max_blocks]
+    # A block's first slot, divided by the block size, is its id; padding reads index 0 (then is
+    # zeroed): indices past a row's own blocks may run off block_slots.
+    index = (starts[:, None] + columns[None, :] * block_size).masked_fill_(~own, 0)
+    block_tables = (layout.block_slots[index] // block_size).masked_fill_(~own, 0)
     rows = torch.tensor([layout.query_starts[i] for i in group], dtype=torch.long)
-    return DecodeBatch(rows, slots, own[:, None, None, :])
+    return DecodeBatch(rows, block_tables, lengths)
 
 
 class PagedStep:
@@ -142,14 +144,14 @@ class PagedStep:
 
     def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         keys, values = self.pool.keys[layer_idx], self.pool.values[layer_idx]
-        keys.index_copy_(0, self.layout.slot_mapping, k)
-        values.index_copy_(0, self.layout.slot_mapping, v)
-        return paged_attention_reference(q, keys, values, self.layout)
+        ops.kv_write(k, v, keys, values, self.layout.slot_mapping)
+        return paged_attention(q, keys, values, self.layout, self.pool.block_size)
 
 
-def paged_attention_reference(q: Tensor, keys: Tensor, values: Tensor, layout: BatchLayout) -> Tensor:
-    """q [T, heads, d] over each sequence's own slots; the torch reference a fused kernel
-    must match. keys/values [slots, kv_heads, d] already hold this step's tokens."""
+def paged_attention(q: Tensor, keys: Tensor, values: Tensor, layout: BatchLayout, block_size: int) -> Tensor:
+    """q [T, heads, d] over each sequence's own slots. keys/values [slots, kv_heads, d] already
+    hold this step's tokens. Chunks of several tokens go through causal SDPA per sequence; the
+    decode groups through `ops.paged_decode` (the Triton kernel on CUDA, its reference elsewhere)."""
     out = torch.empty_like(q)
     starts = layout.query_starts
     # index_select, not advanced indexing: the gather is most of a decode step's memory traffic.
@@ -157,18 +159,6 @@ def paged_attention_reference(q: Tensor, keys: Tensor, values: Tensor, layout: B
         rows = slice(starts[i], starts[i + 1])
         slots = layout.context_slots(i)
         out[rows] = causal_attention(q[rows], keys.index_select(0, slots), values.index_select(0, slots))
-    kv_heads = keys.shape[1]
-    group = q.shape[1] // kv_heads
     for d in layout.decode:
-        batch, width = d.slots.shape
-        flat = d.slots.flatten()
-        # One query per sequence, so the `group` query heads that share a KV head can stand as that
-        # head's query rows: exact, and no GQA needed, which the fused GPU kernels with a mask lack.
-        attended = F.scaled_dot_product_attention(
-            q.index_select(0, d.rows).view(batch, kv_heads, group, q.shape[-1]),  # [B, kv_heads, group, d]
-            keys.index_select(0, flat).view(batch, width, *keys.shape[1:]).transpose(1, 2),  # [B, kv_heads, W, d]
-            values.index_select(0, flat).view(batch, width, *values.shape[1:]).transpose(1, 2),
-            attn_mask=d.mask,
-        )
-        out[d.rows] = attended.reshape(batch, q.shape[1], q.shape[-1])
+        out[d.rows] = ops.paged_decode(q.index_select(0, d.rows), keys, values, d.block_tables, d.lengths, block_size)
     return out

@@ -21,9 +21,14 @@ class GatewayObserver(Protocol):
         """outcome: recorded, candidate_failed, skipped or record_failed; lag from the later
         of the two answers to the record written."""
 
+    def request(self, api: str, code: str) -> None:
+        """A chat request ended at the API edge (api: grpc or http) with this final status:
+        a gRPC code name (OK, INVALID_ARGUMENT, ..., CANCELLED when the caller went away)."""
+
 
 class CountingObserver:
-    """Counts in memory: decisions by (outcome, tier), tokens by (tenant, kind), mirrors by outcome."""
+    """Counts in memory: decisions by (outcome, tier), tokens by (tenant, kind), mirrors by
+    outcome, requests by (api, code)."""
 
     def __init__(self) -> None:
         self.decisions: Counter[tuple[str, str]] = Counter()
@@ -31,6 +36,7 @@ class CountingObserver:
         self.mirrors: Counter[str] = Counter()
         self.mirror_lags: list[float] = []
         self.redis_errors: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()  # by (api, code)
 
     def redis_error(self, component: str) -> None:
         self.redis_errors[component] += 1
@@ -45,3 +51,6 @@ class CountingObserver:
         self.mirrors[outcome] += 1
         if lag_s is not None:
             self.mirror_lags.append(lag_s)
+
+    def request(self, api: str, code: str) -> None:
+        self.requests[api, code] += 1

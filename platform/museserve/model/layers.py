@@ -9,25 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from museserve.model import ops
 from museserve.model.config import MuseConfig, RopeScaling
 
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * weight, computed in float32.
+    """y = x / rms(x) * weight, the norm computed in float32.
 
     With `residual`, the input is first added to it and the sum is returned as the new
-    residual stream, so that a fused add+norm kernel can replace this forward unchanged.
+    residual stream: one fused add+norm kernel on CUDA (`ops.add_rmsnorm`).
     """
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size))
-
-    def _norm(self, x: Tensor, out_dtype: torch.dtype) -> Tensor:
-        # F.rms_norm without a weight: x * rsqrt(mean(x^2) + eps), one fused kernel where PyTorch has one.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed.to(out_dtype) * self.weight
 
     @overload
     def forward(self, x: Tensor, residual: None = None) -> Tensor: ...
@@ -37,9 +33,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         if residual is None:
-            return self._norm(x, x.dtype)
-        summed = x + residual
-        return self._norm(summed, x.dtype), summed
+            return ops.rmsnorm(x, self.weight, self.eps)
+        return ops.add_rmsnorm(x, residual, self.weight, self.eps)
 
 
 def llama3_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> Tensor:
@@ -88,10 +83,8 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [T, heads, head_dim]; cos/sin: [T, head_dim]. Rotates pairs (i, i + head_dim/2)."""
-    first, second = x.chunk(2, dim=-1)
-    rotated_half = torch.cat((-second, first), dim=-1)
-    return x * cos[:, None, :] + rotated_half * sin[:, None, :]
+    """x: [T, heads, head_dim]; cos/sin: [T, head_dim]. Rotates pairs (i, i + head_dim/2), out of place."""
+    return ops.rotate(x, cos, sin)
 
 
 class AttentionBackend(Protocol):
@@ -143,13 +136,15 @@ class Attention(nn.Module):
 
     def forward(self, hidden: Tensor, cos: Tensor, sin: Tensor, cache: AttentionBackend) -> Tensor:
         num_new = hidden.shape[0]
-        q = self.q_proj(hidden).view(num_new, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden).view(num_new, self.num_kv_heads, self.head_dim)
-        # Rotated together: one set of elementwise launches for queries and keys.
-        q, k = apply_rotary(torch.cat((q, k), dim=1), cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
+        # Head counts come from the projections' shapes, not the config: under tensor parallelism
+        # (DeepSpeed AutoTP) q/k/v hold only this rank's heads, heads / tp and kv_heads / tp.
+        q = self.q_proj(hidden).view(num_new, -1, self.head_dim)
+        k = self.k_proj(hidden).view(num_new, -1, self.head_dim)
+        v = self.v_proj(hidden).view(num_new, -1, self.head_dim)
+        num_heads = q.shape[1]
+        q, k = ops.rotary(q, k, cos, sin)  # in place on CUDA: q and k are fresh projections
         out = cache.attend(self.layer_idx, q, k, v)  # [T, heads, head_dim]
-        return self.o_proj(out.reshape(num_new, self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(num_new, num_heads * self.head_dim))
 
 
 class SwiGLUMLP(nn.Module):
@@ -160,4 +155,4 @@ class SwiGLUMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(ops.silu_mul(self.gate_proj(x), self.up_proj(x)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -56,14 +56,22 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     path: str | Path | None = None,
     device: torch.device | str = "cpu",
+    prune: Callable[[MuseForCausalLM], None] | None = None,
 ) -> MuseForCausalLM:
-    """A model in eval mode with gradients off, on `device` in `dtype`."""
+    """A model in eval mode with gradients off, on `device` in `dtype`.
+
+    `prune` drops modules from the model while it is still on the meta device (a pipeline
+    stage keeps only its layers); the rest keep their names, so they get the same dummy
+    values or checkpoint tensors as in the whole model, and only they are allocated."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: unknown value {load_format!r}; expected one of {LOAD_FORMATS}")
     if load_format == "safetensors" and path is None:
         raise ValueError("path: required when load_format is 'safetensors'")
     with torch.device("meta"):
         model = MuseForCausalLM(config)
+    whole = {name for name, _ in model.named_parameters()}
+    if prune is not None:
+        prune(model)
     model = model.to(dtype=dtype).to_empty(device=torch.device(device))
     model.requires_grad_(False)
     with torch.no_grad():
@@ -71,7 +79,7 @@ def build_model(
             _init_dummy(model, seed)
         else:
             assert path is not None
-            _load_safetensors(model, Path(path))
+            _load_safetensors(model, Path(path), whole)
     return model.eval()
 
 
@@ -118,7 +126,9 @@ def _format_names(names: set[str]) -> str:
     return ", ".join(shown) + (f" (and {more} more)" if more else "")
 
 
-def _load_safetensors(model: MuseForCausalLM, directory: Path) -> None:
+def _load_safetensors(model: MuseForCausalLM, directory: Path, whole: set[str]) -> None:
+    """`whole`: the parameter names of the unpruned model; checkpoint tensors of pruned
+    modules are skipped, names unknown to the whole model are errors."""
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {directory}")
@@ -129,7 +139,7 @@ def _load_safetensors(model: MuseForCausalLM, directory: Path) -> None:
         with safe_open(str(file), framework="pt", device="cpu") as reader:
             for name in reader.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                 if name not in params:
-                    if not _is_ignorable(name, model.config):
+                    if name not in whole and not _is_ignorable(name, model.config):
                         unexpected.add(name)
                     continue
                 tensor = reader.get_tensor(name)

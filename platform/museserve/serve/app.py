@@ -6,7 +6,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from museserve.config import DeploymentConfig, MuseServeConfig
+from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig
 from museserve.serve.gateway_ingress import GatewayIngress
 from museserve.serve.model_pool_deployment import ModelPoolDeployment
 from museserve.serve.preprocess_deployment import PreprocessDeployment
@@ -36,6 +36,15 @@ def init_local_ray(config: MuseServeConfig, *, log_to_driver: bool = False) -> N
     )
 
 
+GATEWAY_DEPLOYMENT = "gateway"
+PREPROCESS_DEPLOYMENT = "preprocess"
+
+
+def pool_deployment_name(pool: PoolConfig) -> str:
+    """A pool's Serve deployment name; Serve configs (Helm's serveConfigV2) override options by it."""
+    return f"pool-{pool.name}"
+
+
 def _options(name: str, d: DeploymentConfig) -> dict:
     return {
         "name": name,
@@ -46,17 +55,23 @@ def _options(name: str, d: DeploymentConfig) -> dict:
     }
 
 
+def replica_view(pool: PoolConfig) -> PoolConfig:
+    """What a model replica is given: its pool without the traffic settings only the gateway
+    reads (A/B split, mirroring), so moving a canary share does not roll the pool's replicas."""
+    return pool.model_copy(update={"ab": None, "mirror": None})
+
+
 def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
     pools = {
-        pool.name: ModelPoolDeployment.options(**_options(f"pool-{pool.name}", pool.deployment)).bind(
-            pool, config.tokenizer_for(pool), log_level, config.preprocess.media
+        pool.name: ModelPoolDeployment.options(**_options(pool_deployment_name(pool), pool.deployment)).bind(
+            replica_view(pool), config.tokenizer_for(pool), log_level, config.preprocess.media
         )
         for pool in config.pools
     }
-    preprocess = PreprocessDeployment.options(**_options("preprocess", config.preprocess.deployment)).bind(
+    preprocess = PreprocessDeployment.options(**_options(PREPROCESS_DEPLOYMENT, config.preprocess.deployment)).bind(
         config, log_level
     )
-    return GatewayIngress.options(**_options("gateway", config.gateway.deployment)).bind(
+    return GatewayIngress.options(**_options(GATEWAY_DEPLOYMENT, config.gateway.deployment)).bind(
         config, preprocess, pools, log_level
     )
 

@@ -35,6 +35,11 @@ class GatewayMetrics:
             "Redis calls that failed or timed out, by component (ratelimit, mirror).",
             ("component",),
         )
+        self._requests = Counter(
+            "museserve_gateway_requests_total",
+            "Chat requests by API (grpc, http) and final status: a gRPC code name (OK, INTERNAL, ...).",
+            ("api", "code"),
+        )
         self._mirror_lag = Histogram(
             "museserve_gateway_mirror_lag_seconds",
             "From both answers in to the mirror record written.",
@@ -54,3 +59,6 @@ class GatewayMetrics:
 
     def redis_error(self, component: str) -> None:
         self._redis_errors.inc(1, {"component": component})
+
+    def request(self, api: str, code: str) -> None:
+        self._requests.inc(1, {"api": api, "code": code})

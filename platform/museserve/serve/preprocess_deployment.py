@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ray import serve
 
@@ -13,6 +14,7 @@ from museserve.messages import PreparedRequest, PromptCount
 from museserve.preprocess.media import pool_media_kinds
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.serve.preprocess_metrics import PreprocessMetrics
 
 
 @serve.deployment
@@ -20,6 +22,7 @@ class PreprocessDeployment:
     def __init__(self, config: MuseServeConfig, log_level: str = "INFO"):
         setup_logging(log_level)
         self._pools = {p.name: p for p in config.pools}
+        self._metrics = PreprocessMetrics()
         tokenizers: dict[str | None, MuseTokenizer] = {}  # pools sharing a tokenizer share one copy
         self._preprocessors = {}
         for pool in config.pools:
@@ -38,10 +41,16 @@ class PreprocessDeployment:
     # and audio take milliseconds of CPU or more: off the replica's event loop.
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
         preprocessor, config = self._preprocessors[pool], self._pools[pool]
+        started = time.monotonic()
         fetched = await preprocessor.fetch_media(request, config)
-        return await asyncio.to_thread(preprocessor.prepare, request, config, fetched)
+        prepared = await asyncio.to_thread(preprocessor.prepare, request, config, fetched)
+        self._metrics.prepared(pool, time.monotonic() - started, ((m.kind, m.num_tokens) for m in prepared.media))
+        return prepared
 
     async def count(self, request: ChatRequest, pool: str) -> PromptCount:
         preprocessor, config = self._preprocessors[pool], self._pools[pool]
+        started = time.monotonic()
         fetched = await preprocessor.fetch_media(request, config)
-        return await asyncio.to_thread(preprocessor.count, request, config, fetched)
+        count = await asyncio.to_thread(preprocessor.count, request, config, fetched)
+        self._metrics.counted(pool, time.monotonic() - started)
+        return count

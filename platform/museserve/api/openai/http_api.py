@@ -6,14 +6,15 @@ waits for its first event before answering, so anything refused before generatio
 (identity, validation, limits, shedding) is an HTTP error status, not a broken stream;
 an error after that arrives as `data: {"error": ...}` and ends the stream. A client that
 disconnects cancels the response task: the gateway stream is closed and the pool call
-with it.
+with it. Every chat completion ends with one `observer.request("http", code)`: the gRPC
+code name of its final status (OK, the error's code, CANCELLED when the client went away).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,7 +54,10 @@ class OpenAIHttpApi:
                 return await self._stream(chat, body, headers)
             result = await self.gateway.chat(chat, headers.update)
         except Exception as e:
-            return _failure(e, request_id, max_tokens_field)
+            error = _as_muse_error(e, request_id)
+            self._ended(error.code.name)
+            return error_response(error, request_id, max_tokens_field)
+        self._ended("OK")
         return JSONResponse(completion_json(result, request_id, bool(body.logprobs)), headers=headers)
 
     async def list_models(self, request: Request) -> Response:
@@ -75,6 +79,9 @@ class OpenAIHttpApi:
         except Exception as e:
             return _failure(e, request_id)
 
+    def _ended(self, code: str) -> None:
+        self.gateway.observer.request("http", code)
+
     def _models(self) -> dict[str, ModelInfo]:
         return {info.name: info for info, _ in self.gateway.list_models()}
 
@@ -84,15 +91,20 @@ class OpenAIHttpApi:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = ChunkStream(chat.request_id, headers.get("x-served-by", chat.model), include_usage)
         return StreamingResponse(
-            _sse_lines(events, first, chunks, chat.request_id),
+            _sse_lines(events, first, chunks, chat.request_id, self._ended),
             media_type="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
 
 
 async def _sse_lines(
-    events: AsyncIterator[StreamEvent], first: StreamEvent, chunks: ChunkStream, request_id: str
+    events: AsyncIterator[StreamEvent],
+    first: StreamEvent,
+    chunks: ChunkStream,
+    request_id: str,
+    ended: Callable[[str], None],
 ) -> AsyncIterator[str]:
+    code = "CANCELLED"  # unless the stream ends: the client went away
     try:
         yield chunks.start()
         for line in chunks.event(first):
@@ -100,10 +112,13 @@ async def _sse_lines(
         async for event in events:
             for line in chunks.event(event):
                 yield line
+        code = "OK"
     except Exception as e:
         error = _as_muse_error(e, request_id)
+        code = error.code.name
         yield sse(error_json(str(error), STATUSES[error.code][1], None, error.code.value))
     finally:
+        ended(code)
         await events.aclose()  # type: ignore[attr-defined]
 
 

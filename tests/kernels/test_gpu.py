@@ -1,0 +1,86 @@
+"""On a GPU (skipped without one): the compiled kernels against their references on device, and
+the tiny model's logits with the kernels (eager and CUDA graphs) against the torch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from museserve.engine.kv_pool import PagedKVPool
+from museserve.engine.model_runner import ModelRunner
+from museserve.model import MuseConfig, build_model, ops
+from museserve_kernels import activation, cache_write, norm, paged_attention, rope
+from tests.kernels.conftest import INTERPRETING
+from tests.kernels.support import assert_close, teacher_forced_plans
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs a CUDA device, compiled kernels"),
+]
+CUDA = torch.device("cuda")
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, hidden", [(1, 4096), (37, 8192), (5, 257)])
+def test_norm_kernels_on_device(dtype: torch.dtype, rows: int, hidden: int) -> None:
+    x, r = torch.randn(2, rows, hidden, device=CUDA).to(dtype)
+    w = torch.randn(hidden, device=CUDA).to(dtype)
+    out, summed = norm.add_rmsnorm(x, r, w, 1e-5)
+    ref_out, ref_summed = norm.add_rmsnorm_reference(x, r, w, 1e-5)
+    assert torch.equal(summed, ref_summed)  # one rounding of an exact float32 sum, as torch does
+    assert_close(out, ref_out, interpreted=False)
+    assert_close(norm.rmsnorm(x, w, 1e-5), norm.rmsnorm_reference(x, w, 1e-5), interpreted=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_silu_and_cache_write_on_device(dtype: torch.dtype) -> None:
+    q, k = torch.randn(33, 32, 128, device=CUDA).to(dtype), torch.randn(33, 8, 128, device=CUDA).to(dtype)
+    angles = torch.rand(33, 64, device=CUDA) * 1000
+    cos, sin = (torch.cat((f(angles), f(angles)), dim=-1).to(dtype) for f in (torch.cos, torch.sin))
+    ref_q, ref_k = rope.rotary_reference(q, k, cos, sin)
+    rope.rotary_(q, k, cos, sin)
+    assert_close(q, ref_q, interpreted=False)
+    assert_close(k, ref_k, interpreted=False)
+    x = torch.randn(19, 2 * 1408, device=CUDA).to(dtype)
+    assert_close(activation.silu_and_mul(x), activation.silu_and_mul_reference(x), interpreted=False)
+    caches = torch.randn(2, 512, 8, 128, device=CUDA).to(dtype)
+    expected = caches.clone()
+    slots = torch.randperm(512, device=CUDA)[:33]  # distinct, as the contract asks
+    slots[::5] = -1  # padding rows: skipped
+    cache_write.kv_write(k, k * 2, caches[0], caches[1], slots)
+    cache_write.kv_write_reference(k, k * 2, expected[0], expected[1], slots)
+    assert torch.equal(caches, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group, block_size", [(1, 16), (2, 4), (4, 16), (8, 32)])
+def test_paged_decode_on_device(dtype: torch.dtype, group: int, block_size: int) -> None:
+    kv_heads, head_dim, num_blocks = 4, 128, 2048
+    lengths = torch.tensor([1, 15, 16, 17, 300, 1023, 2000], device=CUDA)
+    width = int(-(-lengths.max() // block_size))
+    tables = torch.randint(0, num_blocks, (len(lengths), width), device=CUDA, dtype=torch.int32)
+    keys, values = torch.randn(2, num_blocks * block_size, kv_heads, head_dim, device=CUDA).to(dtype)
+    q = torch.randn(len(lengths), kv_heads * group, head_dim, device=CUDA).to(dtype)
+    out = paged_attention.paged_decode(q, keys, values, tables, lengths, block_size)
+    expected = paged_attention.paged_decode_reference(q, keys, values, tables, lengths, block_size)
+    assert_close(out, expected, interpreted=False)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_tiny_model_logits_with_kernels_equal_the_torch_path(dtype: torch.dtype, tolerance: float) -> None:
+    config = MuseConfig.named("tiny", vocab_size=2048)
+    model = build_model(config, dtype=dtype, device=CUDA)
+    plans, num_blocks = teacher_forced_plans([5, 17, 33, 64, 1], decode_steps=6, block_size=16, vocab=2048)
+
+    def run(cuda_graphs: bool) -> list[torch.Tensor]:
+        pool = PagedKVPool(config, num_blocks, 16, dtype=dtype, device=CUDA)
+        runner = ModelRunner(model, pool, cuda_graphs=cuda_graphs)
+        return [runner.execute(plan).float() for plan in plans]
+
+    with ops.torch_reference_only():
+        expected = run(cuda_graphs=False)  # the reference KV write syncs: no graphs
+    for logits in (run(cuda_graphs=False), run(cuda_graphs=True)):
+        for ours, theirs in zip(logits, expected, strict=True):
+            assert ours.shape == theirs.shape
+            assert float((ours - theirs).norm() / theirs.norm()) < tolerance
