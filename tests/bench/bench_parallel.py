@@ -31,7 +31,7 @@ import ray
 import torch
 
 from museserve.config import PoolConfig
-from museserve.engine.engine import local_runner, pool_architecture
+from museserve.engine.loading import local_runner, pool_architecture
 from museserve.engine.scheduler import ScheduledSequence, SchedulerPlan
 from museserve.model import MuseConfig
 from museserve.preprocess.tokenizer import MuseTokenizer

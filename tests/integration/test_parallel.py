@@ -39,7 +39,7 @@ ENGINE = {
 
 
 def pool(tensor: int = 1, pipeline: int = 1) -> PoolConfig:
-    parallel = {"tensor": tensor, "pipeline": pipeline, "step_timeout_s": 30, "start_timeout_s": 120}
+    parallel = {"tensor": tensor, "pipeline": pipeline, "step_timeout_s": 60, "start_timeout_s": 120}
     return PoolConfig(name="muse-par", model={"device": "cpu"}, engine=ENGINE, parallel=parallel)
 
 

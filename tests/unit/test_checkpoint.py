@@ -12,7 +12,8 @@ import pytest
 from safetensors.torch import save_file
 
 from museserve.config import PoolConfig, parse_config
-from museserve.engine.engine import MuseEngine, load_pool_model
+from museserve.engine.engine import MuseEngine
+from museserve.engine.loading import load_pool_model
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.support import prepared_request
 

@@ -28,7 +28,8 @@ from museserve.domain import (
     TextPart,
     Usage,
 )
-from museserve.engine.engine import MuseEngine, local_runner
+from museserve.engine.engine import MuseEngine
+from museserve.engine.loading import local_runner
 from museserve.engine.model_runner import ModelRunner
 from museserve.engine.scheduler import SchedulerPlan
 from museserve.engine.stats import RequestPhase

@@ -15,7 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from museserve.config import PoolConfig  # noqa: E402
-from museserve.engine.engine import load_pool_model  # noqa: E402
+from museserve.engine.loading import load_pool_model  # noqa: E402
 from museserve.model import MuseForCausalLM, SequenceKVCache  # noqa: E402
 from museserve.preprocess.tokenizer import MuseTokenizer  # noqa: E402
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from museserve.config import EngineConfig, PoolConfig
 from museserve.domain import AudioPart, ChatRequest, ImagePart, Message, Role, TextPart
-from museserve.engine.engine import load_pool_model
+from museserve.engine.loading import load_pool_model
 from museserve.errors import InvalidArgument, MuseError
 from museserve.preprocess.audio import load_audio
 from museserve.preprocess.images import load_image

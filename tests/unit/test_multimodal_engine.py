@@ -10,8 +10,9 @@ import torch
 from museserve.config import PoolConfig
 from museserve.domain import AudioPart, ChatRequest, ImagePart, Message, Role, SamplingParams, TextPart
 from museserve.engine.block_manager import BlockManager
-from museserve.engine.engine import MuseEngine, load_pool_model
+from museserve.engine.engine import MuseEngine
 from museserve.engine.kv_pool import PagedKVPool
+from museserve.engine.loading import load_pool_model
 from museserve.engine.media import block_media_keys, step_slices
 from museserve.engine.model_runner import ModelRunner
 from museserve.engine.request_state import RequestState

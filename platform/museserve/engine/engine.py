@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,10 +21,10 @@ from museserve.config import MediaLimits, PoolConfig
 from museserve.domain import PositionLogprobs, TokenLogprob
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.constraint import ConstraintFactory
-from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
+from museserve.engine.loading import pool_executor
 from museserve.engine.logits_processors import LogitsProcessor, processors_for
 from museserve.engine.media import check_segments
-from museserve.engine.model_runner import Executor, ModelRunner
+from museserve.engine.model_runner import Executor
 from museserve.engine.request_state import RequestState
 from museserve.engine.sampler import make_generator, sample_batch
 from museserve.engine.scheduler import Scheduler, SchedulerLimits, SchedulerPlan
@@ -41,8 +41,6 @@ from museserve.errors import (
 )
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import InMemoryMetrics, MetricsRecorder
-from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
-from museserve.model.loader import check_media_dims, resolve_device
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 logger = logging.getLogger(__name__)
@@ -331,63 +329,3 @@ class MuseEngine:
         close = getattr(self.executor, "shutdown", None)  # executors with workers of their own
         if close is not None:
             close()
-
-
-def pool_executor(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> Executor:
-    """The pool's model in this process, or across Ray workers when `pool.parallel` asks for them."""
-    if pool.parallel.world_size == 1:
-        return local_runner(pool, tokenizer, media)
-    from museserve.parallel.executor import RayExecutor  # imports Ray only for parallel pools
-
-    return RayExecutor(pool, pool_architecture(pool, tokenizer, media))
-
-
-def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> ModelRunner:
-    """A runner in this process on the pool's device, its KV pool sized from the pool's memory budget."""
-    engine = pool.engine
-    model = load_pool_model(pool, tokenizer, media)
-    dtype = getattr(torch, pool.model.dtype)
-    device = next(model.parameters()).device
-    num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(model.config, engine.block_size, dtype)
-    if num_blocks < 1:
-        raise ValueError(f"pool {pool.name}: engine.kv_cache_bytes holds no KV block of this model")
-    kv_pool = PagedKVPool(model.config, num_blocks, engine.block_size, dtype=dtype, device=device)
-    logger.info(
-        "pool %s on %s: KV cache of %d blocks x %d tokens = %d tokens (%.1f MiB)",
-        pool.name,
-        device,
-        num_blocks,
-        engine.block_size,
-        num_blocks * engine.block_size,
-        kv_pool.num_bytes / 2**20,
-    )
-    return ModelRunner(model, kv_pool)
-
-
-def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseForCausalLM:
-    spec = pool.model
-    return build_model(
-        pool_architecture(pool, tokenizer, media),
-        load_format=spec.load_format,
-        seed=spec.seed,
-        dtype=getattr(torch, spec.dtype),
-        path=spec.path,
-        device=resolve_device(spec.device),
-    )
-
-
-def pool_architecture(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseConfig:
-    """With `media`, dummy weights get image and audio projectors of its feature dims; a
-    checkpoint's projectors (from its config.json) must match them."""
-    spec = pool.model
-    if spec.load_format == "safetensors":
-        arch = load_config_json(spec.path)
-    else:
-        arch = MuseConfig.named(spec.size, vocab_size=tokenizer.vocab_size)
-        if media is not None:
-            arch = replace(arch, image_feature_dim=media.image_feature_dim, audio_feature_dim=media.audio_feature_dim)
-    if media is not None:
-        check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, pool.name)
-    if arch.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
-    return arch

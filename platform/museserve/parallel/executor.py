@@ -10,8 +10,9 @@ works on m. Only the last stage's rank 0 logits come back.
 Faults: a lost worker (dead actor, lost node, or a step past `step_timeout_s`, e.g. a TP peer
 stuck in an all-reduce with a dead rank) fails the step with UNAVAILABLE, and the whole
 replica is replaced in the background: new actors, reloaded weights, empty KV caches (the
-engine drops its prefix cache on UNAVAILABLE). The next step waits for the rebuild, bounded
-by `start_timeout_s`. Every wait here is bounded.
+engine drops its prefix cache on UNAVAILABLE). A step meanwhile waits for the rebuild up to
+`step_timeout_s` (then UNAVAILABLE, retry later); the rebuild itself is bounded by
+`start_timeout_s`. Every wait here is bounded.
 """
 
 from __future__ import annotations
@@ -187,9 +188,11 @@ class RayExecutor:
             if self._replica is not None:
                 return self._replica
             rebuild = self._rebuild
-        try:
-            replica = rebuild.result(timeout=self.config.start_timeout_s)
-        except Exception as exc:  # the rebuild failed or ran past its bound: try again next step
+        try:  # a step waits for the rebuild as long as for a step; the rebuild goes on
+            replica = rebuild.result(timeout=self.config.step_timeout_s)
+        except TimeoutError:
+            raise Unavailable("the model replica is being rebuilt", retry_after_s=5.0) from None
+        except Exception as exc:  # the rebuild failed (it is bounded by start_timeout_s): try again
             with self._lock:
                 if self._rebuild is rebuild and not self._closed:
                     self._rebuild = self._builder.submit(self._start)
