@@ -1,0 +1,77 @@
+"""What one request measured, and the transport interface that fills it in.
+
+Times are seconds on the run's monotonic clock (0 = the run's start). Every latency is
+taken from `scheduled`, the send time fixed before the run, never from when the client
+got round to sending: time spent waiting behind the concurrency cap or a late event loop
+counts against the server's latency, as a user would see it (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .plan import RequestSpec
+
+OK_STATUSES = frozenset({"OK", "200"})  # gRPC code name, HTTP status
+CANCELLED = "CLIENT_CANCELLED"  # stopped by the hard stop, not by the server
+
+
+@dataclass
+class Sample:
+    index: int
+    scheduled: float
+    warmup: bool = False
+    sent: float | None = None  # when it left the client (after the concurrency cap)
+    token_times: list[float] = field(default_factory=list)  # arrival of each content event
+    end: float | None = None
+    status: str | None = None  # None: never finished
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in OK_STATUSES
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == CANCELLED
+
+    @property
+    def ttft(self) -> float | None:
+        return self.token_times[0] - self.scheduled if self.token_times else None
+
+    @property
+    def e2e(self) -> float | None:
+        return self.end - self.scheduled if self.end is not None and self.ok else None
+
+    @property
+    def itls(self) -> list[float]:
+        t = self.token_times
+        return [b - a for a, b in zip(t, t[1:], strict=False)]
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per generated token after the first: (end - first token) / (tokens - 1),
+        reasoning tokens included, since they cost the same decode steps."""
+        generated = self.output_tokens + self.reasoning_tokens
+        if not self.ok or not self.token_times or self.end is None or generated < 2:
+            return None
+        return (self.end - self.token_times[0]) / (generated - 1)
+
+
+Clock = Callable[[], float]
+
+
+class Transport(Protocol):
+    """Sends one request and records into `sample`: a `token_times` entry per content event
+    (read `clock()` as each arrives), the token counts from the usage event, and `status`.
+    It must not raise for a server error: that is a status. Cancellation must propagate."""
+
+    async def send(self, spec: RequestSpec, sample: Sample, clock: Clock, timeout_s: float | None) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,70 @@
+"""museserve-loadtest against the real session app: short, low-rate runs over gRPC and HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from museserve.config import MuseServeConfig
+from museserve_loadtest.cli import main
+
+from .conftest import TEST_KEY
+
+pytestmark = pytest.mark.integration
+
+WORKLOAD = """
+name: live-smoke
+model: muse-tiny
+modes:
+  - {mode: instant, weight: 3}
+  - {mode: thinking, weight: 1, thinking_budget: 4}
+modalities:
+  - {kind: text, weight: 3}
+  - {kind: image, weight: 1, width: 16, height: 16}
+prompt_words: {dist: uniform, min: 4, max: 12}
+output_tokens: {dist: fixed, value: 4}
+shared_prefix: {fraction: 0.5, count: 1, words: 16}
+tenants:
+  - {name: tester, key_env: LOADTEST_LIVE_KEY}
+"""
+
+
+def _run(tmp_path: Path, target: str, transport: str, name: str) -> dict:
+    workload = tmp_path / "live.yaml"
+    workload.write_text(WORKLOAD)
+    out = tmp_path / f"{name}.json"
+    argv = ["run", "--workload", str(workload), "--target", target, "--transport", transport, "--rate", "4",
+            "--duration", "3", "--warmup", "0.5", "--drain-timeout", "20", "--deadline", "20", "--seed", "3",
+            "--slo", "ttft=10", "--slo", "e2e=20", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    for suffix in ("latency", "timeseries"):
+        with Image.open(tmp_path / f"{name}-{suffix}.png") as png:
+            png.verify()
+    return report
+
+
+def _check(report: dict) -> None:
+    r = report["requests"]
+    assert report["version"] == 1 and r["ok"] > 0 and r["errors_by_code"] == {} and r["cancelled"] == 0
+    assert r["ok"] == r["completed"] == r["sent"] == r["scheduled"]
+    assert (
+        report["latency_s"]["ttft"]["p50"] > 0
+        and report["latency_s"]["e2e"]["p99"] >= report["latency_s"]["ttft"]["p99"]
+    )
+    assert report["tokens"]["output_mean"] == pytest.approx(4, abs=1) and report["tokens"]["input_mean"] > 4
+    assert report["goodput"]["fraction"] == 1.0 and report["throughput"]["output_tokens_per_s"] > 0
+    assert set(report["config"]) >= {"rate", "arrival", "duration_s", "concurrency", "warmup_s", "slo"}
+    assert sum(p["sent"] for p in report["timeseries"]) >= r["scheduled"]
+
+
+def test_grpc_proxy_and_http_runs(app_config: MuseServeConfig, grpc_address: str, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LOADTEST_LIVE_KEY", TEST_KEY)
+    grpc_report = _run(tmp_path, grpc_address, "grpc", "grpc")
+    _check(grpc_report)
+    http_report = _run(tmp_path, f"http://127.0.0.1:{app_config.server.http_port}", "http", "http")
+    _check(http_report)
+    assert main(["compare", str(tmp_path / "grpc.json"), str(tmp_path / "http.json")]) == 0
