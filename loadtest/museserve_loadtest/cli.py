@@ -36,7 +36,12 @@ def _pairs(items: Sequence[str], flag: str) -> tuple[tuple[str, str], ...]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", required=True, type=Path, help="workload YAML (see loadtest/workloads/)")
+    p.add_argument(
+        "--workload",
+        required=True,
+        type=Path,
+        help="a workload YAML, or a shipped one by name (chat, long-context, ...)",
+    )
     p.add_argument("--target", default=None, help="gRPC host:port or HTTP base URL; default: loopback")
     p.add_argument("--transport", choices=("grpc", "http"), default="grpc")
     p.add_argument("--tls", action="store_true", help="gRPC over TLS (system roots unless --ca-file)")

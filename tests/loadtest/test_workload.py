@@ -56,8 +56,22 @@ def test_a_yaml_syntax_error_names_the_file(tmp_path: Path):
 def test_keys_come_from_the_named_variables():
     w = parse_workload({"name": "w", "tenants": [{"name": "a", "key_env": "KEY_A"}, {"name": "b"}]})
     assert w.keys({"KEY_A": "secret"}, default_key="dflt") == {"a": "secret", "b": "dflt"}
-    with pytest.raises(WorkloadError, match=r"tenants\[0\].key_env: environment variable KEY_A is not set"):
-        w.keys({})
+
+
+def test_an_unset_key_variable_sends_no_key_and_says_so(capsys: pytest.CaptureFixture[str]):
+    w = parse_workload({"name": "w", "tenants": [{"name": "a", "key_env": "KEY_A"}]})
+    assert w.keys({}) == {"a": None}
+    assert "KEY_A is not set: tenant a sends no API key" in capsys.readouterr().err
+
+
+def test_shipped_workloads_are_found_by_name():
+    from museserve_loadtest.workload import SHIPPED_WORKLOADS, resolve_workload
+
+    assert resolve_workload("chat") == SHIPPED_WORKLOADS / "chat.yaml"
+    for path in SHIPPED_WORKLOADS.glob("*.yaml"):
+        load_workload(path.stem)
+    with pytest.raises(WorkloadError, match="not a shipped workload"):
+        resolve_workload("no-such-workload")
 
 
 def test_plan_mixes_are_seeded_and_follow_the_weights():
