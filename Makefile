@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test unit integration bench proto lint install redis promtool clean
+.PHONY: run test unit integration fuzz bench proto lint install redis promtool clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "museserve needs Python >= 3.11"; exit 1; }
@@ -55,6 +55,11 @@ unit: install
 
 integration: install redis promtool
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# tests/fuzz with 10000 generated cases in total (`make test` runs them with the small
+# default, MUSESERVE_FUZZ_CASES=240). See tests/fuzz/conftest.py for the measured runtime.
+fuzz: install redis
+	MUSESERVE_FUZZ_CASES=$${MUSESERVE_FUZZ_CASES:-10000} $(PY) -m pytest tests/fuzz -o timeout=0 $(PYTEST_ARGS)
 
 bench: install redis
 	$(PY) -m tests.bench.bench_stream_path --out .bench/stream_path.json

@@ -34,6 +34,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--enable-debug-command", "local"]  # DEBUG SLEEP: a slow server, for fault tests
         self._process = subprocess.Popen(
             [*args, "--dir", str(self._dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

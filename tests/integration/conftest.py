@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
@@ -92,22 +93,48 @@ def integration_config(redis_url: str) -> MuseServeConfig:
     return parse_config(data, source="integration config")
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
+class _SessionApp:
+    """The one Redis and Ray app of a pytest session, shared by every test folder that needs
+    it (tests/integration, tests/fuzz): started by the first user, stopped after the last."""
+
+    users = 0
+    stack: ExitStack | None = None
+    redis: RedisServer | None = None
+    config: MuseServeConfig | None = None
 
 
-@pytest.fixture(scope="session")
-def app_config(redis_server: RedisServer) -> Iterator[MuseServeConfig]:
+@contextmanager
+def shared_app() -> Iterator[tuple[MuseServeConfig, RedisServer]]:
     import ray
 
-    config = integration_config(redis_server.url)
+    if _SessionApp.users == 0:
+        with ExitStack() as stack:
+            redis = stack.enter_context(RedisServer())
+            stack.callback(ray.shutdown)
+            config = integration_config(redis.url)
+            start_local_app(config)
+            _SessionApp.stack, _SessionApp.redis, _SessionApp.config = stack.pop_all(), redis, config
+    _SessionApp.users += 1
     try:
-        start_local_app(config)
-        yield config
+        assert _SessionApp.config is not None and _SessionApp.redis is not None
+        yield _SessionApp.config, _SessionApp.redis
     finally:
-        ray.shutdown()
+        _SessionApp.users -= 1
+        if _SessionApp.users == 0 and _SessionApp.stack is not None:
+            _SessionApp.stack.close()
+            _SessionApp.stack = _SessionApp.redis = _SessionApp.config = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with shared_app() as (_, redis):
+        yield redis
+
+
+@pytest.fixture(scope="session")
+def app_config() -> Iterator[MuseServeConfig]:
+    with shared_app() as (config, _):
+        yield config
 
 
 @pytest.fixture(scope="session")

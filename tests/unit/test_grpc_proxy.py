@@ -273,9 +273,11 @@ def test_registration_passes_the_handlers_to_the_server() -> None:
     assert server.generic == [generic]
 
 
-def test_unary_handlers_are_passed_through_unchanged() -> None:
+def test_unary_handlers_keep_their_shape_and_only_gain_the_replica_death_mapping() -> None:
     _, generic, originals = registered_handlers()
-    assert generic.service(CallDetails(f"/{SERVICE}/Unary")) is originals["Unary"]
+    wrapped = generic.service(CallDetails(f"/{SERVICE}/Unary"))  # see test_grpc_proxy_replica_death.py
+    assert wrapped._replace(unary_unary=None) == originals["Unary"]._replace(unary_unary=None)
+    assert asyncio.iscoroutinefunction(wrapped.unary_unary)
 
 
 def test_streaming_request_handlers_are_passed_through_unchanged() -> None:
@@ -291,7 +293,7 @@ def test_unary_stream_handlers_are_wrapped() -> None:
     assert wrapped.unary_stream is not original.unary_stream
     assert asyncio.iscoroutinefunction(wrapped.unary_stream)
     assert not wrapped.request_streaming and wrapped.response_streaming
-    assert wrapped.request_deserializer is identity
+    assert wrapped.request_deserializer(b"x") == b"x"  # wrapped only to refuse undecodable bytes (grpc_decode)
     assert wrapped.response_serializer is identity
     assert wrapped.unary_unary is None
 

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from museserve.api.grpc_api import GrpcChatApi, RpcFailed
+from museserve.api.grpc_decode import TolerantDecoding
 from museserve.config import MuseServeConfig
 from museserve.v1 import chat_pb2 as pb
 from museserve.v1 import chat_pb2_grpc
@@ -125,7 +126,7 @@ class DirectGrpcIngress:
         process without SO_REUSEPORT), so the replica fails to start instead of serving
         half its API."""
         server = grpc.aio.server(options=self._options)
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(self._servicer, server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(self._servicer, TolerantDecoding(server))
         self._health = health.aio.HealthServicer()
         await self._health.set(CHAT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

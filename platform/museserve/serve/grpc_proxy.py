@@ -12,6 +12,9 @@ handler runs Ray's handler in a pump task that copies messages into an unbounded
 so the pump is only ever suspended inside Ray's wait for the next message. The gRPC side
 reads from the queue; when it goes away, the pump is cancelled right there, and Ray's
 own cancellation path runs (proxy -> gateway -> model pool).
+
+The same wrapping turns Ray's INTERNAL for a gateway replica that died into UNAVAILABLE,
+which clients retry (unary calls and streams alike).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from museserve.api.grpc_decode import tolerant
 from museserve.v1 import chat_pb2_grpc
 
 _END = object()
@@ -46,16 +50,44 @@ class _CancelSafeRegistration:
         self._server.add_generic_rpc_handlers(generic_handlers)
         for handler in generic_handlers:
             methods = handler._method_handlers
-            handler._method_handlers = {name: _cancel_safe(h) for name, h in methods.items()}
+            handler._method_handlers = {name: tolerant(_cancel_safe(h)) for name, h in methods.items()}
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
         return None
 
 
 def _cancel_safe(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if not handler.request_streaming and not handler.response_streaming and handler.unary_unary is not None:
+        return handler._replace(unary_unary=_retryable_replica_death(handler.unary_unary))
     if handler.request_streaming or not handler.response_streaming or handler.unary_stream is None:
         return handler
     return handler._replace(unary_stream=_pumped(handler.unary_stream))
+
+
+# Ray's proxy answers INTERNAL with the RayActorError's text (actor id, pid, ip) when the
+# gateway replica it called died; every such text starts with this (ray.exceptions).
+RAY_ACTOR_FAILURE = "The actor "
+REPLICA_DIED = "the gateway replica went away; the request may be retried"
+
+
+def _mark_replica_death_retryable(context: Any) -> None:
+    """A dead gateway replica is UNAVAILABLE (retry), not INTERNAL: Serve replaces it.
+    The gateway's own INTERNAL errors carry its own messages and are left alone."""
+    details = context.details() or ""
+    if isinstance(details, bytes):
+        details = details.decode(errors="replace")
+    if context.code() == grpc.StatusCode.INTERNAL and details.startswith(RAY_ACTOR_FAILURE):
+        context.set_code(grpc.StatusCode.UNAVAILABLE)
+        context.set_details(REPLICA_DIED)
+
+
+def _retryable_replica_death(unary: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def unary_unary(request: Any, context: Any) -> Any:
+        response = await unary(request, context)
+        _mark_replica_death_retryable(context)
+        return response
+
+    return unary_unary
 
 
 def _pumped(stream: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, Any], Awaitable[None]]:
@@ -78,6 +110,7 @@ def _pumped(stream: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, 
             while (message := await queue.get()) is not _END:
                 await context.write(message)
             await task  # re-raises what the pump raised
+            _mark_replica_death_retryable(context)
         finally:
             if not task.done():
                 task.cancel()

@@ -1,0 +1,72 @@
+"""Ray's proxy answers INTERNAL when the gateway replica it called died; the ChatService
+registration turns that into UNAVAILABLE, for unary calls and streams, and leaves the
+gateway's own INTERNAL errors alone. A real grpc.aio server plays Ray's proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from museserve.serve.grpc_proxy import REPLICA_DIED, _CancelSafeRegistration
+
+SERVICE = "t.S"
+ACTOR_DIED = "The actor died unexpectedly before finishing this task.\n\tclass_name: ServeReplica:museserve:gateway"
+
+
+def handlers(details: str) -> grpc.GenericRpcHandler:
+    """What Ray's proxy does on a failed call: set code and details on the context, return."""
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(details)
+        return b""
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"partial"
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(details)
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        },
+    )
+
+
+async def statuses(details: str) -> list[tuple[grpc.StatusCode, str]]:
+    server = grpc.aio.server()
+    _CancelSafeRegistration(server).add_generic_rpc_handlers([handlers(details)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    outcomes = []
+    try:
+        unary = channel.unary_unary(f"/{SERVICE}/Unary")(b"r", timeout=10)
+        stream = channel.unary_stream(f"/{SERVICE}/Stream")(b"r", timeout=10)
+        for rpc in (unary, stream):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                if rpc is stream:
+                    assert [m async for m in stream] == [b"partial"]
+                else:
+                    await rpc
+            outcomes.append((caught.value.code(), caught.value.details()))
+    finally:
+        await channel.close()
+        await server.stop(grace=None)
+    return outcomes
+
+
+async def test_a_dead_gateway_replica_is_unavailable_not_internal() -> None:
+    assert await statuses(ACTOR_DIED) == [(grpc.StatusCode.UNAVAILABLE, REPLICA_DIED)] * 2
+
+
+async def test_the_gateways_own_internal_error_is_kept() -> None:
+    assert (
+        await statuses("the model pool muse-tiny tier failed")
+        == [(grpc.StatusCode.INTERNAL, "the model pool muse-tiny tier failed")] * 2
+    )
