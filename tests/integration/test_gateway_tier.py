@@ -207,9 +207,8 @@ def test_redis_outage_fails_open_onto_the_local_limiter_and_recovers(
     client = key_client(grpc_address, METERED_KEY, user="outage")
     redis_server.stop()
     try:
-        started = time.monotonic()
-        assert client.chat(short(), timeout=30).usage.prompt_tokens > 0  # admitted by the replica's own limiter
-        assert time.monotonic() - started < 10
+        # The deadline is the liveness bound: an outage must not hold the request past it.
+        assert client.chat(short(), timeout=10).usage.prompt_tokens > 0  # admitted by the replica's own limiter
     finally:
         redis_server.start()
 

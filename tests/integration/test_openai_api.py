@@ -216,7 +216,8 @@ def test_a_client_that_disconnects_stops_generation(oai: openai.OpenAI, pool_han
         record = pool_handle.stats.remote().result(timeout_s=10)["recent"].get(request_id)
         if record is not None and record["phase"] not in ("running", "waiting"):
             break
-        assert time.monotonic() < deadline, f"still {record}"
+        if time.monotonic() > deadline:
+            pytest.fail(f"the generation did not end within 15 s of the disconnect: {record}")
         time.sleep(0.05)
     assert record["phase"] == "cancelled" and record["generated_tokens"] < 1000
 

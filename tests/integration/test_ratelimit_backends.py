@@ -5,7 +5,6 @@ No Ray: these tests request none of the app fixtures."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -165,14 +164,13 @@ async def test_outage_and_return(redis_server: RedisServer, policy: str) -> None
     try:
         await guard.admit(identity, 10)
         redis_server.stop()
-        started = time.monotonic()
+        # Liveness: with the server gone, a decision is bounded by the client's timeout, never a hang.
         if policy == "fail_open":
-            assert (await guard.admit(identity, 10)).metadata
+            assert (await bounded(guard.admit(identity, 10), 1.0)).metadata
             assert guard.fallback_decisions == 1
         else:
             with pytest.raises(Unavailable):
-                await guard.admit(identity, 10)
-        assert time.monotonic() - started < 1.0
+                await bounded(guard.admit(identity, 10), 1.0)
         await guard.settle(identity, 5)  # logged, never raised
         assert guard.backend_errors >= 1
     finally:
@@ -185,3 +183,11 @@ async def test_outage_and_return(redis_server: RedisServer, policy: str) -> None
         assert guard.fallback_decisions == (1 if policy == "fail_open" else 0)
     finally:
         await guard.close()
+
+
+async def bounded(call, timeout_s: float):
+    """Awaits `call`, failing the test if it has not ended within `timeout_s`."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except TimeoutError:
+        pytest.fail(f"no answer within {timeout_s} s")
