@@ -65,3 +65,20 @@ def prepared_request(request_id: str = "r", prompt: Sequence[int] = (40, 41), **
     )
     fields.update(overrides)
     return PreparedRequest(**fields)
+
+
+class _NoMediaTier:
+    """Stands where the preprocess deployment would: these tests send text only."""
+
+    async def prepare(self, request, pool):
+        raise AssertionError("a text-only test reached the preprocess tier")
+
+    async def count(self, request, pool):
+        raise AssertionError("a text-only test reached the preprocess tier")
+
+
+def text_preprocess(config: MuseServeConfig):
+    """The gateway's own in-process preprocessing (text only), as tests without Ray use it."""
+    from museserve.gateway.inline_preprocess import InlineTextPreprocess
+
+    return InlineTextPreprocess(config, _NoMediaTier())

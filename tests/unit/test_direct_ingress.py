@@ -16,31 +16,18 @@ from grpc_status import rpc_status
 
 from museserve.api.grpc_api import GrpcChatApi
 from museserve.client import build_request
-from museserve.config import MuseServeConfig, parse_config
-from museserve.domain import ChatRequest, FinishReason, Usage
+from museserve.config import parse_config
+from museserve.domain import FinishReason, Usage
 from museserve.gateway.gateway import Gateway
 from museserve.gateway.observer import CountingObserver
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter
-from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
-from museserve.preprocess.preprocessor import Preprocessor
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.serve.direct_ingress import DirectGrpcIngress
 from museserve.v1 import chat_pb2_grpc
+from tests.support import text_preprocess
 
 LIMITS = {"requests_per_minute": 1, "request_burst": 2}
-
-
-class Prep:
-    def __init__(self, config: MuseServeConfig):
-        self._config = config
-        self._preprocessor = Preprocessor(MuseTokenizer.load(None), config.preprocess.media, 30.0)
-
-    async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
-        return self._preprocessor.prepare(request, self._config.pool(pool))
-
-    async def count(self, request: ChatRequest, pool: str) -> PromptCount:
-        return self._preprocessor.count(request, self._config.pool(pool))
 
 
 class Pool:
@@ -81,7 +68,9 @@ def ingress(
     tiers = {"default": {"tenant": limits}} if limits else {"default": {}}
     config = parse_config({"pools": [{"name": "main"}], "gateway": {"tiers": tiers}}, source="test")
     quota = QuotaGuard(config.gateway, limiter=LocalRateLimiter())
-    gateway = Gateway(config, Prep(config), {"main": pool}, quota=quota, observer=observer or CountingObserver())
+    gateway = Gateway(
+        config, text_preprocess(config), {"main": pool}, quota=quota, observer=observer or CountingObserver()
+    )
     return DirectGrpcIngress(
         GrpcChatApi(gateway),
         host="127.0.0.1",

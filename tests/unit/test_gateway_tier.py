@@ -21,9 +21,8 @@ from museserve.gateway.mirror_sinks import JsonlMirrorSink, read_records
 from museserve.gateway.observer import CountingObserver
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter
-from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
-from museserve.preprocess.preprocessor import Preprocessor
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.messages import GenerationChunk, PreparedRequest
+from tests.support import text_preprocess
 
 
 def make_config(**pool_extra: Any) -> MuseServeConfig:
@@ -47,18 +46,6 @@ def make_config(**pool_extra: Any) -> MuseServeConfig:
             },
         }
     )
-
-
-class Prep:
-    def __init__(self, config: MuseServeConfig):
-        self._config = config
-        self._preprocessor = Preprocessor(MuseTokenizer.load(None), config.preprocess.media, 30.0)
-
-    async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
-        return self._preprocessor.prepare(request, self._config.pool(pool))
-
-    async def count(self, request: ChatRequest, pool: str) -> PromptCount:
-        return self._preprocessor.count(request, self._config.pool(pool))
 
 
 class ScriptedPool:
@@ -98,8 +85,8 @@ def build(config: MuseServeConfig, main: ScriptedPool, shadow: ScriptedPool | No
     pools = {"main": main, "shadow": shadow or ScriptedPool()}
     observer = CountingObserver()
     quota = QuotaGuard(config.gateway, limiter=LocalRateLimiter())
-    mirror = Mirror(Prep(config), pools, sink, observer) if sink is not None else None
-    return Gateway(config, Prep(config), pools, quota=quota, mirror=mirror, observer=observer), observer
+    mirror = Mirror(text_preprocess(config), pools, sink, observer) if sink is not None else None
+    return Gateway(config, text_preprocess(config), pools, quota=quota, mirror=mirror, observer=observer), observer
 
 
 async def test_admitted_request_reports_pool_and_remaining_quota() -> None:
