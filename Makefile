@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test unit integration fuzz bench proto lint install redis promtool clean
+.PHONY: run test unit integration fuzz chaos bench proto lint install redis promtool clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "museserve needs Python >= 3.11"; exit 1; }
@@ -60,6 +60,11 @@ integration: install redis promtool
 # default, MUSESERVE_FUZZ_CASES=240). See tests/fuzz/conftest.py for the measured runtime.
 fuzz: install redis
 	MUSESERVE_FUZZ_CASES=$${MUSESERVE_FUZZ_CASES:-10000} $(PY) -m pytest tests/fuzz -o timeout=0 $(PYTEST_ARGS)
+
+# tests/chaos with a 60 s overload: overload, replica and Redis faults, a rolling redeploy and
+# the SIGTERM drain under open-loop load; a summary table at the end (also .chaos/summary.json).
+chaos: install redis
+	MUSESERVE_CHAOS_SECONDS=$${MUSESERVE_CHAOS_SECONDS:-60} $(PY) -m pytest tests/chaos -rA $(PYTEST_ARGS)
 
 bench: install redis
 	$(PY) -m tests.bench.bench_stream_path --out .bench/stream_path.json

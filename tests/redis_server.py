@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,22 @@ class RedisServer:
             s.sendall(payload.encode())
             return s.recv(1 << 20)
 
+    def debug_sleep(self, seconds: float) -> float:
+        """Blocks the whole server for `seconds` (a slow Redis); returns `time.monotonic()`
+        when it answers again."""
+        payload = f"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${len(str(seconds))}\r\n{seconds}\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=seconds + 10) as s:
+            s.sendall(payload.encode())
+            assert s.recv(64).startswith(b"+OK"), "DEBUG SLEEP refused (the server needs --enable-debug-command)"
+        return time.monotonic()
+
+    def evalsha_calls(self) -> int:
+        """EVALSHA commands the server has run (the gateway's rate-limit decisions)."""
+        for line in self.command("INFO", "commandstats").decode().splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
     def _answers_ping(self) -> bool:
         try:
             return self.command("PING").startswith(b"+PONG")
@@ -76,3 +93,20 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisSleep:
+    """`server.debug_sleep(seconds)` in a thread, started at once; `woke` is when the server
+    answered again."""
+
+    def __init__(self, server: RedisServer, seconds: float):
+        self.woke = float("inf")
+        self._thread = threading.Thread(target=self._run, args=(server, seconds), daemon=True)
+        self._thread.start()
+        time.sleep(0.2)  # the server is asleep from here on
+
+    def _run(self, server: RedisServer, seconds: float) -> None:
+        self.woke = server.debug_sleep(seconds)
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)

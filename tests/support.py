@@ -82,3 +82,24 @@ def text_preprocess(config: MuseServeConfig):
     from museserve.gateway.inline_preprocess import InlineTextPreprocess
 
     return InlineTextPreprocess(config, _NoMediaTier())
+
+
+def replica_actor_names(deployment: str) -> list[str]:
+    """Names of the live Serve replica actors of `deployment` (Ray must be initialised)."""
+    import ray
+
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::") and f"#{deployment}#" in a["name"]
+    ]
+
+
+def kill_replica(deployment: str) -> float:
+    """Kills a replica of `deployment` as a crash would (no restart by Ray: Serve notices
+    and starts a new one); returns `time.monotonic()` of the kill."""
+    import ray
+
+    name = sorted(replica_actor_names(deployment))[0]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,24 +33,36 @@ def to_proto(spec: RequestSpec) -> pb.ChatRequest:
 
 
 class GrpcTransport:
+    """`channels` > 1 opens that many connections and sends round-robin over them, as a
+    fleet of clients would: a server that spreads connections (SO_REUSEPORT, an L4 load
+    balancer) then spreads the load."""
+
     def __init__(
         self, address: str, *, tls: bool = False, ca_file: Path | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
+        metadata: Sequence[tuple[str, str]] = (), channels: int = 1,
     ):  # fmt: skip
         options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-        if tls or ca_file is not None:
-            root = ca_file.read_bytes() if ca_file is not None else None
-            self.channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root), options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(address, options=options)
-        self.stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        if channels > 1:
+            options.append(("grpc.use_local_subchannel_pool", 1))  # else equal channels share one connection
+        root = ca_file.read_bytes() if ca_file is not None else None
+        credentials = grpc.ssl_channel_credentials(root) if tls or ca_file is not None else None
+        self.channels = [
+            grpc.aio.secure_channel(address, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(address, options=options)
+            for _ in range(channels)
+        ]
+        self.stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in self.channels]
         self.metadata = tuple(metadata)
+        self._next = itertools.count()
 
     async def send(self, spec: RequestSpec, sample: Sample, clock: Clock, timeout_s: float | None) -> None:
         metadata = [*self.metadata, ("x-user-id", spec.user)]
         if spec.api_key:
             metadata.append(("authorization", f"Bearer {spec.api_key}"))
-        call = self.stub.ChatStream(to_proto(spec), metadata=metadata, timeout=timeout_s)
+        stub = self.stubs[next(self._next) % len(self.stubs)]
+        call = stub.ChatStream(to_proto(spec), metadata=metadata, timeout=timeout_s)
+        finished = False
         try:
             async for event in call:
                 kind = event.WhichOneof("event")
@@ -59,11 +72,15 @@ class GrpcTransport:
                     u = event.usage
                     sample.input_tokens, sample.cached_tokens = u.prompt_tokens, u.cached_tokens
                     sample.output_tokens, sample.reasoning_tokens = u.output_tokens, u.reasoning_tokens
-            sample.status = "OK"
+                elif kind == "finish":
+                    finished = True
+            # A stream that ends OK without its finish event was cut short somewhere.
+            sample.status = "OK" if finished else "STREAM_TRUNCATED"
         except grpc.aio.AioRpcError as e:
             sample.status, sample.error = e.code().name, e.details() or ""
         finally:
             call.cancel()  # a no-op once finished; frees the server's work if we were cancelled
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()

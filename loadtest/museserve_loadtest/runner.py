@@ -67,9 +67,10 @@ async def _one(
 
 async def run_open_loop(
     offsets: Sequence[float], specs: Sequence[RequestSpec], transport: Transport, config: RunConfig,
-    progress: Progress | None = None,
+    progress: Progress | None = None, observe: Callable[[list[Sample]], None] | None = None,
 ) -> RunResult:  # fmt: skip
-    """`offsets[i]` is when `specs[i]` is due, in seconds from the start."""
+    """`offsets[i]` is when `specs[i]` is due, in seconds from the start. `observe` is given
+    the run's samples as the run starts, for a caller that watches them fill in."""
     if len(specs) < len(offsets):
         raise ValueError("one request spec is needed per scheduled arrival")
     loop = asyncio.get_running_loop()
@@ -80,6 +81,8 @@ async def run_open_loop(
 
     cap = asyncio.Semaphore(config.concurrency) if config.concurrency else None
     samples = [Sample(i, float(t), warmup=t < config.warmup_s) for i, t in enumerate(offsets)]
+    if observe is not None:
+        observe(samples)
     tasks: list[asyncio.Task] = []
     ticker = asyncio.create_task(progress.tick_every_second(samples, clock)) if progress else None
     hard_stop = config.duration_s + config.drain_timeout_s
@@ -110,7 +113,7 @@ async def run_open_loop(
 
 def run_blocking(
     offsets: Sequence[float], specs: Sequence[RequestSpec], transport_factory: Callable[[], Transport],
-    config: RunConfig, quiet: bool = False,
+    config: RunConfig, quiet: bool = False, observe: Callable[[list[Sample]], None] | None = None,
 ) -> RunResult:  # fmt: skip
     """Runs in a fresh event loop; the transport is made inside it (gRPC aio channels bind to a loop)."""
 
@@ -118,7 +121,7 @@ def run_blocking(
         transport = transport_factory()
         try:
             progress = None if quiet else Progress(sys.stderr)
-            return await run_open_loop(offsets, specs, transport, config, progress)
+            return await run_open_loop(offsets, specs, transport, config, progress, observe)
         finally:
             await transport.close()
 

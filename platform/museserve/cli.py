@@ -143,13 +143,13 @@ def _serve(args: argparse.Namespace) -> int:
     import ray  # deferred: `museserve chat` and `config check` never pay for importing Ray
 
     from museserve.logs import setup_logging
-    from museserve.serve.app import init_local_ray, run_app
+    from museserve.serve.app import drain_app, init_local_ray, run_app
 
     setup_logging(env.log_level)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     init_local_ray(config, log_to_driver=env.log_level == "DEBUG")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's start: Ray installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
     try:
         run_app(config, env.log_level)
         s = config.server
@@ -162,7 +162,17 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
-        print("stopping...", flush=True)
+        print(
+            f"draining: new requests are refused with UNAVAILABLE, requests in flight get up to "
+            f"{s.drain_timeout_s:g} s (Ctrl-C again to stop at once)",
+            flush=True,
+        )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
+        drain_app(config)
+        print("stopped", flush=True)
+    except KeyboardInterrupt:
+        print("stopping without draining", flush=True)
     finally:
         ray.shutdown()
     return 0

@@ -5,13 +5,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
+from museserve.client import ChatClient, build_request
 from museserve.config import load_config
 from tests.support import free_port, wait_serving
 
@@ -30,7 +33,7 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`museserve serve` in its own process; the module's last test stops it with Ctrl-C."""
     data = load_config().model_dump(mode="json")
-    data["server"].update(grpc_port=free_port(), http_port=free_port())
+    data["server"].update(grpc_port=free_port(), http_port=free_port(), direct_grpc_port=free_port())
     config_path = tmp_path_factory.mktemp("cli") / "museserve.yaml"
     config_path.write_text(yaml.safe_dump(data))
     process = subprocess.Popen(
@@ -77,10 +80,25 @@ def test_chat_refuses_a_missing_file_before_sending(tmp_path: Path):
     assert "no such file" in result.stderr
 
 
-def test_ctrl_c_stops_the_server_cleanly(served: Served):
-    """Last in the module: the other tests have used the server by now."""
-    served.process.send_signal(signal.SIGINT)
+def test_sigterm_drains_the_server(served: Served):
+    """Last in the module: SIGTERM with streams in flight. They finish, a new request is
+    refused with UNAVAILABLE meanwhile, and the process exits 0."""
+    client = ChatClient(served.address)
+    streams = [
+        client.stream(build_request("tell me a story", seed=i, max_output_tokens=200), timeout=60) for i in range(3)
+    ]
+    for stream in streams:
+        next(stream)  # generating
+    served.process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    with pytest.raises(grpc.RpcError) as refused:
+        client.chat(build_request("anyone there?", max_output_tokens=2), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+    for stream in streams:
+        *_, last = stream
+        assert last.WhichOneof("event") == "finish"
+    client.close()
     output, _ = served.process.communicate(timeout=90)
     assert served.process.returncode == 0, output
     assert "gRPC  127.0.0.1:" in output and "HTTP  http://127.0.0.1:" in output
-    assert "Press Ctrl-C to stop." in output and "stopping..." in output
+    assert "draining: new requests are refused with UNAVAILABLE" in output and "stopped" in output

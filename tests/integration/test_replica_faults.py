@@ -10,28 +10,19 @@ import time
 
 import grpc
 import pytest
-import ray
 
 from museserve.client import ChatClient, build_request
+from tests.support import kill_replica
 
 pytestmark = pytest.mark.integration
 
 
-def _pool_replica_actors(pool: str) -> list[str]:
-    return [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::") and f"#pool-{pool}#" in a["name"]
-    ]
-
-
 def test_a_killed_model_replica_ends_the_stream_with_unavailable(client: ChatClient, app_config):
     pool = app_config.pools[0].name
-    [replica] = _pool_replica_actors(pool)
     # A hang would end with DEADLINE_EXCEEDED after 15 s, failing the status check below.
     call = client.stream(build_request("keep going", seed=3, max_output_tokens=1000), timeout=15)
     next(call)
-    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+    kill_replica(f"pool-{pool}")
     with pytest.raises(grpc.RpcError) as caught:
         for _ in call:
             pass

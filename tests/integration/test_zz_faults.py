@@ -9,7 +9,6 @@ go first: they break nothing that outlives them.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-import ray
 
 from museserve.client import ChatClient, build_request
 from museserve.config.gateway import GatewayConfig, RateSpec, RedisConfig, TierConfig
@@ -30,7 +28,8 @@ from museserve.gateway.quota import QuotaGuard
 from museserve.v1 import chat_pb2 as pb
 from tests.integration.conftest import TEST_KEY, key_client
 from tests.media_samples import png_bytes
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, RedisSleep
+from tests.support import kill_replica
 
 pytestmark = pytest.mark.integration
 
@@ -46,20 +45,6 @@ class Outcome:
     ended: float
     code: grpc.StatusCode
     details: str = ""
-
-
-def _replica_actors(deployment: str) -> list[str]:
-    return [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::") and f"#{deployment}#" in a["name"]
-    ]
-
-
-def _kill_replica(deployment: str) -> float:
-    [replica] = _replica_actors(deployment)
-    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
-    return time.monotonic()
 
 
 def _outcome(started: float, call: Callable[[], object]) -> Outcome:
@@ -84,38 +69,6 @@ def _serves_again(call: Callable[[], object], what: str) -> float:
         time.sleep(0.5)
 
 
-def _debug_sleep(server: RedisServer, seconds: float) -> float:
-    """Blocks the whole server for `seconds`; returns when it answers again."""
-    payload = f"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${len(str(seconds))}\r\n{seconds}\r\n"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=seconds + 10) as s:
-        s.sendall(payload.encode())
-        assert s.recv(64).startswith(b"+OK"), "DEBUG SLEEP refused (redis-server needs --enable-debug-command)"
-    return time.monotonic()
-
-
-def _evalsha_calls(server: RedisServer) -> int:
-    for line in server.command("INFO", "commandstats").decode().splitlines():
-        if line.startswith("cmdstat_evalsha:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
-
-
-class _Sleeper:
-    """DEBUG SLEEP in a thread; `woke` is when the server answered again."""
-
-    def __init__(self, server: RedisServer, seconds: float):
-        self.woke = float("inf")
-        self._thread = threading.Thread(target=self._run, args=(server, seconds), daemon=True)
-        self._thread.start()
-        time.sleep(0.2)  # the server is asleep from here on
-
-    def _run(self, server: RedisServer, seconds: float) -> None:
-        self.woke = _debug_sleep(server, seconds)
-
-    def join(self) -> None:
-        self._thread.join(timeout=30)
-
-
 @pytest.fixture
 def slow_redis_tenant(grpc_address: str, redis_server: RedisServer) -> Iterator[ChatClient]:
     """A tenant of its own under the probe tier's request limit (the config's limited
@@ -133,7 +86,7 @@ def test_a_slow_redis_is_decided_locally_within_the_timeout_and_then_in_redis_ag
 ) -> None:
     timeout_s = app_config.gateway.redis.timeout_ms / 1000
     sleep_s = 3 * timeout_s
-    sleeper = _Sleeper(redis_server, sleep_s)
+    sleeper = RedisSleep(redis_server, sleep_s)
     asleep_since = time.monotonic()
     latencies = []
     try:
@@ -150,9 +103,9 @@ def test_a_slow_redis_is_decided_locally_within_the_timeout_and_then_in_redis_ag
     assert max(latencies) < timeout_s + 1.5, latencies
     assert len(latencies) >= 2
 
-    before = _evalsha_calls(redis_server)
+    before = redis_server.evalsha_calls()
     deadline = time.monotonic() + 10
-    while _evalsha_calls(redis_server) == before:  # the back-off ends; decisions go to Redis again
+    while redis_server.evalsha_calls() == before:  # the back-off ends; decisions go to Redis again
         assert time.monotonic() < deadline, "decisions did not return to Redis"
         slow_redis_tenant.chat(build_request("hi", max_output_tokens=1), timeout=30)
         time.sleep(0.2)
@@ -169,16 +122,16 @@ async def test_fail_closed_refuses_within_the_timeout_while_redis_sleeps() -> No
         identity = Identity(tenant=f"t-{uuid.uuid4().hex}", tier="default")
         try:
             await guard.admit(identity, 1)  # loads the script
-            sleeper = _Sleeper(server, 2)
+            sleeper = RedisSleep(server, 2)
             started = time.monotonic()
             with pytest.raises(Unavailable) as caught:
                 await guard.admit(identity, 1)
             assert time.monotonic() - started < 0.6  # the 200 ms timeout, not the 2 s sleep
             assert caught.value.retry_after_s is not None
             sleeper.join()
-            before = _evalsha_calls(server)
+            before = server.evalsha_calls()
             assert (await guard.admit(identity, 1)).metadata
-            assert _evalsha_calls(server) == before + 1  # decided in Redis again
+            assert server.evalsha_calls() == before + 1  # decided in Redis again
             assert guard.decisions_by_outcome["unavailable"] == 1
         finally:
             await guard.close()
@@ -207,7 +160,7 @@ def test_a_killed_preprocess_replica_ends_media_requests_and_is_replaced(client:
         futures = [workers.submit(send_until_stopped, w) for w in range(4)]
         try:
             time.sleep(1.0)  # requests are flowing
-            killed_at = _kill_replica("preprocess")
+            killed_at = kill_replica("preprocess")
             time.sleep(ENDS_WITHIN_S)
         finally:
             stop.set()
@@ -249,7 +202,7 @@ def test_a_killed_gateway_replica_ends_its_streams_and_is_replaced(
             next(stream)  # the gateway is streaming from the pool
             streams.append(stream)
         with ThreadPoolExecutor(max_workers=len(streams)) as workers:
-            killed_at = _kill_replica("gateway")
+            killed_at = kill_replica("gateway")
             outcomes = list(workers.map(lambda s: _drain(s, killed_at), streams))
         for o in outcomes:
             assert o.code in STREAM_ENDINGS, o

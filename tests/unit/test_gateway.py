@@ -405,6 +405,19 @@ async def test_abort_ends_a_running_stream(gateway: Gateway, engine: MuseEngine)
     assert engine.stats.num_cancelled == 1
 
 
+async def test_a_drain_refuses_new_requests_and_lets_the_stream_in_flight_finish(gateway: Gateway) -> None:
+    stream = gateway.stream(chat_request(request_id="in-flight", max_output_tokens=32, temperature=0.0))
+    first = await anext(stream)
+    draining = asyncio.create_task(gateway.drain(timeout_s=30))
+    await wait_until(lambda: gateway.admission.draining)
+    with pytest.raises(errors.Unavailable) as refused:
+        await collect(gateway, chat_request(request_id="late"))
+    assert "shutting down" in refused.value.message
+    rest = [event async for event in stream]
+    assert isinstance(rest[-1], Finish) and fold([first, *rest]).usage.output_tokens == 32
+    assert await draining == 0  # nothing left unfinished
+
+
 async def test_abort_of_an_unknown_request_is_harmless(gateway: Gateway, engine: MuseEngine) -> None:
     engine.abort("never-sent")
     result = await gateway.chat(chat_request(temperature=0.0, max_output_tokens=4))

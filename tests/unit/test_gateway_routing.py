@@ -112,6 +112,25 @@ def test_admission_sheds_at_the_pool_bound_and_releases() -> None:
     assert control.in_flight("fast") == 10
 
 
+async def test_a_draining_gateway_refuses_new_requests_and_waits_for_those_in_flight() -> None:
+    cfg = config()
+    control = AdmissionControl(cfg.pools, cfg.gateway)
+    slot = control.enter("fast", "default")
+    control.start_draining()
+    with pytest.raises(Unavailable) as refused:
+        control.enter("fast", "default")
+    assert "shutting down" in refused.value.message
+    assert await control.wait_idle(0.05) == 1  # still in flight when the timeout ends
+
+    async def finish_soon() -> None:
+        await asyncio.sleep(0.1)
+        slot.__exit__()
+
+    finishing = asyncio.create_task(finish_soon())
+    assert await control.wait_idle(5.0) == 0
+    await finishing
+
+
 def test_lower_tiers_are_shed_first() -> None:
     tiers = {"default": {"admission_share": 0.5}, "enterprise": {"admission_share": 1.0, "priority": 0}}
     cfg = config(tiers=tiers)

@@ -1,6 +1,6 @@
-"""Ray's proxy answers INTERNAL when the gateway replica it called died; the ChatService
-registration turns that into UNAVAILABLE, for unary calls and streams, and leaves the
-gateway's own INTERNAL errors alone. A real grpc.aio server plays Ray's proxy."""
+"""Ray's proxy answers INTERNAL when the gateway replica it called died, and NOT_FOUND when
+no application is deployed; the ChatService registration turns both into UNAVAILABLE, for
+unary calls and streams, and leaves the gateway's own INTERNAL errors alone. A real grpc.aio server plays Ray's proxy."""
 
 from __future__ import annotations
 
@@ -10,23 +10,23 @@ from typing import Any
 import grpc
 import pytest
 
-from museserve.serve.grpc_proxy import REPLICA_DIED, _CancelSafeRegistration
+from museserve.serve.grpc_proxy import NO_APPLICATION, REPLICA_DIED, _CancelSafeRegistration
 
 SERVICE = "t.S"
 ACTOR_DIED = "The actor died unexpectedly before finishing this task.\n\tclass_name: ServeReplica:museserve:gateway"
 
 
-def handlers(details: str) -> grpc.GenericRpcHandler:
+def handlers(details: str, code: grpc.StatusCode) -> grpc.GenericRpcHandler:
     """What Ray's proxy does on a failed call: set code and details on the context, return."""
 
     async def unary(request: bytes, context: Any) -> bytes:
-        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_code(code)
         context.set_details(details)
         return b""
 
     async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield b"partial"
-        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_code(code)
         context.set_details(details)
 
     return grpc.method_handlers_generic_handler(
@@ -38,9 +38,9 @@ def handlers(details: str) -> grpc.GenericRpcHandler:
     )
 
 
-async def statuses(details: str) -> list[tuple[grpc.StatusCode, str]]:
+async def statuses(details: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> list[tuple[grpc.StatusCode, str]]:
     server = grpc.aio.server()
-    _CancelSafeRegistration(server).add_generic_rpc_handlers([handlers(details)])
+    _CancelSafeRegistration(server).add_generic_rpc_handlers([handlers(details, code)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -70,3 +70,8 @@ async def test_the_gateways_own_internal_error_is_kept() -> None:
         await statuses("the model pool muse-tiny tier failed")
         == [(grpc.StatusCode.INTERNAL, "the model pool muse-tiny tier failed")] * 2
     )
+
+
+async def test_no_application_while_the_app_starts_or_is_deleted_is_unavailable() -> None:
+    ray_says = "Application metadata not set. Ping /ray.serve.RayServeAPIService/ListApplications for available apps."
+    assert await statuses(ray_says, grpc.StatusCode.NOT_FOUND) == [(grpc.StatusCode.UNAVAILABLE, NO_APPLICATION)] * 2

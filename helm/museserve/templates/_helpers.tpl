@@ -99,6 +99,9 @@ ray_process_environment() lists for Ray's own processes. */}}
   value: {{ $size | quote }}
 - name: RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
   value: {{ $size | quote }}
+# The gateway's own gRPC server and drain stand in for Ray's per-replica ingress servers.
+- name: RAY_SERVE_ENABLE_DIRECT_INGRESS
+  value: "0"
 {{- if ne (toString .Values.config.server.throughput_optimized) "false" }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"

@@ -37,11 +37,12 @@ class ServerConfig(Section):
     direct_grpc_host: str = Field(
         "127.0.0.1", description="Address the direct gRPC server binds; 0.0.0.0 (or [::]) in a cluster."
     )
-    direct_grpc_grace_s: float = Field(
-        10.0,
+    drain_timeout_s: float = Field(
+        30.0,
         ge=0,
-        description="When a gateway replica stops, how long its direct gRPC server lets calls in flight finish "
-        "before cancelling them. Keep it under the deployment's graceful shutdown timeout.",
+        description="When a replica stops (redeploy, scale-down, SIGTERM), how long requests in flight may take "
+        "to finish. A draining gateway refuses new requests with UNAVAILABLE at once; Ray Serve's graceful "
+        "shutdown timeout of every tier is set a little above this.",
     )
 
     @property

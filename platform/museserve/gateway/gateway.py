@@ -159,7 +159,18 @@ class Gateway:
                     finish, model = reason, pool
         return ChatResult("".join(text), "".join(reasoning), tuple(calls), usage, finish, model, tuple(logprobs))
 
+    async def drain(self, timeout_s: float) -> int:
+        """Refuses new requests (UNAVAILABLE) and waits up to `timeout_s` for those in
+        flight; returns how many had not finished."""
+        self.admission.start_draining()
+        in_flight = self.admission.total_in_flight
+        left = await self.admission.wait_idle(timeout_s)
+        logger.info("gateway drained: %d requests in flight at the start, %d unfinished after %.0f s",
+                    in_flight, left, timeout_s)  # fmt: skip
+        return left
+
     async def close(self) -> None:
+        """Flushes pending output-token settlements, then closes the mirror and the quota backend."""
         await asyncio.gather(*self._settlements, return_exceptions=True)
         if self.mirror is not None:
             await self.mirror.close()
@@ -170,6 +181,9 @@ class Gateway:
             return self.admission.enter(pool, tier)
         except ResourceExhausted:
             self.observer.decision("shed", tier)
+            raise
+        except Unavailable:
+            self.observer.decision("draining", tier)
             raise
 
     async def _charge(self, identity: Identity, prompt_tokens: int) -> tuple[tuple[str, str], ...]:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 class GatewayObserver(Protocol):
     def decision(self, outcome: str, tier: str) -> None:
-        """outcome: admitted, limited, shed, unauthenticated or unavailable."""
+        """outcome: admitted, limited, shed, draining, unauthenticated or unavailable."""
 
     def tokens(self, tenant: str, kind: str, count: int) -> None:
         """kind: prompt (charged at admission) or output (settled when the stream ends)."""

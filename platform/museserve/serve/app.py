@@ -6,7 +6,8 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig
+from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig, ServerConfig
+from museserve.serve.drain_board import create_drain_board, start_drain
 from museserve.serve.gateway_ingress import GatewayIngress
 from museserve.serve.model_pool_deployment import ModelPoolDeployment
 from museserve.serve.preprocess_deployment import PreprocessDeployment
@@ -20,7 +21,14 @@ GRPC_SERVICER_FUNCTIONS = [
 def ray_process_environment(config: MuseServeConfig) -> dict[str, str]:
     """Settings that Ray's own processes (proxies, replicas) read from their environment."""
     size = str(config.server.max_request_bytes)
-    env = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": size, "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": size}
+    env = {
+        "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": size,
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": size,
+        # Ray's own per-replica ingress servers (which throughput-optimized mode turns on)
+        # hold a stopping gateway replica for a fixed 30 s and force-kill it at the end,
+        # whatever is in flight; the gateway's direct gRPC server and drain replace them.
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    }
     if config.server.throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     return env
@@ -45,13 +53,21 @@ def pool_deployment_name(pool: PoolConfig) -> str:
     return f"pool-{pool.name}"
 
 
-def _options(name: str, d: DeploymentConfig) -> dict:
+# Serve force-kills a stopping replica this long after the drain timeout.
+SHUTDOWN_MARGIN_S = 5.0
+
+
+def _options(name: str, d: DeploymentConfig, server: ServerConfig) -> dict:
     return {
         "name": name,
         "num_replicas": d.num_replicas,
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+        # A stopping replica first waits for its Serve-routed requests (checked every
+        # wait loop), then runs its destructor (the gateway's drain: see GatewayIngress).
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "graceful_shutdown_timeout_s": server.drain_timeout_s + SHUTDOWN_MARGIN_S,
     }
 
 
@@ -63,15 +79,15 @@ def replica_view(pool: PoolConfig) -> PoolConfig:
 
 def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
     pools = {
-        pool.name: ModelPoolDeployment.options(**_options(pool_deployment_name(pool), pool.deployment)).bind(
-            replica_view(pool), config.tokenizer_for(pool), log_level, config.preprocess.media
-        )
+        pool.name: ModelPoolDeployment.options(
+            **_options(pool_deployment_name(pool), pool.deployment, config.server)
+        ).bind(replica_view(pool), config.tokenizer_for(pool), log_level, config.preprocess.media)
         for pool in config.pools
     }
-    preprocess = PreprocessDeployment.options(**_options(PREPROCESS_DEPLOYMENT, config.preprocess.deployment)).bind(
-        config, log_level
-    )
-    return GatewayIngress.options(**_options(GATEWAY_DEPLOYMENT, config.gateway.deployment)).bind(
+    preprocess = PreprocessDeployment.options(
+        **_options(PREPROCESS_DEPLOYMENT, config.preprocess.deployment, config.server)
+    ).bind(config, log_level)
+    return GatewayIngress.options(**_options(GATEWAY_DEPLOYMENT, config.gateway.deployment, config.server)).bind(
         config, preprocess, pools, log_level
     )
 
@@ -89,5 +105,17 @@ def start_serve(config: MuseServeConfig) -> None:
 
 
 def run_app(config: MuseServeConfig, log_level: str = "INFO") -> None:
+    """Deploys the app from this process, which then owns its drain board (`drain_app`)."""
     start_serve(config)
+    create_drain_board(config.app_name)
     serve.run(build_app(config, log_level), name=config.app_name, route_prefix="/")
+
+
+def drain_app(config: MuseServeConfig) -> None:
+    """Stops an app started by `run_app` without losing a request: the gateways start
+    draining at once (new requests: UNAVAILABLE), then the app is deleted, which lets every
+    replica finish what it holds (see `_options`), then Serve shuts down. Returns when all
+    of it has stopped."""
+    start_drain(config.app_name)
+    serve.delete(config.app_name, _blocking=True)
+    serve.shutdown()

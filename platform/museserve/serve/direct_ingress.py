@@ -105,6 +105,7 @@ class DirectGrpcIngress:
         self._grace_s = grace_s
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._stopping: asyncio.Future | None = None
         self.port: int | None = None
 
     @classmethod
@@ -118,7 +119,7 @@ class DirectGrpcIngress:
             port=server.direct_grpc_port,
             max_message_bytes=server.max_request_bytes,
             request_timeout_s=server.request_timeout_s,
-            grace_s=server.direct_grpc_grace_s,
+            grace_s=server.drain_timeout_s,
         )
 
     async def start(self) -> None:
@@ -141,10 +142,15 @@ class DirectGrpcIngress:
 
     async def stop(self) -> None:
         """Health turns NOT_SERVING, new calls are refused, calls in flight get `grace_s` to
-        finish, then they are cancelled (which cancels their pool requests). Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
+        finish, then they are cancelled (which cancels their pool requests). Every call
+        awaits the one stop, so a caller cancelled midway does not cut the grace short."""
+        if self._server is None:
             return
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(self._server))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, server: grpc.aio.Server) -> None:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await server.stop(self._grace_s)

@@ -9,6 +9,8 @@ No `from __future__ import annotations` here: Ray Serve re-signs the route metho
 FastAPI then reads their annotations as they are, so they must be real types.
 """
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -25,8 +27,9 @@ from museserve.api.openai.schemas import ChatCompletionRequest
 from museserve.config import MuseServeConfig
 from museserve.gateway.factory import build_gateway
 from museserve.logs import setup_logging
-from museserve.serve.cancel_board import CancelSignal
+from museserve.serve.cancel_board import CancelSignal, current_app_name
 from museserve.serve.direct_ingress import DirectGrpcIngress
+from museserve.serve.drain_board import watch_for_drain
 from museserve.serve.gateway_metrics import GatewayMetrics
 from museserve.serve.handles import HandlePoolClient, HandlePreprocessClient
 from museserve.v1 import chat_pb2 as pb
@@ -57,13 +60,40 @@ class GatewayIngress:
         self._direct = DirectGrpcIngress.from_config(self._api, config)
         if self._direct is not None:
             await self._direct.start()
+        self._drain_started: float | None = None
+        app_name = current_app_name()
+        self._drain_watch = asyncio.create_task(watch_for_drain(app_name, self._drain)) if app_name else None
+
+    async def _drain(self) -> None:
+        """From the first call on, every new request is refused with UNAVAILABLE and the
+        direct gRPC server takes no new calls (its health turns NOT_SERVING); returns once
+        the requests in flight have finished, or `server.drain_timeout_s` after the first
+        call. Safe to call more than once."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+        # The direct server first: it sends GOAWAY, so calls its clients send from here on
+        # go to another replica (gRPC retries refused streams transparently); what it had
+        # already taken is admitted and finishes.
+        stopping = asyncio.ensure_future(self._direct.stop()) if self._direct is not None else None
+        await asyncio.sleep(0)
+        self._gateway.admission.start_draining()
+        timeout_s = self._gateway.config.server.drain_timeout_s
+        if stopping is not None:
+            await stopping
+        await self._gateway.drain(max(0.0, timeout_s - (time.monotonic() - self._drain_started)))
 
     async def __del__(self) -> None:
-        """Serve awaits this (through the `@serve.ingress` wrapper, after the HTTP app's
-        lifespan ends) when the replica stops: the direct gRPC server drains."""
-        direct = getattr(self, "_direct", None)
-        if direct is not None:
-            await direct.stop()
+        """Serve calls this when the replica stops (redeploy, scale-down, app deletion), once
+        the requests its proxy routed here have finished. It drains the rest (see `_drain`;
+        `museserve serve` starts the drain earlier, through the drain board), then flushes the
+        output-token settlements. Serve force-kills the replica `SHUTDOWN_MARGIN_S` after the
+        drain timeout (`graceful_shutdown_timeout_s`)."""
+        if getattr(self, "_gateway", None) is None:  # __init__ failed
+            return
+        if self._drain_watch is not None and self._drain_started is None:
+            self._drain_watch.cancel()
+        await self._drain()
+        await self._gateway.close()
 
     async def Chat(self, request: pb.ChatRequest, grpc_context) -> pb.ChatResponse:
         return await self._api.chat(request, grpc_context)
@@ -80,11 +110,14 @@ class GatewayIngress:
 
     def Check(self, request: health_pb2.HealthCheckRequest, grpc_context) -> health_pb2.HealthCheckResponse:
         """grpc.health.v1 for Kubernetes probes: cheap, answers from this replica alone."""
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if self._gateway.admission.draining else None
+        return health_pb2.HealthCheckResponse(status=status or health_pb2.HealthCheckResponse.SERVING)
 
     @http_app.get("/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok"}
+    def healthz(self) -> Response:
+        if self._gateway.admission.draining:
+            return Response('{"status": "draining"}', status_code=503, media_type="application/json")
+        return Response('{"status": "ok"}', media_type="application/json")
 
     @http_app.post(
         "/v1/chat/completions",

@@ -17,7 +17,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self._decisions = Counter(
             "museserve_gateway_decisions_total",
-            "Admission decisions by outcome: admitted, limited, shed, unauthenticated, unavailable.",
+            "Admission decisions by outcome: admitted, limited, shed, draining, unauthenticated, unavailable.",
             ("outcome", "tier"),
         )
         self._tokens = Counter(

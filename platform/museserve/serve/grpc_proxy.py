@@ -14,7 +14,8 @@ reads from the queue; when it goes away, the pump is cancelled right there, and 
 own cancellation path runs (proxy -> gateway -> model pool).
 
 The same wrapping turns Ray's INTERNAL for a gateway replica that died into UNAVAILABLE,
-which clients retry (unary calls and streams alike).
+which clients retry (unary calls and streams alike), and so is Ray's NOT_FOUND while no
+application is deployed (the app is starting, or being deleted after a drain).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def _cancel_safe(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 # gateway replica it called died; every such text starts with this (ray.exceptions).
 RAY_ACTOR_FAILURE = "The actor "
 REPLICA_DIED = "the gateway replica went away; the request may be retried"
+# Ray's proxy answers NOT_FOUND with this when it routes to no application at all.
+RAY_NO_APPLICATION = "Application metadata not set"
+NO_APPLICATION = "museserve is not being served here right now (starting or shutting down); retry"
 
 
 def _mark_replica_death_retryable(context: Any) -> None:
@@ -79,6 +83,9 @@ def _mark_replica_death_retryable(context: Any) -> None:
     if context.code() == grpc.StatusCode.INTERNAL and details.startswith(RAY_ACTOR_FAILURE):
         context.set_code(grpc.StatusCode.UNAVAILABLE)
         context.set_details(REPLICA_DIED)
+    elif context.code() == grpc.StatusCode.NOT_FOUND and details.startswith(RAY_NO_APPLICATION):
+        context.set_code(grpc.StatusCode.UNAVAILABLE)
+        context.set_details(NO_APPLICATION)
 
 
 def _retryable_replica_death(unary: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
