@@ -170,8 +170,9 @@ def test_a_killed_preprocess_replica_ends_media_requests_and_is_replaced(client:
     in_flight = [o for o in outcomes if o.started < killed_at < o.ended]
     assert in_flight, "no request was in flight when the replica was killed"
     for o in in_flight:
-        # At the dead replica: UNAVAILABLE at once. Not yet routed to it: Serve's router holds
-        # the request until the new replica takes it, and it is served.
+        # At the dead replica: UNAVAILABLE at once. Held by Serve's router for a replica that is
+        # not there yet: UNAVAILABLE after preprocess.call_timeout_s (4 s), or served when the
+        # new replica came up first.
         assert o.ended - killed_at < ENDS_WITHIN_S or o.code == grpc.StatusCode.OK, o
     assert {o.code for o in outcomes} <= RETRYABLE, [o for o in outcomes if o.code not in RETRYABLE]
     assert not any("Traceback" in o.details for o in outcomes)

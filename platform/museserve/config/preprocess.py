@@ -51,3 +51,10 @@ class PreprocessConfig(Section):
     deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=256)
     tokenizer: str | None = Field(None, description="tokenizer.json file or directory; none: the bundled one.")
     media: MediaLimits = MediaLimits()
+    call_timeout_s: float = Field(
+        4.0,
+        gt=0,
+        description="The gateway's bound on one call to this tier (images and audio only; text is tokenized in "
+        "the gateway). Past it the request is UNAVAILABLE (retry), so a call queued for a replica that died, "
+        "or for a tier with no replica, ends in seconds. Keep it well above the slowest media the limits allow.",
+    )

@@ -53,7 +53,7 @@ class GatewayIngress:
         http_app.state.max_request_bytes = config.server.max_request_bytes
         cancels = CancelSignal.for_this_replica()
         pool_clients = {name: HandlePoolClient(handle, name, cancels) for name, handle in pools.items()}
-        preprocess_client = HandlePreprocessClient(preprocess)
+        preprocess_client = HandlePreprocessClient(preprocess, config.preprocess.call_timeout_s)
         self._gateway = build_gateway(config, preprocess_client, pool_clients, GatewayMetrics())
         self._api = GrpcChatApi(self._gateway)
         self._openai = OpenAIHttpApi(self._gateway)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from museserve.domain import ChatRequest
 from museserve.errors import Internal, MuseError, ResourceExhausted, Unavailable
@@ -40,18 +41,30 @@ def as_muse_error(error: BaseException, tier: str) -> MuseError:
 
 
 class HandlePreprocessClient:
-    def __init__(self, handle: DeploymentHandle):
+    """Calls to the preprocess tier, each bounded by `timeout_s`: Serve holds a call for a
+    deployment with no live replica until one starts (10-20 s after a crash), and the
+    client should hear UNAVAILABLE long before that."""
+
+    def __init__(self, handle: DeploymentHandle, timeout_s: float):
         self._handle = handle
+        self._timeout_s = timeout_s
 
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
-        try:
-            return await self._handle.prepare.remote(request, pool)
-        except Exception as e:
-            raise as_muse_error(e, "preprocess") from None
+        return await self._bounded(self._handle.prepare.remote(request, pool))
 
     async def count(self, request: ChatRequest, pool: str) -> PromptCount:
+        return await self._bounded(self._handle.count.remote(request, pool))
+
+    async def _bounded(self, response: DeploymentResponse) -> Any:
         try:
-            return await self._handle.count.remote(request, pool)
+            async with asyncio.timeout(self._timeout_s):
+                return await response
+        except TimeoutError:
+            response.cancel()
+            raise Unavailable(
+                f"the preprocess tier did not answer within {self._timeout_s:g} s; the request may be retried",
+                retry_after_s=1.0,
+            ) from None
         except Exception as e:
             raise as_muse_error(e, "preprocess") from None
 
