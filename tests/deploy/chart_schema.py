@@ -144,6 +144,7 @@ def build_schema() -> Schema:
                 "upgradeStrategy": {"enum": ["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]},
                 "proxyLocation": {"enum": ["EveryNode", "HeadOnly"]},
                 "configWaitSeconds": integer(10, 3600),
+                "clusterDeletionDelaySeconds": nullable(integer(0, 86400)),
             },
             ["upgradeStrategy", "proxyLocation", "configWaitSeconds"],
         ),

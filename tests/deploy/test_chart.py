@@ -259,6 +259,14 @@ def test_serve_config_and_configmap_describe_one_app(env: str, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_the_old_cluster_outlives_the_drain_after_an_upgrade(env: str, tmp_path: Path) -> None:
+    rendered = render_env(env)
+    config = loaded_config(rendered, tmp_path, env_values(env))
+    delay = rendered.one("RayService")["spec"]["rayClusterDeletionDelaySeconds"]
+    assert isinstance(delay, int) and delay >= config.server.drain_timeout_s + 5
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_every_deployment_has_a_group_to_run_on(env: str, tmp_path: Path) -> None:
     rendered = render_env(env)
     config = loaded_config(rendered, tmp_path, env_values(env))

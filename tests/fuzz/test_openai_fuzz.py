@@ -85,10 +85,12 @@ MESSAGE_PATHS = ["role", "content", "name", "tool_calls", "tool_call_id"]
 def wrong_types(draw) -> str:
     body = json.loads(json.dumps(BASE))
     for _ in range(draw(st.integers(1, 3))):
-        if draw(st.booleans()):
-            body[draw(st.sampled_from(FIELDS))] = draw(json_values)
+        messages = body.get("messages")
+        # A message field, while an earlier step has left `messages` a list holding a message.
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict) and draw(st.booleans()):
+            messages[0][draw(st.sampled_from(MESSAGE_PATHS))] = draw(json_values)
         else:
-            body["messages"][0][draw(st.sampled_from(MESSAGE_PATHS))] = draw(json_values)
+            body[draw(st.sampled_from(FIELDS))] = draw(json_values)
     return json.dumps(body)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from museserve.serve.grpc_proxy import NO_APPLICATION, REPLICA_DIED, _CancelSafeRegistration
+from museserve.serve.grpc_proxy import NO_APPLICATION, REPLICA_DIED, SERVER_FAULT, _CancelSafeRegistration
 
 SERVICE = "t.S"
 ACTOR_DIED = "The actor died unexpectedly before finishing this task.\n\tclass_name: ServeReplica:museserve:gateway"
@@ -75,3 +75,8 @@ async def test_the_gateways_own_internal_error_is_kept() -> None:
 async def test_no_application_while_the_app_starts_or_is_deleted_is_unavailable() -> None:
     ray_says = "Application metadata not set. Ping /ray.serve.RayServeAPIService/ListApplications for available apps."
     assert await statuses(ray_says, grpc.StatusCode.NOT_FOUND) == [(grpc.StatusCode.UNAVAILABLE, NO_APPLICATION)] * 2
+
+
+async def test_a_ray_error_with_a_traceback_never_reaches_the_client() -> None:
+    ray_says = 'ray::ServeReplica.handle_request()\nTraceback (most recent call last):\n  File "x.py", line 1\nKeyError'
+    assert await statuses(ray_says) == [(grpc.StatusCode.INTERNAL, SERVER_FAULT)] * 2

@@ -15,12 +15,14 @@ own cancellation path runs (proxy -> gateway -> model pool).
 
 The same wrapping turns Ray's INTERNAL for a gateway replica that died into UNAVAILABLE,
 which clients retry (unary calls and streams alike), and so is Ray's NOT_FOUND while no
-application is deployed (the app is starting, or being deleted after a drain).
+application is deployed (the app is starting, or being deleted after a drain). Any other
+error text of Ray's that carries a Python traceback is replaced: clients never see one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ from museserve.api.grpc_decode import tolerant
 from museserve.v1 import chat_pb2_grpc
 
 _END = object()
+logger = logging.getLogger(__name__)
 
 
 def add_chat_service(servicer: Any, server: Any) -> None:
@@ -72,6 +75,8 @@ REPLICA_DIED = "the gateway replica went away; the request may be retried"
 # Ray's proxy answers NOT_FOUND with this when it routes to no application at all.
 RAY_NO_APPLICATION = "Application metadata not set"
 NO_APPLICATION = "museserve is not being served here right now (starting or shutting down); retry"
+TRACEBACK = "Traceback (most recent call last)"
+SERVER_FAULT = "the gateway failed on this request; the details are in the server log"
 
 
 def _mark_replica_death_retryable(context: Any) -> None:
@@ -86,6 +91,9 @@ def _mark_replica_death_retryable(context: Any) -> None:
     elif context.code() == grpc.StatusCode.NOT_FOUND and details.startswith(RAY_NO_APPLICATION):
         context.set_code(grpc.StatusCode.UNAVAILABLE)
         context.set_details(NO_APPLICATION)
+    elif TRACEBACK in details:
+        logger.error("the proxy's call to the gateway failed: %s", details)
+        context.set_details(SERVER_FAULT)
 
 
 def _retryable_replica_death(unary: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
