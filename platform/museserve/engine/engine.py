@@ -13,28 +13,27 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import torch
 
 from museserve.config import MediaLimits, PoolConfig
-from museserve.domain import PositionLogprobs, TokenLogprob
+from museserve.domain import PositionLogprobs
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.constraint import ConstraintFactory
 from museserve.engine.loading import pool_executor
-from museserve.engine.logits_processors import LogitsProcessor, processors_for
-from museserve.engine.media import check_segments
+from museserve.engine.logits_processors import processors_for
+from museserve.engine.media import check_request_media
 from museserve.engine.model_runner import Executor
 from museserve.engine.request_state import RequestState
-from museserve.engine.sampler import make_generator, sample_batch
+from museserve.engine.sampler import make_generator
 from museserve.engine.scheduler import Scheduler, SchedulerLimits, SchedulerPlan
 from museserve.engine.sequence import Sequence
-from museserve.engine.stats import EngineStats, RequestPhase, RequestRecord
+from museserve.engine.stats import EngineStats, RequestPhase
+from museserve.engine.step_sampling import ActiveRequest, sample_step
 from museserve.errors import (
     Cancelled,
     DeadlineExceeded,
     Internal,
-    InvalidArgument,
     MuseError,
     ResourceExhausted,
     Unavailable,
@@ -44,19 +43,6 @@ from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Active:
-    request: PreparedRequest
-    state: RequestState
-    record: RequestRecord
-    generator: torch.Generator
-    processors: tuple[LogitsProcessor, ...]
-    arrival: float = field(default_factory=time.monotonic)
-    chunks: asyncio.Queue = field(default_factory=asyncio.Queue)  # GenerationChunk | MuseError
-    last_sent: float | None = None
-    last_token_at: float | None = None
 
 
 class MuseEngine:
@@ -90,7 +76,7 @@ class MuseEngine:
         )
         self.scheduler = Scheduler(limits, self.blocks)
         self.stats = EngineStats()
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, ActiveRequest] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool.name}")
         self.constraints = ConstraintFactory(tokenizer)
         self._wakeup: asyncio.Event | None = None
@@ -109,14 +95,14 @@ class MuseEngine:
             max_num_tokens=request.num_prompt_tokens + reasoning + request.max_output_tokens,
             media=request.media,
         )
-        self._check_media(request)
+        check_request_media(request, self.media_feature_dims, self.pool.name)
         constraint = await self.constraints.build(request)  # compiles off the loop; InvalidArgument
         try:
             self.scheduler.add(seq)
         except ResourceExhausted:
             self.stats.num_rejected += 1
             raise
-        active = _Active(
+        active = ActiveRequest(
             request,
             RequestState(request, self.tokenizer),
             self.stats.admit(request.request_id, request.tenant),
@@ -140,21 +126,6 @@ class MuseEngine:
                     return
         finally:
             self._finish(request.request_id, phase)
-
-    def _check_media(self, request: PreparedRequest) -> None:
-        """The preprocess tier refuses media a pool cannot take; this guards against a
-        mismatch between the tiers, so a bad request fails alone rather than its whole step."""
-        for segment in request.media:
-            dim = self.media_feature_dims.get(segment.kind)
-            if dim != segment.feature_dim:
-                raise InvalidArgument(
-                    f"model {self.pool.name} takes no {segment.kind} input of {segment.feature_dim} values per token",
-                    field="messages",
-                )
-        try:
-            check_segments(request.media, request.num_prompt_tokens)
-        except ValueError as exc:
-            raise Internal(f"malformed prepared request: {exc}") from None
 
     def abort(self, request_id: str) -> None:
         """Ends a request now; its stream raises CANCELLED."""
@@ -239,55 +210,8 @@ class MuseEngine:
                 queue_s = time.monotonic() - active.arrival
                 self.metrics.scheduled_first(queue_s, active.request.num_prompt_tokens, cached)
 
-    @torch.inference_mode()  # processors change the executor's logits in place
     def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, tuple[int, PositionLogprobs | None]]:
-        ids = [item.request_id for item in plan.sequences if item.samples]
-        actives = [self._active.get(rid) for rid in ids]
-        # Requests that ended while the step ran (abort, deadline) get no token.
-        rows = [i for i, a in enumerate(actives) if a is not None and self.scheduler.get(ids[i]) is not None]
-        if not rows:
-            return {}
-        if len(rows) < logits.shape[0]:
-            logits = logits[rows]
-        # Log probabilities come from the model's own distribution: before penalties and temperature.
-        wants_logprobs = [row for row, i in enumerate(rows) if actives[i].request.logprobs]
-        raw_logprobs = {}
-        if wants_logprobs:
-            raw_logprobs = dict(zip(wants_logprobs, logits[wants_logprobs].log_softmax(dim=-1), strict=True))
-        for row, i in enumerate(rows):
-            if actives[i].processors:
-                seq = self.scheduler.get(ids[i])
-                prompt, output = seq.token_ids[: seq.num_prompt_tokens], seq.token_ids[seq.num_prompt_tokens :]
-                for processor in actives[i].processors:
-                    logits[row] = processor(prompt, output, logits[row])
-        picked = sample_batch(
-            logits,
-            temperatures=[actives[i].request.temperature for i in rows],
-            top_ps=[actives[i].request.top_p for i in rows],
-            top_ks=[actives[i].request.top_k for i in rows],
-            generators=[actives[i].generator for i in rows],
-        )
-        out = {}
-        for row, (i, token) in enumerate(zip(rows, picked, strict=True)):
-            forced = actives[i].state.forced_token()
-            token = token if forced is None else forced
-            row_logprobs = raw_logprobs.get(row)
-            position = None
-            if row_logprobs is not None:
-                position = self._position_logprobs(row_logprobs, token, actives[i].request.top_logprobs)
-            out[ids[i]] = (token, position)
-        return out
-
-    def _position_logprobs(self, logprobs: torch.Tensor, token: int, top: int) -> PositionLogprobs:
-        def entry(token_id: int, value: float) -> TokenLogprob:
-            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
-            return TokenLogprob(text, token_id, value)
-
-        alternatives = ()
-        if top:
-            values, token_ids = logprobs.topk(top)
-            alternatives = tuple(entry(t, v) for t, v in zip(token_ids.tolist(), values.tolist(), strict=True))
-        return PositionLogprobs(entry(token, float(logprobs[token])), alternatives)
+        return sample_step(plan, logits, self._active, self.scheduler, self.tokenizer)
 
     def _postprocess(self, sampled: dict[str, tuple[int, PositionLogprobs | None]]) -> None:
         now = time.monotonic()

@@ -14,10 +14,11 @@ KV block needs:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from museserve.messages import MediaSegment
+from museserve.errors import Internal, InvalidArgument
+from museserve.messages import MediaSegment, PreparedRequest
 
 FEATURE_BYTES = 2  # features are float16
 
@@ -72,3 +73,18 @@ def check_segments(media: Sequence[MediaSegment], num_prompt_tokens: int) -> Non
         if len(seg.features) != seg.num_tokens * seg.feature_dim * FEATURE_BYTES:
             raise ValueError(f"media[{i}] holds {len(seg.features)} bytes, not {seg.num_tokens} float16 rows")
         end = seg.start + seg.num_tokens
+
+
+def check_request_media(request: PreparedRequest, feature_dims: Mapping[str, int], pool: str) -> None:
+    """The preprocess tier refuses media a pool cannot take; this guards against a mismatch
+    between the tiers, so a bad request fails alone rather than its whole step."""
+    for segment in request.media:
+        if feature_dims.get(segment.kind) != segment.feature_dim:
+            raise InvalidArgument(
+                f"model {pool} takes no {segment.kind} input of {segment.feature_dim} values per token",
+                field="messages",
+            )
+    try:
+        check_segments(request.media, request.num_prompt_tokens)
+    except ValueError as exc:
+        raise Internal(f"malformed prepared request: {exc}") from None
