@@ -201,7 +201,7 @@ def _redeployed(config):
 def test_a_rolling_redeploy_under_load_drops_nothing(chaos_app: ChaosApp, long_capacity: float) -> None:
     config = chaos_app.config
     old_gateways = set(replica_actor_names("gateway"))
-    with _load(chaos_app, BUSY * long_capacity, 25.0, workload=LONG, seed=5) as load:
+    with _load(chaos_app, BUSY * long_capacity, 35.0, workload=LONG, seed=5) as load:
         load.wait_in_flight(IN_FLIGHT_AT_FAULT, FAULT_AT_S)
         started_at = load.now()
         serve.run(build_app(_redeployed(config)), name=config.app_name, route_prefix="/")
