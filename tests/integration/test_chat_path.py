@@ -108,6 +108,16 @@ def test_request_id_from_the_client_is_kept(client: ChatClient):
     assert ("x-request-id", "client-chosen-id-1") in tuple(call.trailing_metadata())
 
 
+@pytest.mark.parametrize("unusable", ["0\n", "a b", "x" * 129, "é"])
+def test_a_request_id_that_cannot_be_a_header_is_replaced(client: ChatClient, unusable: str):
+    """Python's `$` also matches before a final newline: "0\n" once passed and broke the trailers."""
+    request = _greedy(max_output_tokens=1)
+    request.request_id = unusable
+    response, call = client.stub.Chat.with_call(request, timeout=30, metadata=client.metadata)
+    assert response.request_id != unusable and len(response.request_id) == 32
+    assert ("x-request-id", response.request_id) in tuple(call.trailing_metadata())
+
+
 def test_logprobs_over_grpc(client: ChatClient):
     request = _greedy(max_output_tokens=5)
     request.sampling.logprobs = True

@@ -181,7 +181,7 @@ def test_too_many_tools() -> None:
     assert refused_field(request(tools=(tool("a"), tool("b"), tool("c"), tool("d")))) == "tools"
 
 
-@pytest.mark.parametrize("name", ["", "has space", "dot.name", "x" * 65, "ünï"])
+@pytest.mark.parametrize("name", ["", "has space", "dot.name", "x" * 65, "ünï", "newline_at_end\n"])
 def test_bad_tool_name(name: str) -> None:
     assert refused_field(request(tools=(tool("ok"), tool(name)))) == "tools[1].name"
 

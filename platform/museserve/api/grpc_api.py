@@ -27,7 +27,7 @@ from museserve.v1 import chat_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # whole string: fullmatch
 
 
 class RpcContext(Protocol):
@@ -105,7 +105,7 @@ def _metadata(context: RpcContext, key: str) -> str:
 
 def _request_id(msg: pb.ChatRequest, context: RpcContext) -> str:
     candidate = msg.request_id or _metadata(context, "x-request-id")
-    return candidate if REQUEST_ID.match(candidate) else uuid.uuid4().hex
+    return candidate if REQUEST_ID.fullmatch(candidate) else uuid.uuid4().hex
 
 
 def _credentials(context: RpcContext) -> Credentials:

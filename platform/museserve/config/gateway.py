@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from museserve.config.base import DeploymentConfig, Section
 from museserve.domain import Mode
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class RequestLimits(Section):
@@ -63,7 +63,7 @@ class ApiKey(Section):
     @field_validator("sha256")
     @classmethod
     def _hex_digest(cls, value: str) -> str:
-        if not SHA256_HEX.match(value):
+        if not SHA256_HEX.fullmatch(value):
             raise ValueError("must be the 64-character lowercase hex SHA-256 of the key, not the key")
         return value
 

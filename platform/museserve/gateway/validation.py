@@ -26,7 +26,7 @@ from museserve.domain import (
 )
 from museserve.errors import InvalidArgument
 
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MIN_AGENTS, MAX_AGENTS = 2, 8
 MAX_STOP_TOKEN_IDS = 16
 MAX_TOP_LOGPROBS = 20
@@ -81,7 +81,7 @@ def _check_tools(request: ChatRequest, limits: RequestLimits) -> None:
         raise InvalidArgument(f"at most {limits.max_tools} tools are allowed", field="tools")
     names: set[str] = set()
     for i, tool in enumerate(request.tools):
-        if not TOOL_NAME.match(tool.name):
+        if not TOOL_NAME.fullmatch(tool.name):
             raise InvalidArgument("names use letters, digits, _ and -, 1 to 64 characters", field=f"tools[{i}].name")
         if tool.name in names:
             raise InvalidArgument(f"tool {tool.name!r} is declared twice", field=f"tools[{i}].name")

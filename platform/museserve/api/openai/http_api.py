@@ -137,7 +137,7 @@ def model_json(info: ModelInfo, is_default: bool) -> dict[str, Any]:
 
 def _request_id(request: Request) -> str:
     candidate = request.headers.get("x-request-id", "")
-    return candidate if REQUEST_ID.match(candidate) else uuid.uuid4().hex
+    return candidate if REQUEST_ID.fullmatch(candidate) else uuid.uuid4().hex
 
 
 def _credentials(request: Request, body_user: str | None) -> Credentials:
