@@ -12,7 +12,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.support import free_port
 
@@ -75,12 +78,28 @@ class RedisServer:
             assert s.recv(64).startswith(b"+OK"), "DEBUG SLEEP refused (the server needs --enable-debug-command)"
         return time.monotonic()
 
-    def evalsha_calls(self) -> int:
-        """EVALSHA commands the server has run (the gateway's rate-limit decisions)."""
+    def command_calls(self, command: str) -> int:
+        """How many times the server has run `command` (lower case), from INFO commandstats."""
         for line in self.command("INFO", "commandstats").decode().splitlines():
-            if line.startswith("cmdstat_evalsha:"):
+            if line.startswith(f"cmdstat_{command}:"):
                 return int(line.split("calls=")[1].split(",")[0])
         return 0
+
+    def evalsha_calls(self) -> int:
+        """EVALSHA commands the server has run (the gateway's rate-limit decisions)."""
+        return self.command_calls("evalsha")
+
+    def wait_for_decisions(self, send: Callable[[], object], timeout_s: float) -> None:
+        """Calls `send` (a request through the gateway) every 0.2 s until the server has run
+        another EVALSHA: rate-limit decisions are made in Redis again. A liveness bound:
+        fails the test after `timeout_s`."""
+        before = self.evalsha_calls()
+        deadline = time.monotonic() + timeout_s
+        while self.evalsha_calls() == before:
+            if time.monotonic() > deadline:
+                pytest.fail(f"rate-limit decisions did not return to Redis within {timeout_s:g} s")
+            send()
+            time.sleep(0.2)
 
     def _answers_ping(self) -> bool:
         try:

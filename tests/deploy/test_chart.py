@@ -20,7 +20,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from museserve.config import Environment, MuseServeConfig, load_config
+from museserve.config import DeploymentConfig, Environment, MuseServeConfig, load_config
 from museserve.serve.app import (
     GATEWAY_DEPLOYMENT,
     GRPC_SERVICER_FUNCTIONS,
@@ -226,6 +226,15 @@ def test_custom_resources_match_their_crds(env: str) -> None:
 # ---- the configs inside ----
 
 
+def deployment_knobs(config: MuseServeConfig) -> dict[str, DeploymentConfig]:
+    """Each Serve deployment's name -> the museserve config's knobs for it."""
+    return {
+        GATEWAY_DEPLOYMENT: config.gateway.deployment,
+        PREPROCESS_DEPLOYMENT: config.preprocess.deployment,
+        **{pool_deployment_name(p): p.deployment for p in config.pools},
+    }
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_serve_config_and_configmap_describe_one_app(env: str, tmp_path: Path) -> None:
     rendered = render_env(env)
@@ -242,11 +251,7 @@ def test_serve_config_and_configmap_describe_one_app(env: str, tmp_path: Path) -
     assert app["args"]["config_sha256"] == hashlib.sha256(config_file(rendered).encode()).hexdigest()
 
     deployments = {d["name"]: d for d in app["deployments"]}
-    tiers = {
-        GATEWAY_DEPLOYMENT: config.gateway.deployment,
-        PREPROCESS_DEPLOYMENT: config.preprocess.deployment,
-        **{pool_deployment_name(p): p.deployment for p in config.pools},
-    }
+    tiers = deployment_knobs(config)
     assert set(deployments) == set(tiers)
     for name, knobs in tiers.items():
         d = deployments[name]
@@ -402,11 +407,7 @@ def test_standalone_serve_config_matches_the_local_config() -> None:
     assert serve["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
     assert serve["grpc_options"]["port"] == config.server.grpc_port
     deployments = {d["name"]: d for d in app["deployments"]}
-    tiers = {
-        GATEWAY_DEPLOYMENT: config.gateway.deployment,
-        PREPROCESS_DEPLOYMENT: config.preprocess.deployment,
-        **{pool_deployment_name(p): p.deployment for p in config.pools},
-    }
+    tiers = deployment_knobs(config)
     assert set(deployments) == set(tiers)
     for name, knobs in tiers.items():
         assert deployments[name]["num_replicas"] == knobs.num_replicas

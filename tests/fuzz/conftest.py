@@ -5,12 +5,13 @@ generated cases across the gRPC and HTTP fuzz tests; each test takes its share."
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from museserve.config import MuseServeConfig
-from tests.integration.conftest import shared_app
+
+# The session app's fixtures, shared with tests/integration (pytest takes fixtures a conftest imports).
+from tests.integration.conftest import app_config, direct_grpc_address, grpc_address  # noqa: F401
 
 # Measured on a 2-core machine: `make fuzz` (MUSESERVE_FUZZ_CASES=10000: 4000 gRPC requests,
 # 3000 raw OpenAI bodies, 3000 schemathesis cases, then the fixed corpus) passed in 4 min 13 s
@@ -26,21 +27,5 @@ def fuzz_cases(share: float) -> int:
 
 
 @pytest.fixture(scope="session")
-def app_config() -> Iterator[MuseServeConfig]:
-    with shared_app() as (config, _):
-        yield config
-
-
-@pytest.fixture(scope="session")
-def grpc_address(app_config: MuseServeConfig) -> str:
-    return f"127.0.0.1:{app_config.server.grpc_port}"
-
-
-@pytest.fixture(scope="session")
-def direct_grpc_address(app_config: MuseServeConfig) -> str:
-    return f"127.0.0.1:{app_config.server.direct_grpc_port}"
-
-
-@pytest.fixture(scope="session")
-def http_base(app_config: MuseServeConfig) -> str:
+def http_base(app_config: MuseServeConfig) -> str:  # noqa: F811 (the imported fixture, as a parameter)
     return f"http://127.0.0.1:{app_config.server.http_port}"

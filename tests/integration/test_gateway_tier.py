@@ -46,14 +46,6 @@ def eventually(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.05)
 
 
-def evalsha_calls(redis: RedisServer) -> int:
-    stats = redis.command("INFO", "commandstats").decode()
-    for line in stats.splitlines():
-        if line.startswith(("cmdstat_evalsha:",)):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
-
-
 @pytest.mark.parametrize("metadata", [[], [("authorization", "Bearer sk-not-a-key")], [("x-api-key", "sk-nope")]])
 def test_missing_or_unknown_key_is_unauthenticated(grpc_address: str, metadata: list) -> None:
     client = ChatClient(grpc_address, metadata=metadata)
@@ -88,7 +80,7 @@ def test_200_concurrent_requests_against_a_limit_of_50_admit_exactly_50(
     grpc_address: str, redis_server: RedisServer
 ) -> None:
     client = key_client(grpc_address, PROBE_KEY)
-    before = evalsha_calls(redis_server)
+    before = redis_server.evalsha_calls()
 
     def call(i: int) -> grpc.RpcError | None:
         try:
@@ -105,7 +97,7 @@ def test_200_concurrent_requests_against_a_limit_of_50_admit_exactly_50(
     }
     assert len(outcomes) - len(refused) == 50
     # One Redis round trip per decision: 200 decisions, 200 script calls.
-    assert evalsha_calls(redis_server) - before == 200
+    assert redis_server.evalsha_calls() - before == 200
     status = rpc_status.from_call(refused[0])
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in status.details)

@@ -112,13 +112,6 @@ def guard_config(redis: RedisConfig) -> GatewayConfig:
     return GatewayConfig(tiers={"default": TierConfig(user=spec, tenant=spec)}, redis=redis)
 
 
-def command_calls(server: RedisServer, command: str) -> int:
-    for line in server.command("INFO", "commandstats").decode().splitlines():
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
-
-
 async def test_one_slot_and_one_evalsha_per_decision(redis_server: RedisServer) -> None:
     prefix = f"slot{uuid.uuid4().hex[:8]}"  # this test's keys only
     config = guard_config(RedisConfig(url=redis_server.url, timeout_ms=1000, key_prefix=prefix))
@@ -130,10 +123,10 @@ async def test_one_slot_and_one_evalsha_per_decision(redis_server: RedisServer) 
         for _ in range(5):
             await guard.admit(identity, 10)
         await guard.settle(identity, 20)  # waits to ride along with the next decision
-        assert command_calls(redis_server, "evalsha") == 5 and guard.pending_debts == 1
+        assert redis_server.command_calls("evalsha") == 5 and guard.pending_debts == 1
         await guard.admit(identity, 10)
-        assert command_calls(redis_server, "evalsha") == 6 and guard.pending_debts == 0
-        assert command_calls(redis_server, "eval") == 0
+        assert redis_server.command_calls("evalsha") == 6 and guard.pending_debts == 0
+        assert redis_server.command_calls("eval") == 0
     finally:
         await guard.close()
     reply = redis_server.command("KEYS", f"{prefix}:rl:*").split(b"\r\n")
