@@ -57,9 +57,9 @@ class Timers:
             self.execute.append(time.perf_counter() - start)
             return out
 
-        def timed_sample(plan, logits):
+        def timed_sample(rows, logits):
             start = time.perf_counter()
-            out = sample(plan, logits)
+            out = sample(rows, logits)
             self.sample.append(time.perf_counter() - start)
             return out
 

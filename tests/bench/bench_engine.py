@@ -15,15 +15,15 @@ token ids (32..7999, no control tokens), outputs of uniform 16-256 tokens, greed
   semaphore lets the request in) to the first chunk carrying text or tokens. The engine
   ends a request early if greedy decoding produces an end token, so output tokens are
   counted from each request's final `usage.output_tokens`.
-- Hugging Face: its own `generate`, left-padded batches of `--concurrency` requests in
-  arrival order with attention masks, greedy, `eos_token_id=None` so nothing stops early.
-  A batch runs for its longest request's output length; only each request's requested
-  tokens count as output (the extra tokens of shorter requests are waste, not output).
+- Hugging Face, with each batching transformers offers (`--hf-batching`, default both; see
+  `hf_baseline`): its own `generate` on left-padded batches of `--concurrency` requests, and
+  its continuous-batching manager. Greedy, nothing stops early; only each request's
+  requested tokens count as output.
 
-`throughput_ratio_vs_hf` = our output tokens/s over Hugging Face's, wall clock of the
-whole workload on each side. `prefix_ttft_ratio`: TTFT of a second turn that extends a
-finished first turn's 2048-token prompt, over TTFT of a cold prompt of the same length
-(same tenant, engine otherwise idle); lower is better.
+`throughput_ratio_vs_hf` = our output tokens/s over Hugging Face's with the faster of its
+batchings (`hf.baseline`), wall clock of the whole workload on each side. `prefix_ttft_ratio`:
+TTFT of a second turn that extends a finished first turn's 2048-token prompt, over TTFT of a
+cold prompt of the same length (same tenant, engine otherwise idle); lower is better.
 
     python -m tests.bench.bench_engine --out .bench/engine.json
     python -m tests.bench.bench_engine --device cuda --dtype bfloat16 --size 1b --out .bench/engine_cuda.json
@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
 from museserve.config import PoolConfig
 from museserve.domain import Mode
@@ -56,6 +55,7 @@ from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseConfig
 from museserve.model.loader import resolve_device
 from museserve.preprocess.tokenizer import MuseTokenizer
+from tests.bench.hf_baseline import BATCHINGS, HFRun, Job, run_batchings, synchronize
 
 PROMPT_TOKENS = (32, 512)
 OUTPUT_TOKENS = (16, 256)
@@ -64,12 +64,6 @@ PREFIX_TOKENS = 2048
 PREFIX_SUFFIX_TOKENS = 64
 PREFIX_REPEATS = 3
 TENANT = "bench"
-
-
-@dataclass(frozen=True)
-class Job:
-    prompt: list[int]
-    max_output_tokens: int
 
 
 @dataclass
@@ -99,12 +93,6 @@ def percentile(values: list[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def synchronize(device: torch.device) -> None:
-    """Waits for the device's queued work, so that a clock read next sees it done."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def pool_config(args: argparse.Namespace) -> PoolConfig:
@@ -247,66 +235,6 @@ def cuda_graphs_used(engine: MuseEngine) -> dict | None:
     return {"captured": len(graphs.graphs), "capture_s": graphs.capture_s, "buckets": sorted(graphs.graphs)}
 
 
-# -- Hugging Face ----------------------------------------------------------------------
-
-
-def hf_model(engine: MuseEngine, device: torch.device, dtype: torch.dtype):
-    import transformers
-
-    model = engine.executor.model
-    with device:  # built where it runs: no second copy of the weights on the CPU
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf_dict()))
-    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # shares embed_tokens.weight
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
-    return hf.to(dtype).eval()
-
-
-def hf_generate(hf, jobs: list[Job], pad_id: int) -> tuple[list[list[int]], int]:
-    """One left-padded batch; returns each job's requested tokens and the tokens generated per row."""
-    from transformers import GenerationConfig
-
-    width = max(len(j.prompt) for j in jobs)
-    device = hf.device
-    input_ids = torch.full((len(jobs), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(jobs), width), dtype=torch.long, device=device)
-    for row, job in enumerate(jobs):
-        input_ids[row, width - len(job.prompt) :] = torch.tensor(job.prompt, device=device)
-        mask[row, width - len(job.prompt) :] = 1
-    new_tokens = max(j.max_output_tokens for j in jobs)
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        eos_token_id=None,
-        pad_token_id=pad_id,
-        bos_token_id=None,
-    )
-    with torch.inference_mode(), sdpa_kernel(SDPA_BACKENDS):  # the attention kernels our engine may use
-        out = hf.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-    generated = out[:, width:]
-    if generated.shape[1] != new_tokens:
-        raise RuntimeError(f"Hugging Face generated {generated.shape[1]} tokens, not {new_tokens}")
-    return [generated[row, : job.max_output_tokens].tolist() for row, job in enumerate(jobs)], new_tokens
-
-
-def bench_hf(hf, jobs: list[Job], batch_size: int, pad_id: int) -> tuple[list[list[int]], float, int]:
-    warmup = make_workload(12345, 2)
-    hf_generate(hf, [Job(j.prompt[:32], 4) for j in warmup], pad_id)
-    outputs: list[list[int]] = []
-    generated_slots = 0
-    synchronize(hf.device)
-    start = time.perf_counter()
-    for first in range(0, len(jobs), batch_size):
-        batch = jobs[first : first + batch_size]
-        tokens, per_row = hf_generate(hf, batch, pad_id)
-        outputs.extend(tokens)
-        generated_slots += per_row * len(batch)
-    synchronize(hf.device)
-    return outputs, time.perf_counter() - start, generated_slots
-
-
 # -- report ----------------------------------------------------------------------------
 
 
@@ -340,6 +268,7 @@ def main() -> None:
     parser.add_argument("--max-prefill-chunk", type=int, default=512)
     parser.add_argument("--kv-cache-mib", type=int, default=512)
     parser.add_argument("--skip-prefix", action="store_true", help="leave out the prefix-cache TTFT measurement")
+    parser.add_argument("--hf-batching", default="both", choices=("both", *BATCHINGS), help="what HF runs")
     args = parser.parse_args()
     if args.dtype != "float32" and resolve_device(args.device).type != "cuda":
         parser.error("--dtype bfloat16 runs on cuda only")
@@ -364,23 +293,32 @@ def main() -> None:
         try:
             return await bench_ours(engine, pool, jobs, args, device)
         finally:
-            engine.shutdown()
+            engine.shutdown(wait=True)  # its device thread ends before Hugging Face starts (see hf_baseline)
 
     outcomes, ours_wall, steps, prefix = asyncio.run(ours_then_stop())
 
-    hf = hf_model(engine, device, dtype)
-    hf_outputs, hf_wall, hf_slots = bench_hf(hf, jobs, args.concurrency, pad_id=0)
+    batchings = BATCHINGS if args.hf_batching == "both" else (args.hf_batching,)
+    warmup = [Job(j.prompt[:32], 4) for j in make_workload(12345, 2)]
+    hf, hf_runs = run_batchings(model, jobs, warmup, batchings, args.concurrency, args.max_batched_tokens)
+    finished = {name: run for name, run in hf_runs.items() if isinstance(run, HFRun)}
+    if not finished:
+        raise RuntimeError(f"no Hugging Face batching finished: {hf_runs}")
+    baseline = min(finished, key=lambda name: finished[name].wall_s)
+    hf_outputs, hf_wall = finished[baseline].outputs, finished[baseline].wall_s
 
     ours_tokens = sum(o.output_tokens for o in outcomes)
     hf_tokens = sum(len(t) for t in hf_outputs)
     ttfts = [o.ttft_s for o in outcomes]
     ours_rate = ours_tokens / ours_wall
     hf_rate = hf_tokens / hf_wall
-    same_text = sum(
-        1
-        for outcome, tokens in zip(outcomes, hf_outputs, strict=True)
-        if outcome.output_tokens == len(tokens) and outcome.text == tokenizer.decode(tokens)
-    )
+
+    def same_text(outputs: list[list[int]]) -> int:
+        return sum(
+            1
+            for outcome, tokens in zip(outcomes, outputs, strict=True)
+            if outcome.output_tokens == len(tokens) and outcome.text == tokenizer.decode(tokens)
+        )
+
     step_s = [s for s, _, _ in steps]
     report = {
         "benchmark": "engine_vs_hf",
@@ -415,22 +353,32 @@ def main() -> None:
             },
         },
         "hf": {
+            "baseline": baseline,
             "output_tokens_per_s": hf_rate,
             "wall_s": hf_wall,
             "output_tokens": hf_tokens,
-            "generated_tokens_incl_padding_waste": hf_slots,
-            "batches": -(-len(jobs) // args.concurrency),
-            "counted": "each request's requested max_output_tokens (generated exactly: eos_token_id=None); "
-            "tokens a batch generates past a request's own length are not counted",
+            "batchings": {
+                name: {"error": run}
+                if isinstance(run, str)
+                else {
+                    "output_tokens_per_s": sum(len(t) for t in run.outputs) / run.wall_s,
+                    "wall_s": run.wall_s,
+                    "generated_tokens_incl_padding_waste": run.generated_tokens,
+                    "requests_with_our_text": same_text(run.outputs),
+                }
+                for name, run in hf_runs.items()
+            },
+            "counted": "each request's requested max_output_tokens (generated exactly: no end token); "
+            "tokens a padded batch generates past a request's own length are not counted",
             "attn_implementation": hf.config._attn_implementation,
             "sdpa_backends": [backend.name for backend in SDPA_BACKENDS],
             "transformers": transformers.__version__,
         },
         "greedy_text_agreement": {
-            "requests_with_identical_text": same_text,
+            "requests_with_identical_text": same_text(hf_outputs),
             "requests": len(jobs),
-            "note": "our streamed text vs tokenizer.decode of HF's requested tokens; differences can come "
-            "from near-tied logits under different batching, or from our early stops",
+            "note": "our streamed text vs tokenizer.decode of the HF baseline's requested tokens; differences "
+            "can come from near-tied logits under different batching, or from our early stops",
         },
         **({"prefix_cache": prefix, "prefix_ttft_ratio": prefix["prefix_ttft_ratio"]} if prefix else {}),
         "kv_bytes_per_token": config.kv_cache_bytes_per_token(torch.finfo(dtype).bits // 8),
@@ -477,8 +425,8 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         "notes": [
-            "one process, one run: ours first (then the prefix-cache turns), then Hugging Face; "
-            "each side gets a short warm-up first",
+            "one process, one run: ours first (then the prefix-cache turns), then Hugging Face, padded "
+            "batches then continuous batching; each gets a short warm-up first",
             "ours ttft: from calling generate (after the semaphore admits the request) to the first chunk "
             "with text or tokens; the first wave of requests waits for the prefill of those ahead of it",
             "step and model times come from wrapping the engine's executor; model_time excludes the loop's "

@@ -308,3 +308,40 @@ async def test_no_logprobs_unless_asked(tokenizer):
     finally:
         engine.shutdown()
     assert all(c.logprobs == () for c in chunks)
+
+
+async def test_the_model_is_built_and_every_step_runs_on_one_thread_off_the_event_loop(tokenizer, monkeypatch):
+    """On a CPU a second thread entering torch's OpenMP pool slows every step down: the engine's
+    torch work (building the model, the forward pass, sampling) stays on its device thread."""
+    import threading
+
+    import museserve.engine.engine as engine_module
+
+    threads: dict[str, set[int]] = {"build": set(), "execute": set(), "sample": set()}
+    build = engine_module.pool_executor
+
+    def recorded_build(*args, **kwargs):
+        threads["build"].add(threading.get_ident())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "pool_executor", recorded_build)
+    engine = MuseEngine(pool_config(), tokenizer)
+    execute, sample = engine.executor.execute, engine._sample
+
+    def recorded_execute(plan):
+        threads["execute"].add(threading.get_ident())
+        return execute(plan)
+
+    def recorded_sample(rows, logits):
+        threads["sample"].add(threading.get_ident())
+        return sample(rows, logits)
+
+    engine.executor.execute, engine._sample = recorded_execute, recorded_sample
+    request = prepared("one-thread", random_prompt(random.Random(12), 20), max_output_tokens=5, frequency_penalty=0.5)
+    try:
+        await asyncio.gather(collect(engine, request), collect(engine, prepared("other", [5, 6, 7])))
+    finally:
+        engine.shutdown()
+    used = threads["build"] | threads["execute"] | threads["sample"]
+    assert len(used) == 1 and all(threads.values())
+    assert threading.get_ident() not in used

@@ -1,7 +1,7 @@
 """The engine a model replica runs: continuous batching over a paged, prefix-cached KV pool.
 
-One background task steps it: schedule -> execute (worker thread) -> sample -> update ->
-postprocess. Each request has its own async stream of chunks; leaving the stream (client
+One background task steps it: schedule -> execute and sample (the device thread) -> update
+-> postprocess. Each request has its own async stream of chunks; leaving the stream (client
 cancel, deadline, error) finishes the request at once and frees its blocks. A failed step
 fails the requests in that step, never the replica.
 """
@@ -29,7 +29,7 @@ from museserve.engine.sampler import make_generator
 from museserve.engine.scheduler import Scheduler, SchedulerLimits, SchedulerPlan
 from museserve.engine.sequence import Sequence
 from museserve.engine.stats import EngineStats, RequestPhase
-from museserve.engine.step_sampling import ActiveRequest, sample_step
+from museserve.engine.step_sampling import ActiveRequest, RowSampling, RowToken, collect, plan_sampling, sample_rows
 from museserve.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -60,8 +60,15 @@ class MuseEngine:
         self.metrics = metrics if metrics is not None else InMemoryMetrics()
         self.tokenizer = tokenizer
         engine = pool.engine
+        # The device thread: it builds the model and runs every step's tensor work (model and
+        # sampling), so that no other thread of the engine enters torch's thread pool.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool.name}")
         if executor is None:
-            executor = pool_executor(pool, tokenizer, media)
+            try:
+                executor = self._worker.submit(pool_executor, pool, tokenizer, media).result()
+            except BaseException:
+                self._worker.shutdown(wait=False)
+                raise
         self.executor = executor
         # Executors of text-only models may not declare it.
         self.media_feature_dims: dict[str, int] = dict(getattr(executor, "media_feature_dims", {}))
@@ -77,7 +84,6 @@ class MuseEngine:
         self.scheduler = Scheduler(limits, self.blocks)
         self.stats = EngineStats()
         self._active: dict[str, ActiveRequest] = {}
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool.name}")
         self.constraints = ConstraintFactory(tokenizer)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -179,9 +185,9 @@ class MuseEngine:
                 await asyncio.sleep(0.001)  # nothing fits right now; let finishes free blocks
                 continue
             self._mark_started(plan)
+            rows = plan_sampling(plan, self._active, self.scheduler)
             try:
-                logits = await loop.run_in_executor(self._worker, self.executor.execute, plan)
-                sampled = self._sample(plan, logits)
+                tokens = await loop.run_in_executor(self._worker, self._execute_and_sample, plan, rows)
             except Unavailable as exc:
                 # The executor lost a worker: the KV cache is gone with it, so every running
                 # sequence fails and no cached prefix may be reused; the executor rebuilds.
@@ -196,6 +202,7 @@ class MuseEngine:
                 for item in plan.sequences:
                     self._fail(item.request_id, Internal("the model step failed"))
                 continue
+            sampled = collect(rows, tokens, self._active, self.scheduler, self.tokenizer)
             self.scheduler.update(plan, {rid: token for rid, (token, _) in sampled.items()})
             self._postprocess(sampled)
             self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage, len(sampled))
@@ -210,8 +217,12 @@ class MuseEngine:
                 queue_s = time.monotonic() - active.arrival
                 self.metrics.scheduled_first(queue_s, active.request.num_prompt_tokens, cached)
 
-    def _sample(self, plan: SchedulerPlan, logits: torch.Tensor) -> dict[str, tuple[int, PositionLogprobs | None]]:
-        return sample_step(plan, logits, self._active, self.scheduler, self.tokenizer)
+    def _execute_and_sample(self, plan: SchedulerPlan, rows: list[RowSampling]) -> list[RowToken]:
+        """On the device thread."""
+        return self._sample(rows, self.executor.execute(plan))
+
+    def _sample(self, rows: list[RowSampling], logits: torch.Tensor) -> list[RowToken]:
+        return sample_rows(rows, logits)
 
     def _postprocess(self, sampled: dict[str, tuple[int, PositionLogprobs | None]]) -> None:
         now = time.monotonic()
@@ -245,10 +256,11 @@ class MuseEngine:
             active.chunks.put_nowait(error)
         self.scheduler.finish(request_id)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
+        """`wait`: return only once the device thread has ended (after the step it is running)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._worker.shutdown(wait=wait, cancel_futures=True)
         self.constraints.close()
         close = getattr(self.executor, "shutdown", None)  # executors with workers of their own
         if close is not None:

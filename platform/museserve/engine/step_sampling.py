@@ -1,10 +1,17 @@
-"""One token per sampling sequence of a step, from the step's logits.
+"""One token per sampling sequence of a step, from the step's logits, in three parts.
 
-For each sequence that samples this step (a decode, or the last chunk of a prefill):
-logits processors (penalties, grammar constraints, the thinking budget) change its row in
-place, then its own temperature, top-p, top-k and seeded generator pick the token, unless
-its state forces one. Log probabilities, when asked for, are the model's own: taken
-before any processor or temperature.
+`plan_sampling` (event loop, before the step) reads each sampling sequence's parameters
+from the engine's state; `sample_rows` (the engine's device thread, right after the model)
+does all the tensor work; `collect` (event loop, after the step) keeps the tokens of the
+requests still running. All of the engine's multi-threaded torch work thus runs on one
+thread. On a CPU, torch's OpenMP workers belong to the thread that first used them; once a
+second thread has its own, libgomp sees more workers than cores and stops every set
+spinning between parallel regions: the same model steps ran 1.4x slower on two cores.
+
+For each row, logits processors (penalties, grammar constraints, the thinking budget)
+change it in place, then its own temperature, top-p, top-k and seeded generator pick the
+token, unless its state forces one. Log probabilities, when asked for, are the model's own:
+taken before any processor or temperature.
 """
 
 from __future__ import annotations
@@ -43,60 +50,115 @@ class ActiveRequest:
     last_token_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RowSampling:
+    """How one row of the step's logits becomes a token; read before the step runs."""
+
+    request_id: str
+    logits_row: int  # its row in the executor's logits
+    request: PreparedRequest
+    generator: torch.Generator
+    processors: tuple[LogitsProcessor, ...]
+    token_ids: list[int]  # the sequence's tokens; only appended to, and never while the step runs
+    num_prompt_tokens: int
+    num_tokens: int  # len(token_ids) when the step was planned
+    forced_token: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RowToken:
+    token: int
+    logprob: float | None = None  # the chosen token's, when the request asked for log probabilities
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log probability), most likely first
+
+
+def plan_sampling(plan: SchedulerPlan, active: Mapping[str, ActiveRequest], scheduler: Scheduler) -> list[RowSampling]:
+    rows = []
+    ids = [item.request_id for item in plan.sequences if item.samples]
+    for logits_row, request_id in enumerate(ids):
+        entry, seq = active.get(request_id), scheduler.get(request_id)
+        if entry is None or seq is None:
+            continue
+        rows.append(
+            RowSampling(
+                request_id,
+                logits_row,
+                entry.request,
+                entry.generator,
+                entry.processors,
+                seq.token_ids,
+                seq.num_prompt_tokens,
+                len(seq.token_ids),
+                entry.state.forced_token(),
+            )
+        )
+    return rows
+
+
 @torch.inference_mode()  # processors change the executor's logits in place
-def sample_step(
-    plan: SchedulerPlan,
-    logits: torch.Tensor,
+def sample_rows(rows: list[RowSampling], logits: torch.Tensor) -> list[RowToken]:
+    """`logits`: [sampling sequences of the plan, vocab] -> one token per entry of `rows`."""
+    if not rows:
+        return []
+    if len(rows) < logits.shape[0]:
+        logits = logits[[row.logits_row for row in rows]]
+    wants_logprobs = [i for i, row in enumerate(rows) if row.request.logprobs]
+    raw_logprobs = {}
+    if wants_logprobs:
+        raw_logprobs = dict(zip(wants_logprobs, logits[wants_logprobs].log_softmax(dim=-1), strict=True))
+    for i, row in enumerate(rows):
+        if row.processors:
+            prompt = row.token_ids[: row.num_prompt_tokens]
+            output = row.token_ids[row.num_prompt_tokens : row.num_tokens]
+            for processor in row.processors:
+                logits[i] = processor(prompt, output, logits[i])
+    picked = sample_batch(
+        logits,
+        temperatures=[row.request.temperature for row in rows],
+        top_ps=[row.request.top_p for row in rows],
+        top_ks=[row.request.top_k for row in rows],
+        generators=[row.generator for row in rows],
+    )
+    out = []
+    for i, (row, token) in enumerate(zip(rows, picked, strict=True)):
+        token = token if row.forced_token is None else row.forced_token
+        row_logprobs = raw_logprobs.get(i)
+        if row_logprobs is None:
+            out.append(RowToken(token))
+            continue
+        top = ()
+        if row.request.top_logprobs:
+            values, token_ids = row_logprobs.topk(row.request.top_logprobs)
+            top = tuple(zip(token_ids.tolist(), values.tolist(), strict=True))
+        out.append(RowToken(token, float(row_logprobs[token]), top))
+    return out
+
+
+def collect(
+    rows: list[RowSampling],
+    tokens: list[RowToken],
     active: Mapping[str, ActiveRequest],
     scheduler: Scheduler,
     tokenizer: MuseTokenizer,
 ) -> Sampled:
-    """`logits`: [sampling sequences of `plan`, vocab], in plan order."""
-    ids = [item.request_id for item in plan.sequences if item.samples]
-    actives = [active.get(rid) for rid in ids]
-    # Requests that ended while the step ran (abort, deadline) get no token.
-    rows = [i for i, a in enumerate(actives) if a is not None and scheduler.get(ids[i]) is not None]
-    if not rows:
-        return {}
-    if len(rows) < logits.shape[0]:
-        logits = logits[rows]
-    wants_logprobs = [row for row, i in enumerate(rows) if actives[i].request.logprobs]
-    raw_logprobs = {}
-    if wants_logprobs:
-        raw_logprobs = dict(zip(wants_logprobs, logits[wants_logprobs].log_softmax(dim=-1), strict=True))
-    for row, i in enumerate(rows):
-        if actives[i].processors:
-            seq = scheduler.get(ids[i])
-            prompt, output = seq.token_ids[: seq.num_prompt_tokens], seq.token_ids[seq.num_prompt_tokens :]
-            for processor in actives[i].processors:
-                logits[row] = processor(prompt, output, logits[row])
-    picked = sample_batch(
-        logits,
-        temperatures=[actives[i].request.temperature for i in rows],
-        top_ps=[actives[i].request.top_p for i in rows],
-        top_ks=[actives[i].request.top_k for i in rows],
-        generators=[actives[i].generator for i in rows],
-    )
+    """The tokens of the requests still running: one that ended while the step ran (abort,
+    deadline) gets none."""
     out: Sampled = {}
-    for row, (i, token) in enumerate(zip(rows, picked, strict=True)):
-        forced = actives[i].state.forced_token()
-        token = token if forced is None else forced
-        row_logprobs = raw_logprobs.get(row)
+    for row, picked in zip(rows, tokens, strict=True):
+        if row.request_id not in active or scheduler.get(row.request_id) is None:
+            continue
         position = None
-        if row_logprobs is not None:
-            position = position_logprobs(tokenizer, row_logprobs, token, actives[i].request.top_logprobs)
-        out[ids[i]] = (token, position)
+        if picked.logprob is not None:
+            position = position_logprobs(tokenizer, picked)
+        out[row.request_id] = (picked.token, position)
     return out
 
 
-def position_logprobs(tokenizer: MuseTokenizer, logprobs: torch.Tensor, token: int, top: int) -> PositionLogprobs:
-    """The chosen token's log probability and the `top` most likely alternatives."""
+def position_logprobs(tokenizer: MuseTokenizer, picked: RowToken) -> PositionLogprobs:
+    """The chosen token's log probability and the most likely alternatives."""
 
     def entry(token_id: int, value: float) -> TokenLogprob:
         return TokenLogprob(tokenizer.decode([token_id], skip_special_tokens=False), token_id, value)
 
-    alternatives = ()
-    if top:
-        values, token_ids = logprobs.topk(top)
-        alternatives = tuple(entry(t, v) for t, v in zip(token_ids.tolist(), values.tolist(), strict=True))
-    return PositionLogprobs(entry(token, float(logprobs[token])), alternatives)
+    assert picked.logprob is not None
+    return PositionLogprobs(entry(picked.token, picked.logprob), tuple(entry(t, v) for t, v in picked.top))
