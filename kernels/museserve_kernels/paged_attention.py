@@ -105,6 +105,18 @@ def paged_decode_kernel(
     )
 
 
+def decode_gather_index(block_tables: Tensor, context_lens: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """What the reference reads, for W = max_blocks * block_size: (slots [B * W] long, where row b's
+    position p is at b * W + p; live [B, W] bool, p < context_lens[b]). Positions past a row's
+    length read slot 0 and are masked: table entries past a sequence's blocks may be anything."""
+    batch = block_tables.shape[0]
+    width = block_tables.shape[1] * block_size
+    device = block_tables.device
+    slots = (block_tables.long()[:, :, None] * block_size + torch.arange(block_size, device=device)).view(batch, -1)
+    live = torch.arange(width, device=device)[None, :] < context_lens[:, None]
+    return slots.masked_fill(~live, 0).flatten(), live
+
+
 def paged_decode_reference(
     q: Tensor,
     key_cache: Tensor,
@@ -113,16 +125,16 @@ def paged_decode_reference(
     context_lens: Tensor,
     block_size: int,
     scale: float | None = None,
+    gather: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """[B, q_heads, head_dim] in q's dtype. Attends over the whole table width, masked past each length."""
+    """[B, q_heads, head_dim] in q's dtype. Attends over the whole table width, masked past each length.
+    `gather`: `decode_gather_index` of these tables, when the caller keeps it for several calls."""
     batch, q_heads, head_dim = q.shape
     kv_heads = key_cache.shape[1]
     width = block_tables.shape[1] * block_size
-    slots = (block_tables.long()[:, :, None] * block_size + torch.arange(block_size, device=q.device)).view(batch, -1)
-    own = torch.arange(width, device=q.device)[None, :] < context_lens[:, None]  # [B, W]
-    slots = slots.masked_fill(~own, 0)  # table entries past a sequence's blocks may be anything
-    keys = key_cache.index_select(0, slots.flatten()).view(batch, width, kv_heads, head_dim)
-    values = value_cache.index_select(0, slots.flatten()).view(batch, width, kv_heads, head_dim)
+    slots, own = gather if gather is not None else decode_gather_index(block_tables, context_lens, block_size)
+    keys = key_cache.index_select(0, slots).view(batch, width, kv_heads, head_dim)
+    values = value_cache.index_select(0, slots).view(batch, width, kv_heads, head_dim)
     dtype = torch.float32  # softmax in float32; a float32 model pays no copy here
     # One query per sequence, so the `group` query heads that share a kv head stand as that head's
     # query rows: exact, and no GQA broadcast needed.

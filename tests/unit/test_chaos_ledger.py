@@ -15,6 +15,8 @@ def test_each_ending_has_one_outcome() -> None:
     assert outcome(sample("RESOURCE_EXHAUSTED")) == "refused"
     assert outcome(sample("UNAVAILABLE")) == "refused"
     assert outcome(sample("UNAVAILABLE", tokens=2)) == "interrupted"
+    assert outcome(sample("CANCELLED")) == "refused"  # a call that raced a gateway's shutdown
+    assert outcome(sample("CANCELLED", tokens=1)) == "lost"  # a stream cut after it began
     for lost in ("STREAM_TRUNCATED", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "CLIENT_CANCELLED", None):
         assert outcome(sample(lost, end=None if lost is None else 1.0)) == "lost", lost
 

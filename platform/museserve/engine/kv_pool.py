@@ -3,8 +3,7 @@
 Shapes: each layer holds k and v of [num_blocks * block_size, kv_heads, head_dim]; the
 flat slot of token position p of a sequence is `block_ids[p // bs] * bs + p % bs`.
 `PagedStep` binds the pool to one step's batch layout and is the model's attention
-backend for that step: it writes the new tokens' k/v into their slots and attends each
-sequence's queries over its own slots.
+backend for that step.
 """
 
 from __future__ import annotations
@@ -138,27 +137,35 @@ def _decode_batch(group: list[int], layout: BatchLayout, block_size: int) -> Dec
 
 
 class PagedStep:
+    """The attention backend of one step: every layer writes its new k/v to the layout's slots and
+    attends each sequence over its own. A chunk that starts its sequence attends the k/v it just
+    wrote straight from the projections; later chunks and the decode groups read the pool."""
+
     def __init__(self, pool: PagedKVPool, layout: BatchLayout):
         self.pool = pool
         self.layout = layout
+        # Per decode group, the reference's gather index: built by the first layer, read by all.
+        self._gathers: dict[int, tuple[Tensor, Tensor] | None] = {}
 
     def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q [T, heads, d], k/v [T, kv_heads, d] of this step's tokens -> [T, heads, d]."""
         keys, values = self.pool.keys[layer_idx], self.pool.values[layer_idx]
         ops.kv_write(k, v, keys, values, self.layout.slot_mapping)
-        return paged_attention(q, keys, values, self.layout, self.pool.block_size)
-
-
-def paged_attention(q: Tensor, keys: Tensor, values: Tensor, layout: BatchLayout, block_size: int) -> Tensor:
-    """q [T, heads, d] over each sequence's own slots. keys/values [slots, kv_heads, d] already
-    hold this step's tokens. Chunks of several tokens go through causal SDPA per sequence; the
-    decode groups through `ops.paged_decode` (the Triton kernel on CUDA, its reference elsewhere)."""
-    out = torch.empty_like(q)
-    starts = layout.query_starts
-    # index_select, not advanced indexing: the gather is most of a decode step's memory traffic.
-    for i in layout.chunked:
-        rows = slice(starts[i], starts[i + 1])
-        slots = layout.context_slots(i)
-        out[rows] = causal_attention(q[rows], keys.index_select(0, slots), values.index_select(0, slots))
-    for d in layout.decode:
-        out[d.rows] = ops.paged_decode(q.index_select(0, d.rows), keys, values, d.block_tables, d.lengths, block_size)
-    return out
+        layout, block_size = self.layout, self.pool.block_size
+        out = torch.empty_like(q)
+        starts = layout.query_starts
+        # index_select, not advanced indexing: the gather is most of a decode step's memory traffic.
+        for i in layout.chunked:
+            rows = slice(starts[i], starts[i + 1])
+            if layout.context_lens[i] == starts[i + 1] - starts[i]:  # no earlier tokens: nothing to gather
+                out[rows] = causal_attention(q[rows], k[rows], v[rows])
+                continue
+            slots = layout.context_slots(i)
+            out[rows] = causal_attention(q[rows], keys.index_select(0, slots), values.index_select(0, slots))
+        for index, d in enumerate(layout.decode):
+            group_q = q.index_select(0, d.rows)
+            if index not in self._gathers:
+                self._gathers[index] = ops.decode_gather(group_q, d.block_tables, d.lengths, block_size)
+            gather = self._gathers[index]
+            out[d.rows] = ops.paged_decode(group_q, keys, values, d.block_tables, d.lengths, block_size, gather)
+        return out

@@ -70,10 +70,29 @@ def kv_write(k: Tensor, v: Tensor, key_cache: Tensor, value_cache: Tensor, slot_
 
 
 def paged_decode(
-    q: Tensor, key_cache: Tensor, value_cache: Tensor, block_tables: Tensor, context_lens: Tensor, block_size: int
+    q: Tensor,
+    key_cache: Tensor,
+    value_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    block_size: int,
+    gather: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """One query per sequence, q [B, heads, d], over its context_lens [B] keys found through
-    block_tables [B, max_blocks]; returns [B, heads, d]."""
+    block_tables [B, max_blocks]; returns [B, heads, d]. `gather`: from `decode_gather` of the
+    same tables, for callers that attend them in every layer."""
     if _fused(q):
         return paged_attention.paged_decode(q, key_cache, value_cache, block_tables, context_lens, block_size)
-    return paged_attention.paged_decode_reference(q, key_cache, value_cache, block_tables, context_lens, block_size)
+    return paged_attention.paged_decode_reference(
+        q, key_cache, value_cache, block_tables, context_lens, block_size, gather=gather
+    )
+
+
+def decode_gather(
+    q: Tensor, block_tables: Tensor, context_lens: Tensor, block_size: int
+) -> tuple[Tensor, Tensor] | None:
+    """The reference's gather index for these tables (None where the kernel runs: it reads the
+    tables itself); the same for every layer of a step."""
+    if _fused(q):
+        return None
+    return paged_attention.decode_gather_index(block_tables, context_lens, block_size)
