@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from museserve.config import MuseServeConfig
 from museserve.domain import Mode
 from museserve.messages import PreparedRequest
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -103,3 +108,24 @@ def kill_replica(deployment: str) -> float:
     name = sorted(replica_actor_names(deployment))[0]
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     return time.monotonic()
+
+
+def call_within(timeout_s: float, fn: Callable[..., T], *args: object) -> T:
+    """fn(*args), or the test fails if it has not returned after `timeout_s` (a liveness bound,
+    not a speed claim). It runs on a daemon thread, so a hung call cannot hold the test run."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} did not return within {timeout_s} s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

@@ -14,6 +14,7 @@ from museserve.errors import InvalidArgument
 from museserve.preprocess.audio import load_audio
 from museserve.preprocess.audio_dsp import PAD_VALUE, log_mel, mel_filterbank, resample
 from tests.audio_corpus import corrupt_clips, encode, flac_claiming, tone, valid_clips
+from tests.support import call_within
 
 FIELD = "messages[0].content[2].audio"
 LIMITS = MediaLimits()  # 16 kHz, 80 mel bins, 4 frames per token
@@ -141,10 +142,9 @@ def no_decoding(monkeypatch):
 
 def test_a_header_claiming_ten_hours_is_refused_before_decoding(no_decoding):
     data = flac_claiming(10 * 3600)
-    start = time.perf_counter()
+    # The refusal comes from the header: no_decoding proves no samples are read.
     with pytest.raises(InvalidArgument, match="36000.0 s long"):
-        features(data, "flac")
-    assert time.perf_counter() - start < 0.5
+        call_within(5, features, data, "flac")
 
 
 def test_limits_are_checked_before_decoding(no_decoding):

@@ -61,18 +61,18 @@ async def test_watch_waits_until_a_key_arrives():
     watching = asyncio.create_task(log.watch(log.epoch, 1, 10))
     await asyncio.sleep(0.05)
     assert not watching.done()
-    started = time.monotonic()
     await log.cancel(["new"])
-    assert await asyncio.wait_for(watching, 1) == (log.epoch, 2, ["new"])
-    assert time.monotonic() - started < 0.5
+    # Liveness: the new key wakes the watcher, long before its own 10 s poll would end.
+    assert await asyncio.wait_for(watching, 0.5) == (log.epoch, 2, ["new"])
 
 
 async def test_watch_times_out_with_no_keys():
     log = CancelLog()
     await log.cancel(["a"])
-    started = time.monotonic()
-    assert await log.watch(log.epoch, 1, 0.05) == (log.epoch, 1, [])
-    assert 0.04 < time.monotonic() - started < 1
+    watching = asyncio.create_task(log.watch(log.epoch, 1, 0.2))
+    await asyncio.sleep(0.05)
+    assert not watching.done()  # it waits out its poll rather than answering at once
+    assert await asyncio.wait_for(watching, 1) == (log.epoch, 1, [])  # and then answers: no hang
 
 
 async def test_the_log_keeps_at_most_max_keys_and_drops_expired_ones():

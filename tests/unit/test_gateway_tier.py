@@ -5,7 +5,6 @@ generators with scripted behaviour (slow, failing, hanging); the preprocess tier
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -135,10 +134,9 @@ async def test_a_saturated_pool_sheds_at_once() -> None:
     streams = [gateway.stream(request(f"r{i}", tenant=f"t{i}")) for i in range(4)]
     tasks = [asyncio.create_task(anext(s)) for s in streams]
     await asyncio.sleep(0.05)
-    started = time.monotonic()
-    with pytest.raises(ResourceExhausted) as e:
-        await gateway.chat(request("r-extra", tenant="t-extra"))
-    assert time.monotonic() - started < 0.5 and "main is at capacity" in e.value.message
+    with pytest.raises(ResourceExhausted) as e:  # liveness: shed at once, never queued behind the hung four
+        await asyncio.wait_for(gateway.chat(request("r-extra", tenant="t-extra")), 0.5)
+    assert "main is at capacity" in e.value.message
     assert observer.decisions[("shed", "default")] == 1
     for task in tasks:
         task.cancel()
@@ -173,9 +171,8 @@ async def test_a_slow_broken_or_hanging_candidate_never_touches_the_primary(
 ) -> None:
     sink = JsonlMirrorSink(tmp_path / "mirror.jsonl")
     gateway, observer = build(mirrored(), ScriptedPool(tokens=5), shadow, sink)
-    started = time.monotonic()
-    result = await gateway.chat(request())
-    assert time.monotonic() - started < 0.2  # the primary does not wait for the copy
+    # Liveness: the primary answers within the candidate's own delay; it does not wait for the copy.
+    result = await asyncio.wait_for(gateway.chat(request()), 0.2)
     assert result.finish_reason is FinishReason.STOP
     await asyncio.wait_for(gateway.mirror.close(), 5)
     (record,) = read_records(str(tmp_path / "mirror.jsonl"))
