@@ -6,6 +6,8 @@ builds them from its PoolConfig, and the same state_dict is loaded into transfor
 in the same dtype (`--dtype`: float32, or bfloat16 on cuda). Both use the same number of torch
 threads, and the same attention kernels (PyTorch's SDPA without cuDNN's, which plans anew for
 each sequence length). On cuda every clock is read after the device has finished its queued work.
+On a CPU our linear layers run on oneDNN with weights packed at load (`--cpu-gemm`, the pool's
+`model.cpu_gemm`; `torch` measures ours on PyTorch's matmul, as transformers runs).
 
 Workload (seeded): `--requests` requests (64), prompts of uniform 32-512 random ordinary
 token ids (32..7999, no control tokens), outputs of uniform 16-256 tokens, greedy.
@@ -53,6 +55,7 @@ from museserve.engine.kv_pool import SDPA_BACKENDS
 from museserve.messages import PreparedRequest
 from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseConfig
+from museserve.model.cpu_linear import CPU_GEMMS, PackedLinear
 from museserve.model.loader import resolve_device
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.bench.hf_baseline import BATCHINGS, HFRun, Job, run_batchings, synchronize
@@ -98,7 +101,13 @@ def percentile(values: list[float], q: float) -> float:
 def pool_config(args: argparse.Namespace) -> PoolConfig:
     return PoolConfig(
         name="bench",
-        model={"size": args.size, "seed": args.seed, "dtype": args.dtype, "device": args.device},
+        model={
+            "size": args.size,
+            "seed": args.seed,
+            "dtype": args.dtype,
+            "device": args.device,
+            "cpu_gemm": args.cpu_gemm,
+        },
         engine={
             "context_length": 4096,
             "max_output_tokens": 1024,
@@ -235,6 +244,12 @@ def cuda_graphs_used(engine: MuseEngine) -> dict | None:
     return {"captured": len(graphs.graphs), "capture_s": graphs.capture_s, "buckets": sorted(graphs.graphs)}
 
 
+def linear_layers(model: torch.nn.Module) -> str:
+    """What a model's linear layers run on."""
+    packed = any(isinstance(m, PackedLinear) for m in model.modules())
+    return "oneDNN, weights packed at load" if packed else "torch matmul (nn.Linear)"
+
+
 # -- report ----------------------------------------------------------------------------
 
 
@@ -267,6 +282,7 @@ def main() -> None:
     parser.add_argument("--max-batched-tokens", type=int, default=2048)
     parser.add_argument("--max-prefill-chunk", type=int, default=512)
     parser.add_argument("--kv-cache-mib", type=int, default=512)
+    parser.add_argument("--cpu-gemm", default="onednn", choices=CPU_GEMMS, help="our linear layers on a CPU")
     parser.add_argument("--skip-prefix", action="store_true", help="leave out the prefix-cache TTFT measurement")
     parser.add_argument("--hf-batching", default="both", choices=("both", *BATCHINGS), help="what HF runs")
     args = parser.parse_args()
@@ -343,6 +359,7 @@ def main() -> None:
             "step_s_p50": percentile(step_s, 0.5) if step_s else None,
             "counted": "sum of usage.output_tokens of each request's final chunk (tokens actually generated)",
             "cuda_graphs": cuda_graphs_used(engine),
+            "linear_layers": linear_layers(model),
             "engine_metrics": {
                 "generation_tokens": metrics.generation_tokens,
                 "prompt_tokens": metrics.prompt_tokens,
@@ -371,6 +388,7 @@ def main() -> None:
             "counted": "each request's requested max_output_tokens (generated exactly: no end token); "
             "tokens a padded batch generates past a request's own length are not counted",
             "attn_implementation": hf.config._attn_implementation,
+            "linear_layers": linear_layers(hf),
             "sdpa_backends": [backend.name for backend in SDPA_BACKENDS],
             "transformers": transformers.__version__,
         },

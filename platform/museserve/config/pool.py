@@ -20,6 +20,11 @@ class ModelConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where weights, KV cache and sampling live; auto: cuda when PyTorch sees a GPU, else cpu."
     )
+    cpu_gemm: Literal["onednn", "torch"] = Field(
+        "onednn",
+        description="On a CPU: linear layers on oneDNN with weights packed once at load (float32, or bfloat16 "
+        "where the CPU has it), or PyTorch's own matmul.",
+    )
 
     @model_validator(mode="after")
     def _path_matches_format(self) -> ModelConfig:

@@ -58,6 +58,7 @@ def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimi
         dtype=getattr(torch, spec.dtype),
         path=spec.path,
         device=resolve_device(spec.device),
+        cpu_gemm=spec.cpu_gemm,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from safetensors import safe_open
 from torch import Tensor
 
 from museserve.model.config import MuseConfig
+from museserve.model.cpu_linear import CPU_GEMMS, can_pack, pack_linears
 from museserve.model.muse import MuseForCausalLM
+
+logger = logging.getLogger(__name__)
 
 LOAD_FORMATS = ("dummy", "safetensors")
 DUMMY_INIT_STD = 0.02
@@ -57,14 +61,19 @@ def build_model(
     path: str | Path | None = None,
     device: torch.device | str = "cpu",
     prune: Callable[[MuseForCausalLM], None] | None = None,
+    cpu_gemm: str = "onednn",
 ) -> MuseForCausalLM:
     """A model in eval mode with gradients off, on `device` in `dtype`.
 
     `prune` drops modules from the model while it is still on the meta device (a pipeline
     stage keeps only its layers); the rest keep their names, so they get the same dummy
-    values or checkpoint tensors as in the whole model, and only they are allocated."""
+    values or checkpoint tensors as in the whole model, and only they are allocated.
+    `cpu_gemm` "onednn": on a CPU, linear layers run on oneDNN with weights packed once
+    (`cpu_linear`), where it takes the dtype; "torch" keeps `nn.Linear`."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: unknown value {load_format!r}; expected one of {LOAD_FORMATS}")
+    if cpu_gemm not in CPU_GEMMS:
+        raise ValueError(f"cpu_gemm: unknown value {cpu_gemm!r}; expected one of {CPU_GEMMS}")
     if load_format == "safetensors" and path is None:
         raise ValueError("path: required when load_format is 'safetensors'")
     with torch.device("meta"):
@@ -80,6 +89,8 @@ def build_model(
         else:
             assert path is not None
             _load_safetensors(model, Path(path), whole)
+    if cpu_gemm == "onednn" and can_pack(torch.device(device), dtype):
+        logger.info("%d linear layers on oneDNN, their %s weights packed", pack_linears(model), dtype)
     return model.eval()
 
 

@@ -55,7 +55,7 @@ class MuseModel(nn.Module):
         self.image_projector = nn.Linear(dims["image"], config.hidden_size) if "image" in dims else None
         self.audio_projector = nn.Linear(dims["audio"], config.hidden_size) if "audio" in dims else None
 
-    def projector(self, kind: str) -> nn.Linear:
+    def projector(self, kind: str) -> nn.Module:
         projector = {"image": self.image_projector, "audio": self.audio_projector}.get(kind)
         if projector is None:
             raise ValueError(f"this model has no {kind} projector: it takes no {kind} input")
@@ -80,7 +80,7 @@ class MuseForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = MuseModel(config)
-        self.lm_head: nn.Linear | None = None
+        self.lm_head: nn.Module | None = None  # nn.Linear, or its packed CPU form (cpu_linear)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
@@ -111,8 +111,9 @@ class MuseForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """hidden [T, hidden] -> float32 logits [T, vocab]."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is None:
+            return F.linear(hidden, self.model.embed_tokens.weight).float()
+        return self.lm_head(hidden).float()
 
     def logits_for_tokens(self, input_ids: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
         """Convenience for plain text: embed, forward and project in one call."""

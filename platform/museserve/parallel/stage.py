@@ -103,7 +103,16 @@ def build_stage_model(
     path: str | None,
     dtype: torch.dtype,
     device: torch.device,
+    cpu_gemm: str = "onednn",
 ) -> MuseForCausalLM:
+    """A tensor-parallel stage keeps `nn.Linear` (DeepSpeed shards those) whatever `cpu_gemm` says."""
     return build_model(
-        arch, load_format=load_format, seed=seed, dtype=dtype, path=path, device=device, prune=prune_to_stage(spec)
+        arch,
+        load_format=load_format,
+        seed=seed,
+        dtype=dtype,
+        path=path,
+        device=device,
+        prune=prune_to_stage(spec),
+        cpu_gemm=cpu_gemm if spec.tensor == 1 else "torch",
     )

@@ -55,6 +55,7 @@ class StageWorker:
             path=config.path,
             dtype=dtype,
             device=device,
+            cpu_gemm=config.cpu_gemm,
         )
         if spec.tensor > 1:
             model = tp.shard_model(model, spec.tensor, dtype)
