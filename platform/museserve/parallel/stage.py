@@ -16,6 +16,7 @@ from museserve.engine.kv_pool import SDPA_BACKENDS, PagedKVPool, PagedStep
 from museserve.engine.model_runner import media_inputs, step_inputs
 from museserve.engine.scheduler import SchedulerPlan
 from museserve.model import MuseConfig, MuseForCausalLM, build_model
+from museserve.model.cpu_linear import PackedLinear
 from museserve.parallel.plan import WorkerSpec, shard_architecture
 
 
@@ -87,9 +88,9 @@ class StageRunner:
 
 def logits(model: MuseForCausalLM, hidden: Tensor) -> Tensor:
     """hidden [R, hidden] -> float32 [R, vocab]. DeepSpeed's TP head (input-sharded, all-reduced)
-    takes [batch, T, hidden]; a plain or tied head goes through the model's own projection."""
+    takes [batch, T, hidden]; a plain, packed or tied head goes through the model's own projection."""
     head = model.lm_head
-    if head is None or type(head) is nn.Linear:
+    if head is None or type(head) in (nn.Linear, PackedLinear):
         return model.compute_logits(hidden)
     return head(hidden[None])[0].float()
 
