@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from museserve.model import MuseConfig, SequenceKVCache, build_model
-from museserve.model.cpu_linear import PackedLinear, can_pack, pack_linears
+from museserve.model.cpu_linear import PackedLinear, can_pack, pack_linears, weight_bytes
 
 pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.float32), reason="PyTorch built without oneDNN")
 
@@ -96,6 +96,8 @@ def test_build_model_packs_every_linear_on_cpu_and_logits_agree() -> None:
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 7 * config.num_hidden_layers + 1
     assert any(type(m) is nn.Linear for m in dense.modules())
     assert packed.state_dict().keys() == dense.state_dict().keys()
+    linear_bytes = sum(m.weight.numel() * 4 for m in packed.modules() if isinstance(m, PackedLinear))
+    assert weight_bytes(packed) == weight_bytes(dense) + linear_bytes  # the packed copies are counted
     for name, value in packed.state_dict().items():
         assert torch.equal(value, dense.state_dict()[name]), name
 

@@ -53,6 +53,13 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters plus the packed copies its `PackedLinear`s hold."""
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    packed = sum(m.packed.numel() * m.packed.element_size() for m in model.modules() if isinstance(m, PackedLinear))
+    return dense + packed
+
+
 def pack_linears(model: nn.Module) -> int:
     """Replaces every `nn.Linear` of `model` (on a CPU, in a dtype `can_pack` takes) by a
     `PackedLinear` of the same parameters; returns how many were replaced."""

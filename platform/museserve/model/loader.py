@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from museserve.model.config import MuseConfig
-from museserve.model.cpu_linear import CPU_GEMMS, can_pack, pack_linears
+from museserve.model.cpu_linear import CPU_GEMMS, can_pack, pack_linears, weight_bytes
 from museserve.model.muse import MuseForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,13 @@ def build_model(
             assert path is not None
             _load_safetensors(model, Path(path), whole)
     if cpu_gemm == "onednn" and can_pack(torch.device(device), dtype):
-        logger.info("%d linear layers on oneDNN, their %s weights packed", pack_linears(model), dtype)
+        count = pack_linears(model)
+        logger.info(
+            "%d linear layers on oneDNN with packed %s weights: %.1f MiB of weights with the packed copies",
+            count,
+            dtype,
+            weight_bytes(model) / 2**20,
+        )
     return model.eval()
 
 

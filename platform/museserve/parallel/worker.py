@@ -17,6 +17,7 @@ from torch import Tensor
 from museserve.config import ModelConfig
 from museserve.engine.scheduler import SchedulerPlan
 from museserve.model import MuseConfig
+from museserve.model.cpu_linear import weight_bytes
 from museserve.model.loader import resolve_device
 from museserve.parallel import tp
 from museserve.parallel.plan import WorkerSpec
@@ -70,7 +71,7 @@ class StageWorker:
 
     def memory(self) -> dict[str, int]:
         runner = self.runner
-        weights = sum(p.numel() * p.element_size() for p in runner.model.parameters()) if runner else 0
+        weights = weight_bytes(runner.model) if runner else 0
         return {
             "weight_bytes": weights,
             "kv_cache_bytes": runner.pool.num_bytes if runner else 0,
