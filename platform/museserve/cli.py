@@ -75,14 +75,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from museserve.preprocess.pool_model import check_pools  # deferred: reads each pool's checkpoint
+
     try:
         config = load_config(args.file, read_environment())  # with MUSESERVE_REDIS_URL / _API_KEYS_FILE, as served
+        config = check_pools(config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    pools = ", ".join(f"{p.name} ({p.model.size}, {p.model.load_format})" for p in config.pools)
-    print(f"{args.file}: valid; pools: {pools}")
+    print(f"{args.file}: valid; pools:")
+    for line in _pool_summary(config):
+        print(f"  {line}")
     return 0
+
+
+def _pool_summary(config) -> list[str]:
+    """A line per pool: what it serves, from what, and in which modes."""
+    lines = []
+    for pool in config.pools:
+        m = pool.model
+        source = f"dummy {m.size} weights" if m.load_format == "dummy" else f"{m.load_format} {m.path}"
+        default = " (default)" if pool is config.default_pool else ""
+        modes = ", ".join(pool.modes or ())
+        lines.append(f"{pool.name}{default}: {source}, {m.dtype}; context {pool.engine.context_length}; modes {modes}")
+    return lines
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -134,8 +150,10 @@ def _mirror_report(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     env = read_environment()
+    from museserve.preprocess.pool_model import check_pools
+
     try:
-        config = load_config(args.config or env.config_path, env)
+        config = check_pools(load_config(args.config or env.config_path, env))
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -154,6 +172,8 @@ def _serve(args: argparse.Namespace) -> int:
         run_app(config, env.log_level)
         s = config.server
         print(f"museserve is serving {', '.join(p.name for p in config.pools)}")
+        for line in _pool_summary(config):
+            print(f"  {line}")
         print(f"  gRPC  127.0.0.1:{s.grpc_port}  (ChatService, grpc.health.v1, reflection; all interfaces)")
         if s.direct_grpc_enabled:
             print(f"  gRPC  {s.direct_grpc_host}:{s.direct_grpc_port}  (the same API served by the gateway itself)")

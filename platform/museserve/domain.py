@@ -110,17 +110,18 @@ class ResponseFormat:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters. None: the model's
+    default (its checkpoint's generation config), else temperature 1, no top-p, top-k or penalty."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     seed: int | None = None
     max_output_tokens: int | None = None  # None: the pool's default
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0  # 1.0 is off
+    repetition_penalty: float | None = None  # 1.0 is off
     stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per position, with logprobs

@@ -44,6 +44,19 @@ class MediaSegment:
 
 
 @dataclass(frozen=True, slots=True)
+class ContemplationPrompts:
+    """The passes of a Contemplating request, rendered by the preprocess tier in the pool's chat
+    format. Every pass starts with `shared` (the conversation: the prefix cache computes it once);
+    agent i's prompt is `shared + agents[i]`; the synthesis prompt is `shared + synthesis[0]`, the
+    agents' answers encoded as plain text, then `synthesis[1]`. Media lie inside `shared`."""
+
+    shared: tuple[int, ...]
+    agents: tuple[tuple[int, ...], ...]
+    synthesis: tuple[tuple[int, ...], tuple[int, ...]]
+    synthesis_thinking_budget: int  # the synthesis pass's reasoning tokens; its prompt opens the segment if > 0
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedRequest:
     request_id: str
     tenant: str
@@ -70,6 +83,8 @@ class PreparedRequest:
     tool_choice: ToolChoice = ToolChoice(ToolChoiceKind.NONE)
     response_format: ResponseFormat = ResponseFormat()
     num_agents: int = 0  # CONTEMPLATING: parallel agents; 0 for the other modes
+    contemplation: ContemplationPrompts | None = None  # CONTEMPLATING: every pass's prompt
+    ignore_eos: bool = False  # generate past the format's stop ids (benchmarks): only budgets and stops end it
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -24,7 +24,9 @@ from museserve.config import PoolConfig
 from museserve.domain import ToolChoice, ToolChoiceKind, ToolSpec
 from museserve.engine.constraint import OutputConstraint
 from museserve.engine.engine import MuseEngine
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from tests.bench.machine import machine
 from tests.support import prepared_request
 
 BATCH = 8
@@ -96,7 +98,7 @@ def main() -> None:
         model={"size": args.size, "load_format": "dummy", "device": args.device},
         engine={"max_running_requests": BATCH, "max_batched_tokens": 512, "stream_interval_ms": 0},
     )
-    engine = MuseEngine(pool, tokenizer)
+    engine = MuseEngine(pool, MuseFormat(tokenizer))
     for i in range(BATCH):  # compile every grammar before timing
         engine.constraints.build_now(
             prepared_request(tools=(schema(i),), tool_choice=ToolChoice(ToolChoiceKind.REQUIRED))
@@ -128,6 +130,7 @@ def main() -> None:
     plain, constrained = results["plain"], results["constrained"]
     results["sample_overhead_ms_per_step"] = constrained["sample_ms_mean"] - plain["sample_ms_mean"]
     results["device"] = args.device
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,31 +1,38 @@
-"""Our engine against Hugging Face transformers on the same weights, one process, one run.
+"""Our engine against Hugging Face transformers on the same weights, one process, one run, for
+two models:
 
-Both sides hold the same seeded dummy weights (`--size`, default `small`): our `MuseEngine`
-builds them from its PoolConfig, and the same state_dict is loaded into transformers'
-`LlamaForCausalLM` (its default attention), on the same device (`--device`: auto, cpu or cuda)
-in the same dtype (`--dtype`: float32, or bfloat16 on cuda). Both use the same number of torch
-threads, and the same attention kernels (PyTorch's SDPA without cuDNN's, which plans anew for
-each sequence length). On cuda every clock is read after the device has finished its queued work.
-On a CPU our linear layers run on oneDNN with weights packed at load (`--cpu-gemm`, the pool's
-`model.cpu_gemm`; `torch` measures ours on PyTorch's matmul, as transformers runs).
+- the seeded dummy `--size` model (default `small`): the top-level keys, as before;
+- `real_model`: SmolLM2-135M-Instruct, the default pool's GGUF, dequantized to float32
+  (`--skip-real-model` leaves it out).
 
-Workload (seeded): `--requests` requests (64), prompts of uniform 32-512 random ordinary
-token ids (32..7999, no control tokens), outputs of uniform 16-256 tokens, greedy.
+Both sides of a comparison hold the same weights: our `MuseEngine` builds them from its
+PoolConfig, and the same state_dict is loaded into transformers' `LlamaForCausalLM` (its
+default attention), on the same device (`--device`: auto, cpu or cuda) in the same dtype
+(`--dtype`: float32, or bfloat16 on cuda; the real model runs in float32). Both use the same
+number of torch threads and the same attention kernels (PyTorch's SDPA without cuDNN's, which
+plans anew for each sequence length). On cuda every clock is read after the device has
+finished its queued work. On a CPU our linear layers run on oneDNN with weights packed at load
+(`--cpu-gemm`, the pool's `model.cpu_gemm`; `torch` measures ours on PyTorch's matmul, as
+transformers runs).
+
+Workload (seeded, the same for both models): `--requests` requests (64), prompts of uniform
+32-512 random ordinary token ids (no special token), outputs of uniform 16-256 tokens, greedy,
+end tokens ignored on both sides, so each request generates exactly its budget.
 
 - Ours: all requests submitted at once through a semaphore of `--concurrency` (32), each
   with its own max_output_tokens. TTFT is the time from calling `generate` (after the
-  semaphore lets the request in) to the first chunk carrying text or tokens. The engine
-  ends a request early if greedy decoding produces an end token, so output tokens are
-  counted from each request's final `usage.output_tokens`.
+  semaphore lets the request in) to the first chunk carrying text or tokens.
 - Hugging Face, with each batching transformers offers (`--hf-batching`, default both; see
   `hf_baseline`): its own `generate` on left-padded batches of `--concurrency` requests, and
-  its continuous-batching manager. Greedy, nothing stops early; only each request's
-  requested tokens count as output.
+  its continuous-batching manager.
 
 `throughput_ratio_vs_hf` = our output tokens/s over Hugging Face's with the faster of its
-batchings (`hf.baseline`), wall clock of the whole workload on each side. `prefix_ttft_ratio`:
-TTFT of a second turn that extends a finished first turn's 2048-token prompt, over TTFT of a
-cold prompt of the same length (same tenant, engine otherwise idle); lower is better.
+batchings (`hf.baseline`), wall clock of the whole workload on each side.
+`greedy_text_agreement` (real model): requests whose streamed text equals the decoded
+transformers tokens, over requests. `prefix_ttft_ratio` (dummy model): TTFT of a second turn
+that extends a finished first turn's 2048-token prompt, over TTFT of a cold prompt of the same
+length (same tenant, engine otherwise idle); lower is better. `machine.cpu` names the CPU and
+its instruction sets: the same bench gave 3.76x on an AVX-512 EPYC and 1.99x on an AVX2-only one.
 
     python -m tests.bench.bench_engine --out .bench/engine.json
     python -m tests.bench.bench_engine --device cuda --dtype bfloat16 --size 1b --out .bench/engine_cuda.json
@@ -37,55 +44,38 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
-import statistics
 import subprocess
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from museserve.config import PoolConfig
-from museserve.domain import Mode
+from museserve.config import MediaLimits, PoolConfig
 from museserve.engine.engine import MuseEngine
 from museserve.engine.kv_pool import SDPA_BACKENDS
-from museserve.messages import PreparedRequest
 from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseConfig
-from museserve.model.cpu_linear import CPU_GEMMS, PackedLinear
+from museserve.model.cpu_linear import CPU_GEMMS
 from museserve.model.loader import resolve_device
-from museserve.preprocess.tokenizer import MuseTokenizer
-from tests.bench.hf_baseline import BATCHINGS, HFRun, Job, run_batchings, synchronize
+from museserve.preprocess.pool_model import pool_model
+from tests.bench.engine_side import bench_ours, cuda_graphs_used, linear_layers
+from tests.bench.hf_baseline import BATCHINGS, HFRun, Job, run_batchings
+from tests.bench.machine import machine
+from tests.real_model import SMOLLM2_GGUF
 
 PROMPT_TOKENS = (32, 512)
 OUTPUT_TOKENS = (16, 256)
-ORDINARY_IDS = (32, 8000)  # randrange bounds: no control token ids
-PREFIX_TOKENS = 2048
-PREFIX_SUFFIX_TOKENS = 64
-PREFIX_REPEATS = 3
-TENANT = "bench"
 
 
-@dataclass
-class Outcome:
-    ttft_s: float
-    latency_s: float
-    output_tokens: int
-    finish: str
-    text: str
-    cached_tokens: int
-
-
-def make_workload(seed: int, num_requests: int) -> list[Job]:
+def make_workload(seed: int, num_requests: int, ids: tuple[int, int]) -> list[Job]:
+    """`ids`: randrange bounds of the model's ordinary token ids (no special token)."""
     rng = random.Random(seed)
     jobs = []
     for _ in range(num_requests):
         prompt_len = rng.randint(*PROMPT_TOKENS)
         output_len = rng.randint(*OUTPUT_TOKENS)
-        jobs.append(Job([rng.randrange(*ORDINARY_IDS) for _ in range(prompt_len)], output_len))
+        jobs.append(Job([rng.randrange(*ids) for _ in range(prompt_len)], output_len))
     return jobs
 
 
@@ -98,16 +88,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def pool_config(args: argparse.Namespace) -> PoolConfig:
+def pool_config(args: argparse.Namespace, model: dict, kv_cache_mib: int) -> PoolConfig:
     return PoolConfig(
         name="bench",
-        model={
-            "size": args.size,
-            "seed": args.seed,
-            "dtype": args.dtype,
-            "device": args.device,
-            "cpu_gemm": args.cpu_gemm,
-        },
+        model={**model, "device": args.device, "cpu_gemm": args.cpu_gemm},
         engine={
             "context_length": 4096,
             "max_output_tokens": 1024,
@@ -117,140 +101,137 @@ def pool_config(args: argparse.Namespace) -> PoolConfig:
             "max_batched_tokens": args.max_batched_tokens,
             "max_prefill_chunk": args.max_prefill_chunk,
             "block_size": 16,
-            "kv_cache_bytes": args.kv_cache_mib << 20,
+            "kv_cache_bytes": kv_cache_mib << 20,
             "stream_interval_ms": 0,
         },
     )
 
 
-# -- our engine ------------------------------------------------------------------------
+def compare(pool: PoolConfig, args: argparse.Namespace, with_prefix: bool) -> dict:
+    """Ours, then transformers with each batching, on `pool`'s weights; the comparison's report."""
+    chat_format = pool_model(pool, MediaLimits()).chat_format
+    tokenizer = chat_format.tokenizer
+    ids = (max(tokenizer.control_ids, default=-1) + 1, tokenizer.vocab_size)
+    jobs = make_workload(args.seed, args.requests, ids)
+    warmup = [Job(j.prompt[:32], 4) for j in make_workload(args.seed + 7, 2, ids)]
+    metrics = InMemoryMetrics()
+    engine = MuseEngine(pool, chat_format, metrics=metrics)
+    model = engine.executor.model
 
-
-class _TimedExecutor:
-    """Passes steps through to the engine's executor and records how long each took."""
-
-    def __init__(self, inner, device: torch.device):
-        self.inner = inner
-        self.device = device
-        self.num_blocks = inner.num_blocks
-        self.steps: list[tuple[float, int, int]] = []  # (seconds, sequences, tokens)
-
-    def execute(self, plan):
-        start = time.perf_counter()
-        logits = self.inner.execute(plan)
-        synchronize(self.device)  # the runner already waits; this keeps the timing honest if it stops
-        self.steps.append((time.perf_counter() - start, len(plan.sequences), plan.num_batched_tokens))
-        return logits
-
-
-def prepared(pool: PoolConfig, prompt: list[int], max_output_tokens: int, tenant: str = TENANT) -> PreparedRequest:
-    return PreparedRequest(
-        request_id=uuid.uuid4().hex,
-        tenant=tenant,
-        pool=pool.name,
-        prompt_token_ids=tuple(prompt),
-        mode=Mode.INSTANT,
-        thinking_budget=0,
-        max_output_tokens=max_output_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=0,
-        stop=(),
-        deadline_unix_s=time.time() + 3600,
-    )
-
-
-async def run_one(engine: MuseEngine, request: PreparedRequest) -> Outcome:
-    start = time.perf_counter()
-    first = None
-    text: list[str] = []
-    async for chunk in engine.generate(request):
-        if first is None and (chunk.text or chunk.num_new_tokens):
-            first = time.perf_counter()
-        text.append(chunk.text)
-        if chunk.finish is not None:
-            end = time.perf_counter()
-            return Outcome(
-                ttft_s=(first if first is not None else end) - start,
-                latency_s=end - start,
-                output_tokens=chunk.usage.output_tokens,
-                finish=str(chunk.finish),
-                text="".join(text),
-                cached_tokens=chunk.usage.cached_tokens,
+    async def ours_then_stop() -> tuple:
+        try:
+            return await bench_ours(
+                engine, pool, jobs, warmup, args.concurrency, ids if with_prefix else None, args.seed
             )
-    raise RuntimeError("the stream ended without a final chunk")
+        finally:
+            engine.shutdown(wait=True)  # its device thread ends before Hugging Face starts (see hf_baseline)
 
+    outcomes, ours_wall, steps, prefix = asyncio.run(ours_then_stop())
+    batchings = BATCHINGS if args.hf_batching == "both" else (args.hf_batching,)
+    hf, hf_runs = run_batchings(model, jobs, warmup, batchings, args.concurrency, args.max_batched_tokens)
+    finished = {name: run for name, run in hf_runs.items() if isinstance(run, HFRun)}
+    if not finished:
+        raise RuntimeError(f"no Hugging Face batching finished: {hf_runs}")
+    baseline = min(finished, key=lambda name: finished[name].wall_s)
+    hf_outputs, hf_wall = finished[baseline].outputs, finished[baseline].wall_s
 
-async def run_ours(
-    engine: MuseEngine, pool: PoolConfig, jobs: list[Job], concurrency: int, device: torch.device
-) -> tuple[list, float]:
-    gate = asyncio.Semaphore(concurrency)
+    def same_text(outputs: list[list[int]]) -> int:
+        return sum(
+            1
+            for outcome, tokens in zip(outcomes, outputs, strict=True)
+            if outcome.output_tokens == len(tokens) and outcome.text == tokenizer.decode(tokens)
+        )
 
-    async def gated(job: Job) -> Outcome:
-        async with gate:
-            return await run_one(engine, prepared(pool, job.prompt, job.max_output_tokens))
-
-    synchronize(device)
-    start = time.perf_counter()
-    outcomes = await asyncio.gather(*(gated(job) for job in jobs))
-    synchronize(device)
-    return outcomes, time.perf_counter() - start
-
-
-async def prefix_ttfts(engine: MuseEngine, pool: PoolConfig, seed: int) -> dict:
-    rng = random.Random(seed + 1)
-    second, cold, cached = [], [], []
-    for _ in range(PREFIX_REPEATS):
-        prefix = [rng.randrange(*ORDINARY_IDS) for _ in range(PREFIX_TOKENS)]
-        suffix = [rng.randrange(*ORDINARY_IDS) for _ in range(PREFIX_SUFFIX_TOKENS)]
-        await run_one(engine, prepared(pool, prefix, 16))  # first turn, finished before the second starts
-        warm = await run_one(engine, prepared(pool, prefix + suffix, 1))
-        fresh = [rng.randrange(*ORDINARY_IDS) for _ in range(PREFIX_TOKENS + PREFIX_SUFFIX_TOKENS)]
-        cold_outcome = await run_one(engine, prepared(pool, fresh, 1))
-        second.append(warm.ttft_s)
-        cold.append(cold_outcome.ttft_s)
-        cached.append(warm.cached_tokens)
-    return {
-        "prefix_ttft_ratio": statistics.median(second) / statistics.median(cold),
-        "second_turn_ttft_s": second,
-        "cold_turn_ttft_s": cold,
-        "second_turn_cached_tokens": cached,
-        "prompt_tokens": PREFIX_TOKENS + PREFIX_SUFFIX_TOKENS,
-        "shared_prefix_tokens": PREFIX_TOKENS,
-        "repeats": PREFIX_REPEATS,
-        "note": "ratio of medians; engine idle; second turn = first turn's prompt + 64 new tokens",
+    ours_tokens = sum(o.output_tokens for o in outcomes)
+    hf_tokens = sum(len(t) for t in hf_outputs)
+    ttfts = [o.ttft_s for o in outcomes]
+    step_s = [s for s, _, _ in steps]
+    config, dtype = model.config, getattr(torch, pool.model.dtype)
+    report = {
+        "throughput_ratio_vs_hf": (ours_tokens / ours_wall) / (hf_tokens / hf_wall),
+        "greedy_text_agreement": same_text(hf_outputs) / len(jobs),
+        "ttft_p50_s": percentile(ttfts, 0.5),
+        "device": str(next(model.parameters()).device),
+        "dtype": pool.model.dtype,
+        "ours": {
+            "output_tokens_per_s": ours_tokens / ours_wall,
+            "ttft_p50_s": percentile(ttfts, 0.5),
+            "ttft_p99_s": percentile(ttfts, 0.99),
+            "ttft_max_s": max(ttfts),
+            "latency_p50_s": percentile([o.latency_s for o in outcomes], 0.5),
+            "wall_s": ours_wall,
+            "output_tokens": ours_tokens,
+            "finish_reasons": {
+                r: sum(1 for o in outcomes if o.finish == r) for r in sorted({o.finish for o in outcomes})
+            },
+            "steps": len(steps),
+            "model_time_s": sum(step_s),
+            "model_time_fraction_of_wall": sum(step_s) / ours_wall,
+            "step_s_p50": percentile(step_s, 0.5) if step_s else None,
+            "counted": "sum of usage.output_tokens of each request's final chunk (tokens actually generated)",
+            "cuda_graphs": cuda_graphs_used(engine),
+            "linear_layers": linear_layers(model),
+            "engine_metrics": {
+                "generation_tokens": metrics.generation_tokens,
+                "prompt_tokens": metrics.prompt_tokens,
+                "prefix_hit_tokens": metrics.prefix_hits,
+                "note": "the engine's own recorder over the whole run: warm-up, workload and prefix turns",
+            },
+        },
+        "hf": {
+            "baseline": baseline,
+            "output_tokens_per_s": hf_tokens / hf_wall,
+            "wall_s": hf_wall,
+            "output_tokens": hf_tokens,
+            "batchings": {
+                name: {"error": run}
+                if isinstance(run, str)
+                else {
+                    "output_tokens_per_s": sum(len(t) for t in run.outputs) / run.wall_s,
+                    "wall_s": run.wall_s,
+                    "generated_tokens_incl_padding_waste": run.generated_tokens,
+                    "requests_with_our_text": same_text(run.outputs),
+                }
+                for name, run in hf_runs.items()
+            },
+            "counted": "each request's requested max_output_tokens (generated exactly: no end token); "
+            "tokens a padded batch generates past a request's own length are not counted",
+            "attn_implementation": hf.config._attn_implementation,
+            "linear_layers": linear_layers(hf),
+            "sdpa_backends": [backend.name for backend in SDPA_BACKENDS],
+        },
+        "requests_with_identical_text": same_text(hf_outputs),
+        "kv_bytes_per_token": config.kv_cache_bytes_per_token(torch.finfo(dtype).bits // 8),
+        "model": {
+            "source": pool.model.path or f"dummy {pool.model.size}",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "hidden_size": config.hidden_size,
+            "layers": config.num_hidden_layers,
+            "heads": config.num_attention_heads,
+            "kv_heads": config.num_key_value_heads,
+            "vocab_size": config.vocab_size,
+            "tied_embeddings": config.tie_word_embeddings,
+        },
+        "workload": {
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "prompt_tokens_uniform": list(PROMPT_TOKENS),
+            "output_tokens_uniform": list(OUTPUT_TOKENS),
+            "token_ids": list(ids),
+            "prompt_tokens_total": sum(len(j.prompt) for j in jobs),
+            "requested_output_tokens_total": sum(j.max_output_tokens for j in jobs),
+            "seed": args.seed,
+            "greedy": True,
+            "end_tokens_ignored": True,
+        },
+        "engine_config": {
+            k: getattr(pool.engine, k)
+            for k in ("max_running_requests", "max_batched_tokens", "max_prefill_chunk", "block_size", "kv_cache_bytes")
+        },
     }
-
-
-async def bench_ours(
-    engine: MuseEngine, pool: PoolConfig, jobs: list[Job], args: argparse.Namespace, device: torch.device
-) -> tuple:
-    warmup_jobs = make_workload(args.seed + 7, 2)
-    await asyncio.gather(*(run_one(engine, prepared(pool, j.prompt[:32], 4, tenant="warmup")) for j in warmup_jobs))
-    timed = _TimedExecutor(engine.executor, device)
-    engine.executor = timed
-    outcomes, wall = await run_ours(engine, pool, jobs, args.concurrency, device)
-    engine.executor = timed.inner
-    prefix = None if args.skip_prefix else await prefix_ttfts(engine, pool, args.seed)
-    return outcomes, wall, timed.steps, prefix
-
-
-def cuda_graphs_used(engine: MuseEngine) -> dict | None:
-    """Decode graphs the runner captured over the whole run; their capture time is in our wall time."""
-    graphs = getattr(engine.executor, "graphs", None)
-    if graphs is None:
-        return None
-    return {"captured": len(graphs.graphs), "capture_s": graphs.capture_s, "buckets": sorted(graphs.graphs)}
-
-
-def linear_layers(model: torch.nn.Module) -> str:
-    """What a model's linear layers run on."""
-    packed = any(isinstance(m, PackedLinear) for m in model.modules())
-    return "oneDNN, weights packed at load" if packed else "torch matmul (nn.Linear)"
-
-
-# -- report ----------------------------------------------------------------------------
+    if prefix is not None:
+        report |= {"prefix_cache": prefix, "prefix_ttft_ratio": prefix["prefix_ttft_ratio"]}
+    return report
 
 
 def source_state() -> dict:
@@ -274,16 +255,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(".bench/engine.json"))
     parser.add_argument("--size", default="small", choices=MuseConfig.named_sizes()[:3])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="both sides")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both sides")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both sides (dummy)")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32, help="our semaphore and running cap; HF batch size")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batched-tokens", type=int, default=2048)
     parser.add_argument("--max-prefill-chunk", type=int, default=512)
-    parser.add_argument("--kv-cache-mib", type=int, default=512)
+    parser.add_argument("--kv-cache-mib", type=int, default=512, help="the dummy model's KV cache")
+    parser.add_argument("--real-kv-cache-mib", type=int, default=1280, help="the real model's (46 KB a token)")
     parser.add_argument("--cpu-gemm", default="onednn", choices=CPU_GEMMS, help="our linear layers on a CPU")
     parser.add_argument("--skip-prefix", action="store_true", help="leave out the prefix-cache TTFT measurement")
+    parser.add_argument("--skip-real-model", action="store_true", help="leave out the SmolLM2 comparison")
     parser.add_argument("--hf-batching", default="both", choices=("both", *BATCHINGS), help="what HF runs")
     args = parser.parse_args()
     if args.dtype != "float32" and resolve_device(args.device).type != "cuda":
@@ -293,157 +276,18 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     bench_start = time.perf_counter()
-    tokenizer = MuseTokenizer.load(None)
-    pool = pool_config(args)
-    jobs = make_workload(args.seed, args.requests)
-    requested = [j.max_output_tokens for j in jobs]
-
-    metrics = InMemoryMetrics()
-    engine = MuseEngine(pool, tokenizer, metrics=metrics)
-    model = engine.executor.model
-    config = model.config
-    dtype = getattr(torch, pool.model.dtype)
-    device = next(model.parameters()).device
-
-    async def ours_then_stop() -> tuple:
-        try:
-            return await bench_ours(engine, pool, jobs, args, device)
-        finally:
-            engine.shutdown(wait=True)  # its device thread ends before Hugging Face starts (see hf_baseline)
-
-    outcomes, ours_wall, steps, prefix = asyncio.run(ours_then_stop())
-
-    batchings = BATCHINGS if args.hf_batching == "both" else (args.hf_batching,)
-    warmup = [Job(j.prompt[:32], 4) for j in make_workload(12345, 2)]
-    hf, hf_runs = run_batchings(model, jobs, warmup, batchings, args.concurrency, args.max_batched_tokens)
-    finished = {name: run for name, run in hf_runs.items() if isinstance(run, HFRun)}
-    if not finished:
-        raise RuntimeError(f"no Hugging Face batching finished: {hf_runs}")
-    baseline = min(finished, key=lambda name: finished[name].wall_s)
-    hf_outputs, hf_wall = finished[baseline].outputs, finished[baseline].wall_s
-
-    ours_tokens = sum(o.output_tokens for o in outcomes)
-    hf_tokens = sum(len(t) for t in hf_outputs)
-    ttfts = [o.ttft_s for o in outcomes]
-    ours_rate = ours_tokens / ours_wall
-    hf_rate = hf_tokens / hf_wall
-
-    def same_text(outputs: list[list[int]]) -> int:
-        return sum(
-            1
-            for outcome, tokens in zip(outcomes, outputs, strict=True)
-            if outcome.output_tokens == len(tokens) and outcome.text == tokenizer.decode(tokens)
+    dummy = pool_config(args, {"size": args.size, "seed": args.seed, "dtype": args.dtype}, args.kv_cache_mib)
+    report = {"benchmark": "engine_vs_hf", **compare(dummy, args, with_prefix=not args.skip_prefix)}
+    if not args.skip_real_model:
+        real = pool_config(
+            args, {"load_format": "gguf", "path": SMOLLM2_GGUF, "dtype": "float32"}, args.real_kv_cache_mib
         )
-
-    step_s = [s for s, _, _ in steps]
-    report = {
-        "benchmark": "engine_vs_hf",
-        "throughput_ratio_vs_hf": ours_rate / hf_rate,
-        "device": str(device),
-        "dtype": pool.model.dtype,
-        "ours": {
-            "output_tokens_per_s": ours_rate,
-            "ttft_p50_s": percentile(ttfts, 0.5),
-            "ttft_p99_s": percentile(ttfts, 0.99),
-            "ttft_max_s": max(ttfts),
-            "latency_p50_s": percentile([o.latency_s for o in outcomes], 0.5),
-            "wall_s": ours_wall,
-            "output_tokens": ours_tokens,
-            "requests_ended_early": sum(1 for o, n in zip(outcomes, requested, strict=True) if o.output_tokens < n),
-            "finish_reasons": {
-                r: sum(1 for o in outcomes if o.finish == r) for r in sorted({o.finish for o in outcomes})
-            },
-            "steps": len(steps),
-            "model_time_s": sum(step_s),
-            "model_time_fraction_of_wall": sum(step_s) / ours_wall,
-            "step_s_p50": percentile(step_s, 0.5) if step_s else None,
-            "counted": "sum of usage.output_tokens of each request's final chunk (tokens actually generated)",
-            "cuda_graphs": cuda_graphs_used(engine),
-            "linear_layers": linear_layers(model),
-            "engine_metrics": {
-                "generation_tokens": metrics.generation_tokens,
-                "prompt_tokens": metrics.prompt_tokens,
-                "prefix_hit_tokens": metrics.prefix_hits,
-                "ttft_mean_s": metrics.ttft.sum / max(metrics.ttft.count, 1),
-                "itl_mean_s": metrics.itl.sum / max(metrics.itl.count, 1),
-                "note": "the engine's own recorder over the whole run: warm-up, workload and prefix turns",
-            },
-        },
-        "hf": {
-            "baseline": baseline,
-            "output_tokens_per_s": hf_rate,
-            "wall_s": hf_wall,
-            "output_tokens": hf_tokens,
-            "batchings": {
-                name: {"error": run}
-                if isinstance(run, str)
-                else {
-                    "output_tokens_per_s": sum(len(t) for t in run.outputs) / run.wall_s,
-                    "wall_s": run.wall_s,
-                    "generated_tokens_incl_padding_waste": run.generated_tokens,
-                    "requests_with_our_text": same_text(run.outputs),
-                }
-                for name, run in hf_runs.items()
-            },
-            "counted": "each request's requested max_output_tokens (generated exactly: no end token); "
-            "tokens a padded batch generates past a request's own length are not counted",
-            "attn_implementation": hf.config._attn_implementation,
-            "linear_layers": linear_layers(hf),
-            "sdpa_backends": [backend.name for backend in SDPA_BACKENDS],
-            "transformers": transformers.__version__,
-        },
-        "greedy_text_agreement": {
-            "requests_with_identical_text": same_text(hf_outputs),
-            "requests": len(jobs),
-            "note": "our streamed text vs tokenizer.decode of the HF baseline's requested tokens; differences "
-            "can come from near-tied logits under different batching, or from our early stops",
-        },
-        **({"prefix_cache": prefix, "prefix_ttft_ratio": prefix["prefix_ttft_ratio"]} if prefix else {}),
-        "kv_bytes_per_token": config.kv_cache_bytes_per_token(torch.finfo(dtype).bits // 8),
-        "model": {
-            "size": args.size,
-            "dtype": pool.model.dtype,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "hidden_size": config.hidden_size,
-            "layers": config.num_hidden_layers,
-            "heads": config.num_attention_heads,
-            "kv_heads": config.num_key_value_heads,
-            "vocab_size": config.vocab_size,
-        },
-        "workload": {
-            "requests": args.requests,
-            "concurrency": args.concurrency,
-            "prompt_tokens_uniform": list(PROMPT_TOKENS),
-            "output_tokens_uniform": list(OUTPUT_TOKENS),
-            "prompt_tokens_total": sum(len(j.prompt) for j in jobs),
-            "requested_output_tokens_total": sum(requested),
-            "seed": args.seed,
-            "greedy": True,
-            "defaults_used": args.requests == 64 and args.concurrency == 32,
-        },
-        "engine_config": {
-            k: getattr(pool.engine, k)
-            for k in (
-                "max_running_requests",
-                "max_batched_tokens",
-                "max_prefill_chunk",
-                "block_size",
-                "kv_cache_bytes",
-                "stream_interval_ms",
-                "context_length",
-                "max_output_tokens",
-            )
-        },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
+        report["real_model"] = compare(real, args, with_prefix=False)
+    report |= {
+        "machine": machine(),
+        "transformers": transformers.__version__,
         "notes": [
-            "one process, one run: ours first (then the prefix-cache turns), then Hugging Face, padded "
+            "one process, one run per model: ours first (then the prefix-cache turns), then Hugging Face, padded "
             "batches then continuous batching; each gets a short warm-up first",
             "ours ttft: from calling generate (after the semaphore admits the request) to the first chunk "
             "with text or tokens; the first wave of requests waits for the prefill of those ahead of it",

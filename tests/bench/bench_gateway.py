@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import time
 import uuid
@@ -48,9 +46,11 @@ from museserve.config import MuseServeConfig, parse_config
 from museserve.domain import ChatRequest, Identity, Message, Role, SamplingParams, TextPart
 from museserve.gateway.identity import key_digest
 from museserve.messages import PreparedRequest
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.v1 import chat_pb2 as pb
+from tests.bench.machine import machine
 from tests.redis_server import RedisServer
 from tests.support import free_port, start_local_app
 
@@ -213,7 +213,9 @@ def domain_request() -> ChatRequest:
 def prepared_once(config: MuseServeConfig) -> PreparedRequest:
     pool = config.pool(PLAIN)
     tokenizer = MuseTokenizer.load(config.tokenizer_for(pool))
-    pre = Preprocessor(tokenizer, config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of)
+    pre = Preprocessor(
+        PoolModel.muse(tokenizer), config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of
+    )
     return pre.prepare(domain_request(), pool)
 
 
@@ -367,7 +369,7 @@ def main() -> None:
             ray.shutdown()
     report = {
         "benchmark": "gateway",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "workload": {
             "prompt": PROMPT,
             "overhead": "unary Chat, greedy, 1 output token, mode-routed to a tiny pool, through the gateway's "

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tests.bench.machine import machine
+
 PEAK_BYTES_PER_S = 3.35e12
 BF16 = torch.bfloat16
 
@@ -140,7 +142,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; the kernels are benchmarked on a GPU only. Nothing written.")
         return
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "machine": machine()}
     import triton
 
     report["triton"] = triton.__version__

@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -33,9 +31,12 @@ from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.modes.contemplating import Contemplation
 from museserve.preprocess.audio import load_audio
 from museserve.preprocess.images import load_image
+from museserve.preprocess.muse_format import MuseFormat
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests import audio_corpus, media_corpus
+from tests.bench.machine import machine
 
 PROMPT = "Three friends split a bill of 96 dollars; one pays twice as much as each of the others. " * 24
 
@@ -77,7 +78,7 @@ async def contemplate(args: argparse.Namespace, agents: int, rid: str) -> dict:
     )
     pool = config.pools[0]
     tokenizer = MuseTokenizer.load(None)
-    engine = MuseEngine(pool, tokenizer)
+    engine = MuseEngine(pool, MuseFormat(tokenizer))
     try:
         request = ChatRequest(
             rid,
@@ -85,7 +86,7 @@ async def contemplate(args: argparse.Namespace, agents: int, rid: str) -> dict:
             sampling=SamplingParams(temperature=0.0, max_output_tokens=args.answer_tokens),
             mode=ModeParams(Mode.CONTEMPLATING, thinking_budget=args.budget, num_agents=max(agents, 2)),
         )
-        prepared = Preprocessor(tokenizer, config.preprocess.media, 600.0).prepare(request, pool)
+        prepared = Preprocessor(PoolModel.muse(tokenizer), config.preprocess.media, 600.0).prepare(request, pool)
         prepared = dataclasses.replace(prepared, num_agents=agents)  # 1 agent: the baseline (clients ask 2-8)
         recording = Recording(engine)
         started = time.perf_counter()
@@ -134,7 +135,7 @@ def main() -> None:
 
     result = {
         "benchmark": "modes",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "model_size": args.size,
         "reasoning_budget_per_agent": args.budget,
         "answer_tokens_per_agent": args.answer_tokens,

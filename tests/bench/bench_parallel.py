@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import time
 from pathlib import Path
 
 import ray
-import torch
 
 from museserve.config import PoolConfig
 from museserve.engine.loading import local_runner, pool_architecture
 from museserve.engine.scheduler import ScheduledSequence, SchedulerPlan
 from museserve.model import MuseConfig
 from museserve.preprocess.tokenizer import MuseTokenizer
+from tests.bench.machine import machine
 
 # name: (tensor, pipeline, on Ray workers)
 LAYOUTS = {"tp1": (1, 1, False), "tp1_worker": (1, 1, True), "tp2": (2, 1, True), "pp2": (1, 2, True)}
@@ -98,7 +96,7 @@ def main() -> None:
             config = pool(args, tensor, pipeline)
             started = time.monotonic()
             if not on_ray:
-                executor = local_runner(config, tokenizer)
+                executor = local_runner(config, tokenizer.vocab_size)
                 weights = sum(p.numel() * p.element_size() for p in executor.model.parameters())
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 memory = [{"worker": "driver", "weight_bytes": weights, "kv_cache_bytes": executor.pool.num_bytes}]
@@ -106,7 +104,7 @@ def main() -> None:
             else:
                 from museserve.parallel.executor import RayExecutor
 
-                executor = RayExecutor(config, pool_architecture(config, tokenizer))
+                executor = RayExecutor(config, pool_architecture(config, tokenizer.vocab_size))
                 memory = executor.memory()
             start_s = time.monotonic() - started
             results[name] = {"tensor": tensor, "pipeline": pipeline, "start_s": round(start_s, 2)}
@@ -124,7 +122,7 @@ def main() -> None:
             )
     report = {
         "bench": "parallel",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": machine(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "note": "CPU, float32, gloo: no speed-up is expected on 2 cores. TP pays two all-reduces per layer on "
         "matmuls already too small to split; PP overlaps only its 2 micro-batches and moves hidden states "

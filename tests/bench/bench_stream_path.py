@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import time
 import uuid
@@ -31,8 +29,11 @@ from museserve.config import MuseServeConfig, parse_config
 from museserve.domain import ChatRequest, Message, Role, SamplingParams, TextDelta, TextPart, Usage
 from museserve.engine.engine import MuseEngine
 from museserve.gateway.gateway import Gateway
+from museserve.preprocess.muse_format import MuseFormat
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from tests.bench.machine import machine
 from tests.support import free_port, start_local_app
 
 OUTPUT_TOKENS = 128
@@ -57,7 +58,7 @@ def bench_config(grpc_port: int, http_port: int, throughput_optimized: bool) -> 
 class _LocalPreprocess:
     def __init__(self, config: MuseServeConfig, tokenizer: MuseTokenizer):
         self._config = config
-        self._pre = Preprocessor(tokenizer, config.preprocess.media, 600)
+        self._pre = Preprocessor(PoolModel.muse(tokenizer), config.preprocess.media, 600)
 
     async def prepare(self, request, pool):
         return self._pre.prepare(request, self._config.pool(pool))
@@ -84,7 +85,7 @@ def _summary(ttfts: list[float], rates: list[float], aggregate: float) -> dict:
 
 async def _baseline(config: MuseServeConfig) -> dict:
     tokenizer = MuseTokenizer.load(None)
-    pools = {p.name: _LocalPool(MuseEngine(p, tokenizer)) for p in config.pools}
+    pools = {p.name: _LocalPool(MuseEngine(p, MuseFormat(tokenizer))) for p in config.pools}
     gateway = Gateway(config, _LocalPreprocess(config, tokenizer), pools)
 
     def request() -> ChatRequest:
@@ -165,7 +166,7 @@ def main() -> None:
     variants = {**_served_variants(throughput_optimized=False), **_served_variants(throughput_optimized=True)}
     report = {
         "benchmark": "stream_path",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "torch_threads_per_model": 1,
         "workload": {
             "model": "tiny (dummy weights)",

@@ -62,6 +62,8 @@ def chaos_config(redis_url: str) -> MuseServeConfig:
         redis={"url": redis_url, "timeout_ms": 250, "on_unavailable": "fail_open"},
     )
     data["gateway"]["deployment"]["num_replicas"] = GATEWAY_REPLICAS
+    data["gateway"].update(default_model=None, routes={})
+    data["pools"] = [p for p in data["pools"] if p["name"] == "muse-tiny"]  # the dummy model: a known capacity
     pool = data["pools"][0]
     pool["max_in_flight"] = MAX_IN_FLIGHT
     pool["engine"].update(context_length=4096, max_output_tokens=512, stream_interval_ms=0)

@@ -3,6 +3,7 @@ objects back, for the chart tests."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -15,7 +16,9 @@ from helm_python import _native
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "museserve"
-ENVIRONMENTS: dict[str, Path] = {
+# Each environment's values file; `defaults` has none: `helm install museserve helm/museserve`.
+ENVIRONMENTS: dict[str, Path | None] = {
+    "defaults": None,
     "staging": ROOT / "deploy" / "staging" / "values.yaml",
     "prod": ROOT / "deploy" / "prod" / "values.yaml",
 }
@@ -43,7 +46,25 @@ class Rendered:
 
 
 def env_values(env: str) -> dict[str, Any]:
-    return helm.values_from_yaml(ENVIRONMENTS[env].read_text())
+    """The values an install of `env` passes (-f FILE); nothing for the chart's defaults."""
+    path = ENVIRONMENTS[env]
+    return helm.values_from_yaml(path.read_text()) if path is not None else {}
+
+
+def chart_defaults() -> dict[str, Any]:
+    """helm/museserve/values.yaml: what Helm merges every install's values into."""
+    return helm.values_from_yaml((CHART / "values.yaml").read_text())
+
+
+def with_change(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `values` with the dotted key `path` set, as `--set-json path=value` would."""
+    changed = copy.deepcopy(values)
+    *parents, last = path.split(".")
+    node = changed
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return changed
 
 
 @cache
@@ -51,7 +72,7 @@ def chart() -> helm.Chart:
     return helm.Chart.load(CHART)
 
 
-def render_manifests(values: dict[str, Any]) -> dict[str, str]:
+def render_manifests(values: dict[str, Any], api_versions: list[str] = API_VERSIONS) -> dict[str, str]:
     """`helm template` for KUBE_VERSION: the SDK's Chart.render takes no kube_version or
     api_versions, so the native call (same library, its documented option names) is used."""
     options = {
@@ -59,16 +80,16 @@ def render_manifests(values: dict[str, Any]) -> dict[str, str]:
         "namespace": NAMESPACE,
         "is_install": True,
         "kube_version": f"v{KUBE_VERSION}",
-        "api_versions": API_VERSIONS,
+        "api_versions": api_versions,
     }
     rendered = _native.call_string("helm_render", chart()._raw(), json.dumps(values), json.dumps(options))
     return json.loads(rendered)
 
 
-def render(values: dict[str, Any]) -> Rendered:
+def render(values: dict[str, Any], api_versions: list[str] = API_VERSIONS) -> Rendered:
     objects: list[Obj] = []
     notes = ""
-    for path, text in sorted(render_manifests(values).items()):
+    for path, text in sorted(render_manifests(values, api_versions).items()):
         if path.endswith("NOTES.txt"):
             notes = text
             continue

@@ -93,7 +93,8 @@ def museserve_schemas() -> tuple[Schema, Schema, Schema]:
     pool["properties"]["workerGroup"] = {
         "type": "string",
         "pattern": GROUP_NAME,
-        "description": "Key of rayCluster.workerGroups whose GPUs this pool's replicas use.",
+        "description": "Key of rayCluster.workerGroups this pool's replicas run on (its GPUs, or its CPUs "
+        "when its gpusPerPod is 0).",
     }
     pool["properties"]["autoscaling"] = AUTOSCALING
     pool["title"] = "Pool"
@@ -104,7 +105,7 @@ def build_schema() -> Schema:
     config, pool, defs = museserve_schemas()
     worker_group = closed(
         {
-            "gpusPerPod": integer(1, 16),
+            "gpusPerPod": {**integer(0, 16), "description": "GPUs of each pod (nvidia.com/gpu); 0: a CPU group."},
             "minReplicas": integer(0),
             "maxReplicas": integer(1),
             **SCHEDULING,

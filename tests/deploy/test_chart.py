@@ -1,7 +1,8 @@
-"""helm/museserve, checked without a cluster: rendered by the real Helm engine for each
-environment's values, linted strict, every built-in kind validated against the Kubernetes
-schemas of KUBE_VERSION, CRD-backed kinds against their CRDs, and the rendered Serve config
-and museserve config read back by Ray's and our own loaders."""
+"""helm/museserve, checked without a cluster: rendered by the real Helm engine for the chart's
+defaults and each environment's values, linted strict, every built-in kind validated against
+the Kubernetes schemas of KUBE_VERSION, and the rendered Serve config and museserve config
+read back by Ray's and our own loaders. The custom resources are checked against their CRDs
+in test_crds.py, the defaults' CPU cell in test_chart_defaults.py."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import copy
 import hashlib
 import importlib
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -34,7 +33,6 @@ from tests.deploy.chart_render import (
     ENVIRONMENTS,
     KUBE_VERSION,
     ROOT,
-    Obj,
     Rendered,
     config_file,
     env_values,
@@ -43,10 +41,11 @@ from tests.deploy.chart_render import (
     render,
     render_env,
     serve_config,
+    with_change,
 )
 from tests.deploy.chart_schema import SCHEMA_PATH, render_schema
+from tests.deploy.crds import is_custom
 
-CRD_DIR = ROOT.parent / "shared" / "crds"
 ENVS = list(ENVIRONMENTS)
 STANDARD_LABELS = (
     "helm.sh/chart",
@@ -57,11 +56,6 @@ STANDARD_LABELS = (
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/component",
 )
-CRD_GROUPS = ("ray.io", "monitoring.coreos.com")
-
-
-def is_custom(obj: Obj) -> bool:
-    return obj["apiVersion"].split("/")[0] in CRD_GROUPS
 
 
 def loaded_config(rendered: Rendered, tmp_path: Path, values: dict[str, Any]) -> MuseServeConfig:
@@ -89,24 +83,8 @@ def test_lint_strict(env: str) -> None:
     assert not problems, problems
 
 
-def test_chart_defaults_alone_are_refused() -> None:
-    """Pools and GPU groups are per environment (maps merge, so defaults would leak into each)."""
-    with pytest.raises(helm.HelmValuesError, match="pools"):
-        render({})
-
-
 def test_values_schema_is_current() -> None:
     assert SCHEMA_PATH.read_text() == render_schema(), "run: .venv/bin/python -m tests.deploy.chart_schema"
-
-
-def with_change(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    changed = copy.deepcopy(values)
-    *parents, last = path.split(".")
-    node = changed
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    return changed
 
 
 @pytest.mark.parametrize(
@@ -119,7 +97,7 @@ def with_change(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]
         ("pools.muse.workerGroup", None, "workerGroup"),
         ("config.gateway.auth", "oauth", "auth"),
         ("serve.upgradeStrategy", "InPlace", "upgradeStrategy"),
-        ("rayCluster.workerGroups.h100.gpusPerPod", 0, "gpusPerPod"),
+        ("rayCluster.workerGroups.h100.gpusPerPod", -1, "gpusPerPod"),
         ("service.type", "ExternalName", "type"),
     ],
 )
@@ -144,6 +122,10 @@ def test_values_schema_rejects(path: str, value: Any, mentions: str) -> None:
         ("pools.muse.autoscaling.max_replicas", 64, "exceeds what rayCluster.workerGroups.h100 can hold"),
         ("config.server.direct_grpc_host", "127.0.0.1", "must bind all interfaces"),
         ("redis.embedded.enabled", True, "not both"),
+        ("rayCluster.workerGroups.h100.gpusPerPod", 0, r"h100 has no GPUs \(gpusPerPod 0\)"),
+        ("pools.muse-fast.deployment.num_cpus", 97, "exceeds the 96 CPUs Ray counts"),
+        ("config.gateway.default_model", "smollm2-135m", "is not a key of pools"),
+        ("config.gateway.routes.thinking", "muse-tiny", "is not a key of pools"),
     ],
 )
 def test_cross_value_checks_fail_the_render(path: str, value: Any, mentions: str) -> None:
@@ -177,50 +159,6 @@ def test_builtin_kinds_are_valid_kubernetes(env: str) -> None:
     for obj in builtin:
         # strict: unknown fields fail; a kind with no schema raises SchemaNotFoundError.
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-
-
-def closed_schema(schema: Any) -> Any:
-    """The CRD schema as the API server applies it with strict field validation: an object
-    with declared properties takes no others (unless it preserves unknown fields)."""
-    if isinstance(schema, dict):
-        schema = {k: closed_schema(v) for k, v in schema.items()}
-        if (
-            schema.get("type") == "object"
-            and "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            schema["additionalProperties"] = False
-        return schema
-    if isinstance(schema, list):
-        return [closed_schema(v) for v in schema]
-    return schema
-
-
-@cache
-def crd_schema(api_version: str, kind: str) -> dict[str, Any] | None:
-    group, version = api_version.split("/")
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB files
-        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
-            served = next(v for v in crd["spec"]["versions"] if v["name"] == version)
-            return closed_schema(served["schema"]["openAPIV3Schema"])
-    return None
-
-
-@pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"no CRD copies at {CRD_DIR}")
-@pytest.mark.parametrize("env", ENVS)
-def test_custom_resources_match_their_crds(env: str) -> None:
-    custom = [o for o in render_env(env).objects if is_custom(o)]
-    checked = set()
-    for obj in custom:
-        schema = crd_schema(obj["apiVersion"], obj["kind"])
-        if schema is None:
-            assert obj["kind"] == "PrometheusRule", f"no CRD for {obj['kind']} in {CRD_DIR}"
-            continue  # its CRD is not among the copies; promtool checks the rules themselves
-        jsonschema.validate(obj, schema)
-        checked.add(obj["kind"])
-    assert checked >= {"RayService", "ServiceMonitor"}
 
 
 # ---- the configs inside ----
@@ -282,10 +220,11 @@ def test_every_deployment_has_a_group_to_run_on(env: str, tmp_path: Path) -> Non
     (app,) = serve_config(rendered)["applications"]
     for d in app["deployments"]:
         (resource, amount), *_ = d["ray_actor_options"]["resources"].items()
+        assert amount > 0, f"{d['name']} asks for 0 {resource}: Ray would place it anywhere"
         hosts = [g for g, res in offered.items() if res.get(resource, 0) >= amount]
         assert hosts, f"{d['name']} needs {amount} {resource}; no group offers it"
     gpus = {
-        g["groupName"]: g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        g["groupName"]: g["template"]["spec"]["containers"][0]["resources"].get("limits", {}).get("nvidia.com/gpu", 0)
         for g in cluster["workerGroupSpecs"]
         if g["groupName"] != "gateway"
     }
@@ -293,6 +232,8 @@ def test_every_deployment_has_a_group_to_run_on(env: str, tmp_path: Path) -> Non
         if pool.parallel.world_size > 1:  # the workers hold the GPUs, a stage's on one pod
             assert pool.deployment.num_gpus == 0
             assert max(gpus.values()) >= pool.parallel.tensor
+        elif pool.deployment.num_gpus > 0:
+            assert max(gpus.values()) >= pool.deployment.num_gpus, pool.name
     assert cluster["enableInTreeAutoscaling"] is True
 
 
@@ -386,11 +327,11 @@ def test_rules_and_dashboard_come_from_the_chart_files(env: str) -> None:
 
 
 def test_redis_comes_from_a_secret() -> None:
-    for env, secret in (("prod", "museserve-redis"), ("staging", "museserve-redis")):
+    for env in ENVS:  # the release's own Secret (staging Redis) or the one prod names: same name
         rendered = render_env(env)
         for pod in ray_pod_templates(rendered).values():
             (redis_env,) = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "MUSESERVE_REDIS_URL"]
-            assert redis_env["valueFrom"]["secretKeyRef"]["name"] == secret
+            assert redis_env["valueFrom"]["secretKeyRef"]["name"] == "museserve-redis"
         assert "url:" not in yaml.safe_dump(yaml.safe_load(config_file(rendered))["gateway"].get("redis", {}))
     assert not render_env("prod").of_kind("Deployment")  # production runs no Redis of its own
     assert render_env("staging").one("Deployment", "-redis")

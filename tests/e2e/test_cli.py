@@ -53,19 +53,26 @@ def _chat(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*MUSESERVE, "chat", *args], capture_output=True, text=True, timeout=120)
 
 
+def test_chat_answers_with_the_real_default_model(served: Served):
+    result = _chat("What is the capital of France?", "--address", served.address, "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "[smollm2-135m] finish=stop" in result.stderr
+
+
 def test_chat_streams_text_and_reports_usage(served: Served):
     result = _chat("hello", "--stream", "--address", served.address, "--temperature", "0", "--max-output-tokens", "12")
     assert result.returncode == 0, result.stderr
-    assert "[muse-tiny] finish=" in result.stderr
+    assert "[smollm2-135m] finish=" in result.stderr
     assert "output=" in result.stderr
 
 
-def test_chat_unary_in_thinking_mode(served: Served):
+def test_chat_unary_in_thinking_mode_is_routed_to_a_model_that_reasons(served: Served):
     result = _chat(
         "why?", "--mode", "thinking", "--thinking-budget", "4", "--max-output-tokens", "4", "--address", served.address
     )
     assert result.returncode == 0, result.stderr
-    assert "reasoning=" in result.stderr
+    assert "[muse-tiny]" in result.stderr and "reasoning=" in result.stderr
 
 
 def test_chat_reports_a_refusal_with_status_and_field(served: Served):

@@ -25,6 +25,7 @@ BULK_KEY = "sk-test-bulk"  # tenant "bulk": may fill only 10% of a pool's in-fli
 LIMITED_KEY = "sk-test-limited"  # tenant "limited": 2 requests at once, then 1 per minute (OpenAI API tests)
 DIRECT_LIMITED_KEY = "sk-test-direct-limited"  # tenant "direct-limited", tier "limited" (direct ingress tests)
 AB_POOL, CANDIDATE_POOL = "muse-ab", "muse-cand"
+REAL_POOL = "smollm2-135m"  # the shipped config's real model (tests/integration/test_real_model.py)
 AB_SHARE, MIRROR_FRACTION = 0.5, 0.3
 
 
@@ -56,8 +57,14 @@ def _small_pool(name: str, **extra) -> dict:
 
 def integration_config(redis_url: str) -> MuseServeConfig:
     """The shipped local config with free ports, a small context window, API keys, Redis,
-    and two more pools for A/B and mirroring."""
+    muse-tiny first and the default, the real model beside it, and two more pools for A/B
+    and mirroring."""
     data = load_config().model_dump(mode="json")
+    shipped = {p["name"]: p for p in data["pools"]}
+    real = shipped[REAL_POOL]
+    real["engine"].update(context_length=CONTEXT_LENGTH, max_output_tokens=1024, stream_interval_ms=0,
+                          kv_cache_bytes=96 << 20)  # fmt: skip
+    data["pools"] = [shipped["muse-tiny"], real]
     data["server"].update(
         grpc_port=free_port(),
         http_port=free_port(),
@@ -80,6 +87,7 @@ def integration_config(redis_url: str) -> MuseServeConfig:
         tiers=_tiers(),
         redis={"url": redis_url, "timeout_ms": 1000, "on_unavailable": "fail_open"},
         default_model="muse-tiny",
+        routes={},
     )
     pool = data["pools"][0]
     pool["engine"].update(
@@ -88,7 +96,9 @@ def integration_config(redis_url: str) -> MuseServeConfig:
     mirror = {"candidate": CANDIDATE_POOL, "fraction": MIRROR_FRACTION, "timeout_s": 30, "content": "outputs"}
     data["pools"] += [
         _small_pool(AB_POOL, ab={"candidate": CANDIDATE_POOL, "share": AB_SHARE}, mirror=mirror),
-        _small_pool(CANDIDATE_POOL, model={"size": "tiny", "load_format": "dummy", "seed": 1}),
+        _small_pool(
+            CANDIDATE_POOL, modes=["instant", "thinking"], model={"size": "tiny", "load_format": "dummy", "seed": 1}
+        ),
     ]
     return parse_config(data, source="integration config")
 

@@ -74,7 +74,7 @@ def test_count_tokens_matches_the_prompt_usage(client: ChatClient):
 
 def test_list_models(client: ChatClient):
     models = client.list_models(timeout=10).models
-    assert [m.name for m in models] == ["muse-tiny", "muse-ab", "muse-cand"]
+    assert [m.name for m in models] == ["muse-tiny", "smollm2-135m", "muse-ab", "muse-cand"]
     assert models[0].is_default and list(models[0].modes) == [pb.MODE_INSTANT, pb.MODE_THINKING, pb.MODE_CONTEMPLATING]
 
 
@@ -97,7 +97,7 @@ def test_http_health_and_models(app_config):
         assert json.load(r) == {"status": "ok"}
     models = urllib.request.Request(f"{base}/v1/models", headers={"Authorization": f"Bearer {TEST_KEY}"})
     with urllib.request.urlopen(models, timeout=10) as r:
-        assert [m["id"] for m in json.load(r)["data"]] == ["muse-tiny", "muse-ab", "muse-cand"]
+        assert [m["id"] for m in json.load(r)["data"]] == ["muse-tiny", "smollm2-135m", "muse-ab", "muse-cand"]
 
 
 def test_request_id_from_the_client_is_kept(client: ChatClient):

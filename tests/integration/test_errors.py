@@ -121,7 +121,6 @@ INVALID: list[tuple[Callable[[], pb.ChatRequest], str]] = [
     (_prompt_plus_output_over_context, "sampling.max_output_tokens"),
     (_temperature, "sampling.temperature"),
     (_top_p, "sampling.top_p"),
-    (_disabled_mode, "mode.mode"),
     (_budget_on_instant, "mode.thinking_budget"),
     (_too_many_stops, "sampling.stop"),
     (_empty_stop, "sampling.stop[0]"),
@@ -163,6 +162,14 @@ def test_stream_invalid_argument_names_the_field(client: ChatClient, make, field
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert error.details().startswith(f"{field}: ")
     assert "Traceback" not in error.details()
+
+
+def test_a_mode_the_pool_does_not_serve_is_a_failed_precondition(client: ChatClient):
+    for call in (lambda r: client.chat(r, timeout=30), lambda r: list(client.stream(r, timeout=30))):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(_disabled_mode())
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+        assert caught.value.details().startswith("mode.mode: model muse-cand does not serve mode contemplating")
 
 
 def test_count_tokens_refuses_an_unknown_model(client: ChatClient):

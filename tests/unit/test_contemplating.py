@@ -13,7 +13,9 @@ from museserve.engine.engine import MuseEngine
 from museserve.errors import InvalidArgument, Unavailable
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.modes.contemplating import Contemplation
-from museserve.modes.contemplating_prompts import split_generation_prompt
+from museserve.modes.contemplating_prompts import ANGLES, SYNTHESIS_INSTRUCTION
+from museserve.preprocess.muse_format import MuseFormat
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -45,7 +47,7 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture
 def engine(tokenizer: MuseTokenizer) -> Iterator[MuseEngine]:
-    eng = MuseEngine(POOL, tokenizer)
+    eng = MuseEngine(POOL, MuseFormat(tokenizer))
     yield eng
     eng.shutdown()
 
@@ -57,7 +59,7 @@ def prepare(tokenizer: MuseTokenizer, agents: int = 4, budget: int = 6, **sampli
         sampling=SamplingParams(**{"temperature": 0.0, "max_output_tokens": 6, **sampling}),
         mode=ModeParams(Mode.CONTEMPLATING, thinking_budget=budget, num_agents=agents),
     )
-    return Preprocessor(tokenizer, CONFIG.preprocess.media, 60.0).prepare(request, POOL)
+    return Preprocessor(PoolModel.muse(tokenizer), CONFIG.preprocess.media, 60.0).prepare(request, POOL)
 
 
 async def collect(chunks: AsyncIterator[GenerationChunk]) -> list[GenerationChunk]:
@@ -75,11 +77,11 @@ async def test_agents_share_the_prompt_blocks_and_usage_sums_every_pass(
     assert all(any(p.agent_index == i and p.done for p in progress) for i in range(4))
     final = chunks[-1]
     assert final.finish is not None and final.usage is not None
-    conversation, _ = split_generation_prompt(request.prompt_token_ids, tokenizer)
-    shared_blocks = len(conversation) // POOL.engine.block_size * POOL.engine.block_size
+    shared = request.contemplation.shared
+    shared_blocks = len(shared) // POOL.engine.block_size * POOL.engine.block_size
     # Agents 1-3 found the conversation in the prefix cache (agent 0 computed it), and so did the synthesis.
     assert final.usage.cached_tokens >= 4 * shared_blocks
-    assert final.usage.prompt_tokens > 5 * len(conversation)
+    assert final.usage.prompt_tokens > 5 * len(shared)
     assert final.usage.reasoning_tokens >= 4 * 6  # every agent's reasoning is counted
     # Progress comes before the synthesis' own deltas.
     first_text = next(i for i, c in enumerate(chunks) if c.text or c.reasoning)
@@ -142,8 +144,24 @@ def test_a_contemplation_that_cannot_fit_is_refused_up_front(tokenizer: MuseToke
         mode=ModeParams(Mode.CONTEMPLATING, thinking_budget=16, num_agents=8),
     )
     with pytest.raises(InvalidArgument) as e:
-        Preprocessor(tokenizer, CONFIG.preprocess.media, 60.0).prepare(request, small)
+        Preprocessor(PoolModel.muse(tokenizer), CONFIG.preprocess.media, 60.0).prepare(request, small)
     assert e.value.field == "mode.num_agents"
+
+
+def test_the_passes_share_the_conversation_and_add_a_system_turn(tokenizer: MuseTokenizer) -> None:
+    request = prepare(tokenizer, agents=3)
+    prompts = request.contemplation
+    conversation = request.prompt_token_ids[:-2]  # without <|assistant|> <|think|>: the segment is open
+    assert prompts.shared[: len(conversation)] == conversation
+    assert len(prompts.agents) == 3 and prompts.synthesis_thinking_budget == 4
+    for i, suffix in enumerate(prompts.agents):
+        full = prompts.shared + suffix
+        assert full[len(conversation)] == tokenizer.system_id
+        assert ANGLES[i] in tokenizer.decode(full[len(conversation) :])
+        assert full[-2:] == (tokenizer.assistant_id, tokenizer.think_id)  # reasoning open: budget 6
+    before, after = prompts.synthesis
+    assert tokenizer.decode(prompts.shared + before).endswith(SYNTHESIS_INSTRUCTION)
+    assert after == (tokenizer.end_id, tokenizer.assistant_id, tokenizer.think_id)
 
 
 def test_agent_progress_is_a_domain_event() -> None:

@@ -184,12 +184,13 @@ def test_unspecified_tool_choice_is_none_without_tools() -> None:
     assert convert(pb.ChatRequest(messages=[user("hi")])).tool_choice == ToolChoice(ToolChoiceKind.NONE)
 
 
-def test_unset_sampling_takes_defaults() -> None:
+def test_unset_sampling_stays_unset_for_the_models_defaults() -> None:
     sampling = convert(pb.ChatRequest(messages=[user("hi")])).sampling
     assert sampling == SamplingParams()
-    assert sampling.temperature == 1.0
-    assert sampling.top_p == 1.0
-    assert sampling.top_k == 0
+    assert sampling.temperature is None  # the preprocess tier fills in the checkpoint's defaults
+    assert sampling.top_p is None
+    assert sampling.top_k is None
+    assert sampling.repetition_penalty is None
     assert sampling.seed is None
     assert sampling.max_output_tokens is None
     assert sampling.stop == ()
@@ -200,7 +201,7 @@ def test_explicit_zeros_stay_zero() -> None:
     sampling = convert(msg).sampling
     assert sampling.temperature == 0.0
     assert sampling.seed == 0
-    assert sampling.top_p == 1.0
+    assert sampling.top_p is None
     assert sampling.max_output_tokens is None
 
 

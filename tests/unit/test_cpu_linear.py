@@ -4,13 +4,22 @@ linear layer of a CPU model while its parameters and state dict stay as they wer
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from museserve.model import MuseConfig, SequenceKVCache, build_model
-from museserve.model.cpu_linear import PackedLinear, can_pack, pack_linears, weight_bytes
+from museserve.model.cpu_linear import (
+    PackedLinear,
+    PackedTiedHead,
+    can_pack,
+    pack_linears,
+    pack_tied_head,
+    weight_bytes,
+)
 
 pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.float32), reason="PyTorch built without oneDNN")
 
@@ -113,3 +122,16 @@ def test_build_model_packs_every_linear_on_cpu_and_logits_agree() -> None:
 def test_build_model_refuses_an_unknown_cpu_gemm() -> None:
     with pytest.raises(ValueError, match="cpu_gemm: unknown value 'mkl'"):
         build_model(MuseConfig.named("tiny", VOCAB), cpu_gemm="mkl")
+
+
+def test_pack_tied_head_packs_only_a_tied_head() -> None:
+    config = MuseConfig.named("tiny", VOCAB)
+    assert pack_tied_head(build_model(config, cpu_gemm="torch")) == 0
+    tied = build_model(replace(config, tie_word_embeddings=True), seed=2, cpu_gemm="torch")
+    hidden = torch.randn(5, config.hidden_size)
+    with torch.inference_mode():
+        dense_logits = tied.compute_logits(hidden)
+        assert pack_tied_head(tied) == 1 and pack_tied_head(tied) == 0  # already packed
+        assert isinstance(tied.lm_head, PackedTiedHead) and not list(tied.lm_head.parameters())
+        torch.testing.assert_close(tied.compute_logits(hidden), dense_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense_logits, hidden @ tied.model.embed_tokens.weight.T, rtol=1e-6, atol=1e-6)

@@ -23,6 +23,7 @@ from museserve.errors import DeadlineExceeded
 from museserve.messages import PreparedRequest
 from museserve.metrics import InMemoryMetrics
 from museserve.model import MuseForCausalLM, SequenceKVCache
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.support import prepared_request
 
@@ -50,7 +51,7 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def model(tokenizer: MuseTokenizer) -> MuseForCausalLM:
-    return load_pool_model(pool_config(), tokenizer)
+    return load_pool_model(pool_config(), tokenizer.vocab_size)
 
 
 def random_prompt(rng: random.Random, n: int) -> list[int]:
@@ -126,7 +127,7 @@ def prepared(request_id: str, prompt: list[int], **overrides) -> PreparedRequest
 
 
 def reference_text(model: MuseForCausalLM, tokenizer: MuseTokenizer, request: PreparedRequest) -> str:
-    state = RequestState(request, tokenizer)
+    state = RequestState(request, tokenizer, MuseFormat(tokenizer).markers)
     for token in greedy_reference(model, list(request.prompt_token_ids), request.max_output_tokens):
         state.append(token)
         if state.finish is not None:
@@ -143,7 +144,7 @@ async def collect(engine: MuseEngine, request: PreparedRequest) -> tuple[str, ob
 
 
 async def test_engine_streams_equal_the_reference_for_concurrent_requests(model, tokenizer):
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     rng = random.Random(3)
     requests = [prepared(f"c{i}", random_prompt(rng, n)) for i, n in enumerate([5, 31, 60, 12, 47, 8])]
     try:
@@ -157,7 +158,7 @@ async def test_engine_streams_equal_the_reference_for_concurrent_requests(model,
 
 
 async def test_same_seed_same_text_alone_and_in_a_busy_batch(tokenizer):
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     rng = random.Random(4)
     prompt = random_prompt(rng, 20)
     seeded = dict(temperature=1.0, top_p=0.9, seed=1234, max_output_tokens=24)
@@ -173,7 +174,7 @@ async def test_same_seed_same_text_alone_and_in_a_busy_batch(tokenizer):
 
 
 async def test_second_turn_reuses_the_prefix_and_reports_cached_tokens(tokenizer):
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(5), 40)
     try:
         _, first = await collect(engine, prepared("turn1", prompt))
@@ -188,7 +189,7 @@ async def test_second_turn_reuses_the_prefix_and_reports_cached_tokens(tokenizer
 
 async def test_a_16k_token_prompt_runs_through_chunked_prefill(tokenizer):
     pool = pool_config(block_size=16, kv_cache_bytes=16 << 20, max_batched_tokens=2048, max_prefill_chunk=2048)
-    engine = MuseEngine(pool, tokenizer)
+    engine = MuseEngine(pool, MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(6), 16_384)
     try:
         text, usage = await collect(engine, prepared("long", prompt, max_output_tokens=4))
@@ -199,7 +200,7 @@ async def test_a_16k_token_prompt_runs_through_chunked_prefill(tokenizer):
 
 
 async def test_abort_and_deadline_free_blocks_at_once(tokenizer):
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(7), 30)
     try:
         stream = engine.generate(prepared("aborted", prompt, max_output_tokens=200))
@@ -240,7 +241,7 @@ class RecordingMetrics(InMemoryMetrics):
 
 async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
     metrics = RecordingMetrics()
-    engine = MuseEngine(pool_config(), tokenizer, metrics=metrics)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer), metrics=metrics)
     prompt = random_prompt(random.Random(8), 12)
     try:
         _, usage = await collect(engine, prepared("measured", prompt, max_output_tokens=6))
@@ -256,7 +257,7 @@ async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
 
 
 async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):
-    engine = MuseEngine(pool_config(max_running_requests=1), tokenizer)
+    engine = MuseEngine(pool_config(max_running_requests=1), MuseFormat(tokenizer))
     rng = random.Random(9)
     order: list[str] = []
 
@@ -277,7 +278,7 @@ async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):
 
 
 async def test_logprobs_are_the_models_own_and_cover_every_answer_token(model, tokenizer):
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(10), 15)
     request = prepared("with-logprobs", prompt, max_output_tokens=6, logprobs=True, top_logprobs=3)
     positions = []
@@ -302,7 +303,7 @@ async def test_logprobs_are_the_models_own_and_cover_every_answer_token(model, t
 
 
 async def test_no_logprobs_unless_asked(tokenizer):
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     try:
         chunks = [c async for c in engine.generate(prepared("plain", random_prompt(random.Random(11), 9)))]
     finally:
@@ -325,7 +326,7 @@ async def test_the_model_is_built_and_every_step_runs_on_one_thread_off_the_even
         return build(*args, **kwargs)
 
     monkeypatch.setattr(engine_module, "pool_executor", recorded_build)
-    engine = MuseEngine(pool_config(), tokenizer)
+    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
     execute, sample = engine.executor.execute, engine._sample
 
     def recorded_execute(plan):

@@ -35,6 +35,8 @@ from museserve.engine.scheduler import SchedulerPlan
 from museserve.engine.stats import RequestPhase
 from museserve.gateway.gateway import Gateway
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
+from museserve.preprocess.muse_format import MuseFormat
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -109,13 +111,13 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def preprocessor(tokenizer: MuseTokenizer) -> Preprocessor:
-    return Preprocessor(tokenizer, CONFIG.preprocess.media, CONFIG.server.request_timeout_s)
+    return Preprocessor(PoolModel.muse(tokenizer), CONFIG.preprocess.media, CONFIG.server.request_timeout_s)
 
 
 @pytest.fixture
 def engine(tokenizer: MuseTokenizer) -> Iterator[MuseEngine]:
     # One per test: its semaphore belongs to the event loop that first waits on it.
-    eng = MuseEngine(CONFIG.pools[0], tokenizer)
+    eng = MuseEngine(CONFIG.pools[0], MuseFormat(tokenizer))
     yield eng
     eng.shutdown()
 
@@ -265,7 +267,7 @@ def test_list_models_one_pool(gateway: Gateway) -> None:
     assert info.name == POOL_NAME
     assert info.context_length == 512
     assert info.max_output_tokens == 64
-    assert info.modes == (Mode.INSTANT, Mode.THINKING)
+    assert info.modes == (Mode.INSTANT, Mode.THINKING, Mode.CONTEMPLATING)  # unset: all that dummy weights serve
 
 
 def test_list_models_default_first(prep: PreprocessAdapter) -> None:
@@ -357,8 +359,8 @@ async def _read_all(gateway: Gateway, request: ChatRequest) -> None:
 
 async def test_admission_rejects_beyond_running_and_waiting(prep: PreprocessAdapter, tokenizer: MuseTokenizer) -> None:
     pool = CONFIG.pools[0]
-    executor = GatedExecutor(local_runner(pool, tokenizer))
-    engine = MuseEngine(pool, tokenizer, executor=executor)
+    executor = GatedExecutor(local_runner(pool, tokenizer.vocab_size))
+    engine = MuseEngine(pool, MuseFormat(tokenizer), executor=executor)
     gateway = Gateway(CONFIG, prep, {POOL_NAME: EnginePool(engine)})
     tasks = [asyncio.create_task(_read_all(gateway, chat_request(request_id="held-0", max_output_tokens=8)))]
     try:

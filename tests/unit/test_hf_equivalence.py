@@ -25,7 +25,7 @@ NUM_TOKENS = 50
 
 @pytest.fixture(scope="module")
 def ours() -> MuseForCausalLM:
-    return load_pool_model(PoolConfig(name="t", model={"device": "cpu"}), MuseTokenizer.load(None))
+    return load_pool_model(PoolConfig(name="t", model={"device": "cpu"}), MuseTokenizer.load(None).vocab_size)
 
 
 @pytest.fixture(scope="module")

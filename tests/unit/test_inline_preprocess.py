@@ -6,6 +6,7 @@ from museserve.config import parse_config
 from museserve.domain import ChatRequest, ImagePart, Message, Role, TextPart
 from museserve.gateway.inline_preprocess import THREAD_ABOVE_CHARS, InlineTextPreprocess, text_only
 from museserve.messages import PreparedRequest, PromptCount
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -32,7 +33,9 @@ def request(*parts) -> ChatRequest:
 async def test_text_is_prepared_in_process_exactly_as_the_tier_would() -> None:
     remote = Remote()
     inline = InlineTextPreprocess(CONFIG, remote)
-    reference = Preprocessor(MuseTokenizer.load(None), CONFIG.preprocess.media, CONFIG.server.request_timeout_s)
+    reference = Preprocessor(
+        PoolModel.muse(MuseTokenizer.load(None)), CONFIG.preprocess.media, CONFIG.server.request_timeout_s
+    )
     for text in ("hello there", "x " * THREAD_ABOVE_CHARS):  # short: on the loop; long: in a thread
         prepared = await inline.prepare(request(TextPart(text)), "muse-tiny")
         expected = reference.prepare(request(TextPart(text)), CONFIG.pools[0])

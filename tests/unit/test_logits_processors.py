@@ -13,6 +13,7 @@ from museserve.engine.request_state import RequestState
 from museserve.errors import InvalidArgument
 from museserve.gateway.validation import validate_request
 from museserve.messages import PreparedRequest
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.v1 import chat_pb2 as pb
 from tests.support import prepared_request
@@ -43,7 +44,7 @@ def test_no_processor_for_default_sampling():
 def test_stop_token_ids_end_the_answer_and_are_counted():
     tokenizer = MuseTokenizer.load(None)
     hello = tokenizer.encode_text(" hello")
-    state = RequestState(prepared(stop_token_ids=(500,)), tokenizer)
+    state = RequestState(prepared(stop_token_ids=(500,)), tokenizer, MuseFormat(tokenizer).markers)
     for token in hello:
         state.append(token)
     state.append(500)
@@ -55,7 +56,7 @@ def test_stop_token_ids_end_the_answer_and_are_counted():
 def test_new_sampling_fields_convert_from_protobuf_with_defaults_when_unset():
     message = pb.ChatRequest(messages=[pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])])
     unset = request_from_pb(message, "r", Identity()).sampling
-    assert (unset.presence_penalty, unset.frequency_penalty, unset.repetition_penalty) == (0.0, 0.0, 1.0)
+    assert (unset.presence_penalty, unset.frequency_penalty, unset.repetition_penalty) == (0.0, 0.0, None)
     message.sampling.presence_penalty = 0.5
     message.sampling.frequency_penalty = -0.5
     message.sampling.repetition_penalty = 1.25

@@ -7,6 +7,7 @@ import pytest
 from museserve.config import MediaLimits, PoolConfig
 from museserve.domain import ChatRequest, Message, Role, TextPart
 from museserve.errors import InvalidArgument
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -16,7 +17,7 @@ POOL = PoolConfig(name="muse-long", engine={"context_length": CONTEXT, "max_outp
 
 @pytest.fixture(scope="module")
 def preprocessor() -> Preprocessor:
-    return Preprocessor(MuseTokenizer.load(None), MediaLimits(), request_timeout_s=60)
+    return Preprocessor(PoolModel.muse(MuseTokenizer.load(None)), MediaLimits(), request_timeout_s=60)
 
 
 def request_of(preprocessor: Preprocessor, prompt_tokens: int) -> ChatRequest:

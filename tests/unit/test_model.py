@@ -21,9 +21,11 @@ from museserve.model.layers import (
     Attention,
     RMSNorm,
     RotaryEmbedding,
+    TiedLMHead,
     apply_rotary,
     llama3_inverse_frequencies,
 )
+from museserve.model.rope_scaling import LinearRopeScaling
 
 VOCAB = 97
 
@@ -79,15 +81,18 @@ def test_unknown_size_lists_known_names() -> None:
         ({"head_dim": 15}, "even"),
         ({"vocab_size": 0}, "vocab_size must be positive"),
         ({"max_position_embeddings": 4096}, "original_max_position_embeddings"),
+        ({"qkv_bias": True, "qk_norm": True}, "qkv_bias and qk_norm"),
     ],
 )
-def test_config_validation(tiny: MuseConfig, changes: dict[str, int], message: str) -> None:
+def test_config_validation(tiny: MuseConfig, changes: dict[str, int | bool], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         replace(tiny, **changes)
 
 
 def test_hf_dict_round_trip(tiny: MuseConfig) -> None:
-    for config in (tiny, replace(tiny, rope_scaling=None, qkv_bias=True, tie_word_embeddings=True)):
+    qwen2 = replace(tiny, rope_scaling=None, qkv_bias=True, tie_word_embeddings=True)
+    qwen3 = replace(tiny, rope_scaling=LinearRopeScaling(4.0), qk_norm=True, head_dim=32)
+    for config in (tiny, qwen2, qwen3):
         assert MuseConfig.from_hf_dict(json.loads(json.dumps(config.to_hf_dict()))) == config
 
 
@@ -284,7 +289,8 @@ def test_dummy_init_is_seeded(tiny: MuseConfig, model: MuseForCausalLM) -> None:
 
 def test_dtype_and_tied_embeddings(tiny: MuseConfig) -> None:
     tied = build_model(replace(tiny, tie_word_embeddings=True), dtype=torch.bfloat16)
-    assert tied.lm_head is None
+    assert isinstance(tied.lm_head, TiedLMHead)  # packed where oneDNN takes bfloat16
+    assert "lm_head.weight" not in tied.state_dict()
     assert all(p.dtype == torch.bfloat16 for p in tied.parameters())
     with torch.inference_mode():
         hidden = tied(
@@ -299,7 +305,7 @@ def test_dtype_and_tied_embeddings(tiny: MuseConfig) -> None:
 
 def test_unknown_load_format(tiny: MuseConfig) -> None:
     with pytest.raises(ValueError, match="load_format"):
-        build_model(tiny, load_format="gguf")
+        build_model(tiny, load_format="pickle")
 
 
 def save_checkpoint(model: MuseForCausalLM, directory: Path) -> None:

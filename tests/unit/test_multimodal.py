@@ -17,7 +17,7 @@ from museserve.engine.loading import load_pool_model
 from museserve.errors import InvalidArgument, MuseError
 from museserve.preprocess.audio import load_audio
 from museserve.preprocess.images import load_image
-from museserve.preprocess.media import pool_media_kinds
+from museserve.preprocess.pool_model import PoolModel, pool_model
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.media_samples import SMALL_MEDIA, png_bytes, wav_bytes
@@ -37,7 +37,7 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def pre(tokenizer: MuseTokenizer) -> Preprocessor:
-    return Preprocessor(tokenizer, MEDIA, request_timeout_s=30)
+    return Preprocessor(PoolModel.muse(tokenizer), MEDIA, request_timeout_s=30)
 
 
 def chat(*parts: TextPart | ImagePart | AudioPart) -> ChatRequest:
@@ -98,20 +98,24 @@ def test_a_data_url_image_equals_its_bytes(pre: Preprocessor) -> None:
 
 
 def test_too_many_images_names_the_first_part_over(tokenizer: MuseTokenizer) -> None:
-    pre = Preprocessor(tokenizer, MEDIA.model_copy(update={"max_images_per_request": 1}), request_timeout_s=30)
+    pre = Preprocessor(
+        PoolModel.muse(tokenizer), MEDIA.model_copy(update={"max_images_per_request": 1}), request_timeout_s=30
+    )
     error = error_of(pre, chat(image(), TextPart("and"), image()))
     assert isinstance(error, InvalidArgument) and error.field == "messages[0].content[2].image"
 
 
 def test_too_many_audio_clips_names_the_part(tokenizer: MuseTokenizer) -> None:
-    pre = Preprocessor(tokenizer, MEDIA.model_copy(update={"max_audio_clips_per_request": 0}), request_timeout_s=30)
+    pre = Preprocessor(
+        PoolModel.muse(tokenizer), MEDIA.model_copy(update={"max_audio_clips_per_request": 0}), request_timeout_s=30
+    )
     error = error_of(pre, chat(TextPart("hear"), AudioPart(AUDIO, "wav")))
     assert isinstance(error, InvalidArgument) and error.field == "messages[0].content[1].audio"
 
 
 def test_media_tokens_of_the_request_are_bounded(tokenizer: MuseTokenizer) -> None:
     limits = MEDIA.model_copy(update={"max_request_media_tokens": IMAGE_TOKENS + AUDIO_TOKENS - 1})
-    pre = Preprocessor(tokenizer, limits, request_timeout_s=30)
+    pre = Preprocessor(PoolModel.muse(tokenizer), limits, request_timeout_s=30)
     assert pre.prepare(chat(image()), POOL).media  # one image fits
     error = error_of(pre, chat(image(), AudioPart(AUDIO, "wav")))
     assert isinstance(error, InvalidArgument) and error.field == "messages[0].content[1].audio"
@@ -138,7 +142,7 @@ def test_corrupt_media_names_the_part(pre: Preprocessor) -> None:
 
 
 def test_a_pool_without_projectors_refuses_media_before_any_decoding(tokenizer: MuseTokenizer) -> None:
-    pre = Preprocessor(tokenizer, MEDIA, request_timeout_s=30, media_kinds=frozenset({"audio"}))
+    pre = Preprocessor(PoolModel.muse(tokenizer, frozenset({"audio"})), MEDIA, request_timeout_s=30)
     error = error_of(pre, chat(TextPart("look"), image(b"not even an image")))
     assert isinstance(error, InvalidArgument) and error.field == "messages[0].content[1].image"
     assert "muse-mm takes no image input" in str(error)
@@ -146,7 +150,7 @@ def test_a_pool_without_projectors_refuses_media_before_any_decoding(tokenizer: 
 
 
 def test_embed_puts_the_projected_rows_at_their_positions(tokenizer: MuseTokenizer) -> None:
-    model = load_pool_model(POOL, tokenizer, MEDIA)
+    model = load_pool_model(POOL, tokenizer.vocab_size, MEDIA)
     ids = torch.tensor([1, 4, 13, 13, 13, 7])
     rows = torch.randn(3, MEDIA.image_feature_dim)
     positions = torch.tensor([2, 3, 4])
@@ -156,7 +160,7 @@ def test_embed_puts_the_projected_rows_at_their_positions(tokenizer: MuseTokeniz
         assert torch.equal(embeds[[0, 1, 5]], plain[[0, 1, 5]])
         assert torch.allclose(embeds[2:5], model.model.image_projector(rows))
     assert model.model.audio_projector.weight.shape == (model.config.hidden_size, MEDIA.audio_feature_dim)
-    text_only = load_pool_model(POOL, tokenizer)
+    text_only = load_pool_model(POOL, tokenizer.vocab_size)
     assert text_only.model.image_projector is None
     with pytest.raises(ValueError, match="no image projector"):
         text_only.embed(ids, {"image": rows}, {"image": positions})
@@ -169,22 +173,22 @@ def save_checkpoint(model: torch.nn.Module, directory: Path) -> Path:
 
 
 def test_checkpoints_carry_their_projectors_or_take_no_media(tokenizer: MuseTokenizer, tmp_path: Path) -> None:
-    source = load_pool_model(POOL, tokenizer, MEDIA)
+    source = load_pool_model(POOL, tokenizer.vocab_size, MEDIA)
     (tmp_path / "mm").mkdir()
     (tmp_path / "text").mkdir()
     mm = PoolConfig(
         name="mm", model={"load_format": "safetensors", "path": str(save_checkpoint(source, tmp_path / "mm"))}
     )
-    loaded = load_pool_model(mm, tokenizer, MEDIA)
+    loaded = load_pool_model(mm, tokenizer.vocab_size, MEDIA)
     assert torch.equal(loaded.model.image_projector.weight, source.model.image_projector.weight)
-    assert pool_media_kinds(mm, MEDIA) == {"image", "audio"}
+    assert pool_model(mm, MEDIA).media_kinds == {"image", "audio"}
     with pytest.raises(ValueError, match="image projector takes 192"):  # a preprocess that cuts other patches
-        pool_media_kinds(mm, MEDIA.model_copy(update={"image_patch_size": 16}))
+        pool_model(mm, MEDIA.model_copy(update={"image_patch_size": 16}))
 
-    text_dir = save_checkpoint(load_pool_model(POOL, tokenizer), tmp_path / "text")  # an HF Llama layout
+    text_dir = save_checkpoint(load_pool_model(POOL, tokenizer.vocab_size), tmp_path / "text")  # an HF Llama layout
     text = PoolConfig(name="llama", model={"load_format": "safetensors", "path": str(text_dir)})
-    assert pool_media_kinds(text, MEDIA) == frozenset()
-    assert load_pool_model(text, tokenizer, MEDIA).config.media_feature_dims == {}
-    pre = Preprocessor(tokenizer, MEDIA, request_timeout_s=30, media_kinds=pool_media_kinds(text, MEDIA))
+    assert pool_model(text, MEDIA).media_kinds == frozenset()
+    assert load_pool_model(text, tokenizer.vocab_size, MEDIA).config.media_feature_dims == {}
+    pre = Preprocessor(pool_model(text, MEDIA), MEDIA, request_timeout_s=30)
     error = error_of(pre, chat(TextPart("look"), image()), text)
     assert isinstance(error, InvalidArgument) and "model llama takes no image input" in str(error)

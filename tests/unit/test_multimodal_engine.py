@@ -21,6 +21,8 @@ from museserve.engine.sequence import Sequence
 from museserve.errors import InvalidArgument
 from museserve.messages import MediaSegment, PreparedRequest
 from museserve.model import MuseForCausalLM, SequenceKVCache
+from museserve.preprocess.muse_format import MuseFormat
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.media_samples import SMALL_MEDIA as MEDIA
@@ -42,12 +44,12 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def model(tokenizer: MuseTokenizer) -> MuseForCausalLM:
-    return load_pool_model(POOL, tokenizer, MEDIA)
+    return load_pool_model(POOL, tokenizer.vocab_size, MEDIA)
 
 
 @pytest.fixture(scope="module")
 def pre(tokenizer: MuseTokenizer) -> Preprocessor:
-    return Preprocessor(tokenizer, MEDIA, request_timeout_s=60)
+    return Preprocessor(PoolModel.muse(tokenizer), MEDIA, request_timeout_s=60)
 
 
 def prepare(pre: Preprocessor, *parts: TextPart | ImagePart | AudioPart, rid: str = "r") -> PreparedRequest:
@@ -175,12 +177,12 @@ async def test_engine_streams_the_reference_answer_and_counts_media_tokens(
 ) -> None:
     request = prepare(pre, TextPart("look"), picture(3), TextPart("and listen"), AudioPart(wav_bytes(0.2), "wav"))
     pool = POOL.model_copy(update={"engine": POOL.engine.model_copy(update={"max_prefill_chunk": 7})})
-    engine = MuseEngine(pool, tokenizer, media=MEDIA)
+    engine = MuseEngine(pool, MuseFormat(tokenizer), media=MEDIA)
     try:
         chunks = [chunk async for chunk in engine.generate(request)]
     finally:
         engine.shutdown()
-    state = RequestState(request, tokenizer)
+    state = RequestState(request, tokenizer, MuseFormat(tokenizer).markers)
     for token in greedy_reference(model, request, request.max_output_tokens):
         state.append(token)
         if state.finish is not None:
@@ -195,7 +197,7 @@ async def test_media_on_the_gpu_gives_the_cpu_answer(pre: Preprocessor, tokenize
     answers = []
     for device in ("cpu", "cuda"):
         pool = POOL.model_copy(update={"model": POOL.model.model_copy(update={"device": device})})
-        engine = MuseEngine(pool, tokenizer, media=MEDIA)
+        engine = MuseEngine(pool, MuseFormat(tokenizer), media=MEDIA)
         try:
             answers.append([chunk.text async for chunk in engine.generate(request)])
         finally:
@@ -204,7 +206,7 @@ async def test_media_on_the_gpu_gives_the_cpu_answer(pre: Preprocessor, tokenize
 
 
 async def test_a_text_only_engine_refuses_media_alone(pre: Preprocessor, tokenizer: MuseTokenizer) -> None:
-    engine = MuseEngine(POOL, tokenizer)  # no media limits: a text-only dummy model
+    engine = MuseEngine(POOL, MuseFormat(tokenizer))  # no media limits: a text-only dummy model
     try:
         with pytest.raises(InvalidArgument, match="takes no image input"):
             async for _ in engine.generate(prepare(pre, TextPart("look"), picture(4))):

@@ -3,6 +3,7 @@ random logits, span parsing, request state, validation, conversion and gateway e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jsonschema
@@ -28,11 +29,12 @@ from museserve.domain import (
 )
 from museserve.engine.constraint import ConstraintFactory, OutputConstraint, Phase
 from museserve.engine.request_state import RequestState
-from museserve.engine.tool_calls import ToolCallSpans
+from museserve.engine.tool_calls import TokenSpans
 from museserve.errors import InvalidArgument
 from museserve.gateway.gateway import _events
 from museserve.gateway.validation import validate_request
 from museserve.messages import GenerationChunk
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.preprocessor import offered_tools
 from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.v1 import chat_pb2 as pb
@@ -51,7 +53,7 @@ def tok() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def factory(tok: MuseTokenizer) -> ConstraintFactory:
-    return ConstraintFactory(tok)
+    return ConstraintFactory(tok, MuseFormat(tok).markers)
 
 
 def drive(
@@ -77,7 +79,7 @@ def drive(
 def test_auto_call_opened_by_the_model_always_parses(factory, tok: MuseTokenizer, seed: int) -> None:
     request = prepared_request(tools=(LOOKUP,), tool_choice=ToolChoice(ToolChoiceKind.AUTO))
     out = drive(factory.build_now(request), tok, seed, first=tok.tool_call_id)
-    state = RequestState(prepared_request(tools=(LOOKUP,), max_output_tokens=400), tok)
+    state = RequestState(prepared_request(tools=(LOOKUP,), max_output_tokens=400), tok, MuseFormat(tok).markers)
     for token in out:
         state.append(token)
     chunk = state.take_chunk()
@@ -102,7 +104,7 @@ def test_json_object_answer_parses(factory, tok: MuseTokenizer, seed: int) -> No
 
 
 def test_bounded_strings_admit_no_raw_control_characters(factory, tok: MuseTokenizer) -> None:
-    constraint = factory.build_now(prepared_request(tools=(LOOKUP,), tool_choice=REQUIRED))
+    constraint = factory.build_now(prepared_request(tools=(LOOKUP,), tool_choice=REQUIRED, max_output_tokens=64))
     prefix = [tok.tool_call_id, *tok.encode_text('{"name": "lookup", "arguments": {"q": "a')]
     logits = constraint((), prefix, torch.zeros(tok.vocab_size))
     raw_controls = [i for i in range(tok.vocab_size) if tok.decode([i]) in {chr(c) for c in range(32)}]
@@ -117,7 +119,7 @@ def test_unsupported_schema_is_refused_naming_the_field(factory) -> None:
 
 
 def test_spans_parse_keep_bad_text_and_flush_open_ones(tok: MuseTokenizer) -> None:
-    spans = ToolCallSpans(tok)
+    spans = TokenSpans(tok, tok.tool_call_id, tok.tool_call_end_id)
     results = [spans.push(t) for t in [tok.tool_call_id, *tok.encode_text('{"name": "f"}'), tok.tool_call_end_id]]
     assert isinstance(results[-1], ToolCall) and results[-1].arguments_json == "{}"
     bad = [spans.push(t) for t in [tok.tool_call_id, *tok.encode_text("[1]"), tok.tool_call_end_id]]
@@ -189,8 +191,13 @@ def test_gateway_emits_tool_call_events_after_text() -> None:
 
 def test_json_answer_with_auto_tools_may_open_a_call_first(factory, tok: MuseTokenizer) -> None:
     fmt = ResponseFormat(ResponseFormatKind.JSON_OBJECT)
-    request = prepared_request(tools=(LOOKUP,), tool_choice=ToolChoice(ToolChoiceKind.AUTO), response_format=fmt)
+    request = prepared_request(
+        tools=(LOOKUP,), tool_choice=ToolChoice(ToolChoiceKind.AUTO), response_format=fmt, max_output_tokens=64
+    )
     logits = factory.build_now(request)((), [], torch.zeros(tok.vocab_size))
     allowed = {i for i in range(tok.vocab_size) if logits[i] > float("-inf")}
     assert tok.tool_call_id in allowed and tok.encode_text("{")[0] in allowed
     assert all(tok.decode([i]).startswith("{") for i in allowed - {tok.tool_call_id})
+    # A budget too small for a call (with its control tokens) leaves only the JSON answer.
+    tight = factory.build_now(dataclasses.replace(request, max_output_tokens=12))((), [], torch.zeros(tok.vocab_size))
+    assert tight[tok.tool_call_id] == float("-inf") and tight[tok.encode_text("{")[0]] > float("-inf")

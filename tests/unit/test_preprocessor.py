@@ -19,6 +19,7 @@ from museserve.domain import (
 )
 from museserve.errors import InvalidArgument, MuseError
 from museserve.messages import PreparedRequest
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
 
@@ -40,7 +41,7 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def pre(tokenizer: MuseTokenizer) -> Preprocessor:
-    return Preprocessor(tokenizer, MEDIA, request_timeout_s=TIMEOUT_S)
+    return Preprocessor(PoolModel.muse(tokenizer), MEDIA, request_timeout_s=TIMEOUT_S)
 
 
 def chat(

@@ -7,6 +7,7 @@ import pytest
 from museserve.domain import FinishReason, Mode, Usage
 from museserve.engine.request_state import RequestState
 from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 PROMPT = (1, 4, 100, 101, 7, 5, 8)
@@ -62,7 +63,7 @@ def reasoning_of(chunks: Sequence[GenerationChunk]) -> str:
 
 
 def test_ordinary_tokens_become_text(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     ids = tok.encode_text("Hello, world! Grüße 😀")
     chunks = feed(state, ids)
     assert text_of(chunks) == "Hello, world! Grüße 😀"
@@ -77,7 +78,7 @@ def test_ordinary_tokens_become_text(tok: MuseTokenizer) -> None:
 
 @pytest.mark.parametrize("end", ["eos_id", "end_id"])
 def test_end_tokens_finish_with_stop(tok: MuseTokenizer, end: str) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     ids = tok.encode_text("done")
     chunks = feed(state, [*ids, getattr(tok, end)])
     assert state.finish is FinishReason.STOP
@@ -88,7 +89,7 @@ def test_end_tokens_finish_with_stop(tok: MuseTokenizer, end: str) -> None:
 
 
 def test_end_token_first(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     (chunk,) = feed(state, [tok.eos_id])
     assert chunk == GenerationChunk(
         text="", reasoning="", num_new_tokens=1, finish=FinishReason.STOP, usage=Usage(len(PROMPT), 0, 0, 1)
@@ -98,7 +99,7 @@ def test_end_token_first(tok: MuseTokenizer) -> None:
 def test_length_at_max_output_tokens(tok: MuseTokenizer) -> None:
     ids = tok.encode_text(" one two three four five")
     assert len(ids) >= 5
-    state = RequestState(prepared(max_output_tokens=3), tok)
+    state = RequestState(prepared(max_output_tokens=3), tok, MuseFormat(tok).markers)
     chunks = feed(state, ids[:3])
     assert state.finish is FinishReason.LENGTH
     assert state.output_tokens == 3
@@ -108,14 +109,14 @@ def test_length_at_max_output_tokens(tok: MuseTokenizer) -> None:
 
 def test_end_token_at_the_last_allowed_position_is_stop(tok: MuseTokenizer) -> None:
     ids = tok.encode_text(" a b")
-    state = RequestState(prepared(max_output_tokens=len(ids) + 1), tok)
+    state = RequestState(prepared(max_output_tokens=len(ids) + 1), tok, MuseFormat(tok).markers)
     feed(state, [*ids, tok.end_id])
     assert state.finish is FinishReason.STOP
     assert state.output_tokens == len(ids) + 1
 
 
 def test_stop_string_ends_with_stop(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(stop=("STOP",)), tok)
+    state = RequestState(prepared(stop=("STOP",)), tok, MuseFormat(tok).markers)
     ids = tok.encode_text("keep this STOP not this")
     chunks = []
     for token in ids:
@@ -134,7 +135,7 @@ def test_stop_string_ends_with_stop(tok: MuseTokenizer) -> None:
 
 
 def test_stop_string_prefix_that_does_not_complete_is_released(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(stop=("STOP",)), tok)
+    state = RequestState(prepared(stop=("STOP",)), tok, MuseFormat(tok).markers)
     ids = tok.encode_text("a STO b")
     chunks = feed(state, [*ids, tok.eos_id])
     assert text_of(chunks) == "a STO b"
@@ -142,7 +143,7 @@ def test_stop_string_prefix_that_does_not_complete_is_released(tok: MuseTokenize
 
 
 def test_stop_string_split_across_tokens(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(stop=("xyz",)), tok)
+    state = RequestState(prepared(stop=("xyz",)), tok, MuseFormat(tok).markers)
     ids = [*tok.encode_text("ab x"), *tok.encode_text("y"), *tok.encode_text("z tail")]
     chunks = []
     for token in ids:
@@ -158,7 +159,7 @@ def test_stop_string_split_across_tokens(tok: MuseTokenizer) -> None:
 
 
 def test_thinking_tokens_go_to_reasoning_until_closed(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=50), tok)
+    state = RequestState(prepared(thinking_budget=50), tok, MuseFormat(tok).markers)
     assert state.in_reasoning
     thought = tok.encode_text("let me think")
     answer = tok.encode_text("the answer")
@@ -173,7 +174,7 @@ def test_thinking_tokens_go_to_reasoning_until_closed(tok: MuseTokenizer) -> Non
 
 def test_forced_token_exactly_when_the_budget_is_spent(tok: MuseTokenizer) -> None:
     budget = 4
-    state = RequestState(prepared(thinking_budget=budget), tok)
+    state = RequestState(prepared(thinking_budget=budget), tok, MuseFormat(tok).markers)
     ordinary = tok.encode_text(" a b c d e f g h")
     forced = []
     for token in ordinary[:budget]:
@@ -192,7 +193,7 @@ def test_forced_token_exactly_when_the_budget_is_spent(tok: MuseTokenizer) -> No
 
 
 def test_model_closing_reasoning_early(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=100), tok)
+    state = RequestState(prepared(thinking_budget=100), tok, MuseFormat(tok).markers)
     feed(state, [*tok.encode_text("hm"), tok.think_end_id])
     assert not state.in_reasoning
     assert state.forced_token() is None
@@ -201,7 +202,7 @@ def test_model_closing_reasoning_early(tok: MuseTokenizer) -> None:
 
 
 def test_zero_budget_starts_in_the_answer(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=0), tok)
+    state = RequestState(prepared(thinking_budget=0), tok, MuseFormat(tok).markers)
     assert not state.in_reasoning
     assert state.forced_token() is None
     chunks = feed(state, tok.encode_text("hi"))
@@ -210,7 +211,7 @@ def test_zero_budget_starts_in_the_answer(tok: MuseTokenizer) -> None:
 
 
 def test_eos_inside_reasoning_finishes_with_empty_answer(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=50), tok)
+    state = RequestState(prepared(thinking_budget=50), tok, MuseFormat(tok).markers)
     thought = tok.encode_text("unfinished thought")
     chunks = feed(state, [*thought, tok.eos_id])
     assert state.finish is FinishReason.STOP
@@ -222,13 +223,13 @@ def test_eos_inside_reasoning_finishes_with_empty_answer(tok: MuseTokenizer) -> 
 
 
 def test_end_inside_reasoning_finishes_too(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=50), tok)
+    state = RequestState(prepared(thinking_budget=50), tok, MuseFormat(tok).markers)
     feed(state, [tok.end_id])
     assert state.finish is FinishReason.STOP
 
 
 def test_max_output_counts_only_answer_tokens(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=10, max_output_tokens=2), tok)
+    state = RequestState(prepared(thinking_budget=10, max_output_tokens=2), tok, MuseFormat(tok).markers)
     thought = tok.encode_text(" a b c")
     feed(state, [*thought, tok.think_end_id])
     assert state.finish is None
@@ -239,7 +240,7 @@ def test_max_output_counts_only_answer_tokens(tok: MuseTokenizer) -> None:
 
 
 def test_stop_strings_do_not_apply_to_reasoning(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=50, stop=("END",)), tok)
+    state = RequestState(prepared(thinking_budget=50, stop=("END",)), tok, MuseFormat(tok).markers)
     chunks = feed(state, [*tok.encode_text("END of thought"), tok.think_end_id])
     assert state.finish is None
     assert reasoning_of(chunks) == "END of thought"
@@ -249,7 +250,7 @@ def test_stop_strings_do_not_apply_to_reasoning(tok: MuseTokenizer) -> None:
 
 
 def test_end_for_length_in_the_answer(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     ids = tok.encode_text("partial")
     feed(state, ids)
     state.end_for_length()
@@ -260,7 +261,7 @@ def test_end_for_length_in_the_answer(tok: MuseTokenizer) -> None:
 
 
 def test_end_for_length_in_reasoning(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=50), tok)
+    state = RequestState(prepared(thinking_budget=50), tok, MuseFormat(tok).markers)
     feed(state, tok.encode_text("thinking"))
     state.end_for_length()
     chunk = state.take_chunk()
@@ -269,7 +270,7 @@ def test_end_for_length_in_reasoning(tok: MuseTokenizer) -> None:
 
 
 def test_end_for_length_flushes_held_text(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(stop=("abc",)), tok)
+    state = RequestState(prepared(stop=("abc",)), tok, MuseFormat(tok).markers)
     chunks = feed(state, tok.encode_text("xx a"))
     assert text_of(chunks) == "xx "  # "a" may begin the stop string
     state.end_for_length()
@@ -280,7 +281,7 @@ def test_end_for_length_flushes_held_text(tok: MuseTokenizer) -> None:
 
 
 def test_take_chunk_drains_pending_text(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     ids = tok.encode_text("several words of text")
     for token in ids:
         state.append(token)
@@ -298,7 +299,7 @@ def test_take_chunk_drains_pending_text(tok: MuseTokenizer) -> None:
 
 
 def test_only_the_final_chunk_has_finish_and_usage(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(thinking_budget=3, max_output_tokens=4), tok)
+    state = RequestState(prepared(thinking_budget=3, max_output_tokens=4), tok, MuseFormat(tok).markers)
     tokens = tok.encode_text(" p q r s t u v w")
     chunks = []
     i = 0
@@ -320,7 +321,7 @@ def test_only_the_final_chunk_has_finish_and_usage(tok: MuseTokenizer) -> None:
 
 def test_usage_numbers(tok: MuseTokenizer) -> None:
     prompt = tuple(range(40, 52))
-    state = RequestState(prepared(thinking_budget=5, prompt=prompt), tok)
+    state = RequestState(prepared(thinking_budget=5, prompt=prompt), tok, MuseFormat(tok).markers)
     feed(state, [*tok.encode_text(" a b"), tok.think_end_id, *tok.encode_text(" c")])
     usage = state.usage()
     assert usage.prompt_tokens == 12
@@ -333,7 +334,7 @@ def test_usage_numbers(tok: MuseTokenizer) -> None:
 
 
 def test_appending_after_finish_is_refused(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     state.append(tok.eos_id)
     with pytest.raises(AssertionError):
         state.append(tok.encode_text("x")[0])
@@ -341,7 +342,7 @@ def test_appending_after_finish_is_refused(tok: MuseTokenizer) -> None:
 
 
 def test_appending_after_end_for_length_is_refused(tok: MuseTokenizer) -> None:
-    state = RequestState(prepared(), tok)
+    state = RequestState(prepared(), tok, MuseFormat(tok).markers)
     state.end_for_length()
     with pytest.raises(AssertionError):
         state.append(tok.eos_id)

@@ -24,7 +24,7 @@ from museserve.domain import (
     ToolSpec,
 )
 from museserve.engine.engine import MuseEngine
-from museserve.preprocess.chat_template import render_prompt
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
 from tests.support import prepared_request
 
@@ -99,7 +99,7 @@ def engine(tokenizer: MuseTokenizer):
                 "stream_interval_ms": 0,
             },
         ),
-        tokenizer,
+        MuseFormat(tokenizer),
     )
     yield engine
     engine.shutdown()
@@ -204,7 +204,7 @@ async def test_tool_result_turn_is_rendered_and_the_model_calls_again(
         Message(Role.TOOL, (TextPart("sunny, 21C"),), tool_call_id="call_1"),
         Message(Role.USER, (TextPart("And in Rome?"),)),
     ]
-    ids = render_prompt(messages, TOOLS, mode=Mode.INSTANT, thinking_enabled=False, tokenizer=tokenizer)
+    ids = MuseFormat(tokenizer).render(messages, TOOLS, reasoning=False)
     rendered = tokenizer.decode(ids, skip_special_tokens=False)
     assert (
         '<|tool_call|>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}<|/tool_call|>'

@@ -54,7 +54,7 @@ where "deployment" holds the museserve DeploymentConfig values and "maxOngoing" 
 {{- $d := $pool.deployment | default dict }}
 {{- /* A parallel pool's replica holds no GPU (its workers do): a token amount of the group
        resource still places the coordinator on a pod of its group, beside its workers. */}}
-{{- $resources := dict (include "museserve.groupResource" $pool.workerGroup) (max 0.001 (float64 (default 0 $d.num_gpus))) }}
+{{- $resources := dict (include "museserve.groupResource" $pool.workerGroup) (maxf 0.001 (float64 (default 0 $d.num_gpus))) }}
 {{- $entry := include "museserve.serveDeployment" (dict "name" (printf "pool-%s" $name) "deployment" $d "maxOngoing" 128 "autoscaling" $pool.autoscaling "resources" $resources) | fromYamlArray }}
 {{- $deployments = concat $deployments $entry }}
 {{- end }}

@@ -61,14 +61,36 @@ museserve.io/ray-node: "true"
 {{- end }}
 {{- end }}
 
+{{/* Whether the cluster serves prometheus-operator's API: without it a ServiceMonitor or
+PrometheusRule would fail the whole install, so they are left out (NOTES says so). */}}
+{{- define "museserve.prometheusOperator" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{- end }}
+{{- end }}
+
 {{- define "museserve.redisEnabled" -}}
 {{- if or .Values.redis.embedded.enabled .Values.redis.existingSecret }}true{{- end }}
 {{- end }}
 
-{{/* The Ray custom resource a GPU worker group advertises (one unit per GPU) and its pools
-request: it pins each pool to its group. Ray resource names take no "-". */}}
+{{/* The Ray custom resource a worker group advertises (one unit per GPU; one per pod of a
+CPU group) and its pools request: it pins each pool to its group. Ray resource names take no "-". */}}
 {{- define "museserve.groupResource" -}}
 {{- printf "museserve_group_%s" (. | replace "-" "_") }}
+{{- end }}
+
+{{/* The CPUs Ray counts on a pod, from the container resources it is called with: KubeRay
+passes the CPU limit, else the request, rounded up, as `ray start --num-cpus`. Empty when
+neither is set (Ray then counts the node's cores). */}}
+{{- define "museserve.rayCpus" -}}
+{{- $resources := . | default dict }}
+{{- $cpu := ($resources.limits | default dict).cpu | default ($resources.requests | default dict).cpu }}
+{{- with $cpu }}
+{{- $quantity := toString . }}
+{{- if hasSuffix "m" $quantity }}
+{{- ceil (divf (trimSuffix "m" $quantity | float64) 1000) }}
+{{- else }}
+{{- ceil (float64 $quantity) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "museserve.configMountPath" -}}/etc/museserve/config{{- end }}

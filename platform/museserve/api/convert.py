@@ -132,15 +132,15 @@ def _tool_choice_from_pb(msg: pb.ChatRequest) -> ToolChoice:
 
 def _sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
     return SamplingParams(
-        temperature=s.temperature if s.HasField("temperature") else 1.0,
-        top_p=s.top_p if s.HasField("top_p") else 1.0,
-        top_k=s.top_k,
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        top_k=s.top_k or None,
         seed=s.seed if s.HasField("seed") else None,
         max_output_tokens=s.max_output_tokens if s.HasField("max_output_tokens") else None,
         stop=tuple(s.stop),
         presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else 0.0,
         frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else 0.0,
-        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
         stop_token_ids=tuple(s.stop_token_ids),
         logprobs=s.logprobs,
         top_logprobs=s.top_logprobs,

@@ -13,8 +13,16 @@ from museserve.domain import Mode
 
 class ModelConfig(Section):
     size: str = Field("tiny", description="Named architecture size (tiny, small, ...) for dummy weights.")
-    load_format: Literal["dummy", "safetensors"] = Field("dummy", description="Where weights come from.")
-    path: str | None = Field(None, description="Checkpoint directory, for load_format safetensors.")
+    load_format: Literal["dummy", "safetensors", "gguf"] = Field(
+        "dummy",
+        description="Where weights come from: dummy (seeded random weights of `size`, the bundled tokenizer), "
+        "safetensors (a Hugging Face checkpoint directory), gguf (one GGUF file, dequantized to `dtype`).",
+    )
+    path: str | None = Field(
+        None,
+        description="The checkpoint: a directory (safetensors) or a .gguf file. `package:NAME/FILE` names FILE "
+        "inside the installed Python package NAME (found without importing it).",
+    )
     seed: int = Field(0, description="Seed of the dummy weights.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -28,8 +36,8 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _path_matches_format(self) -> ModelConfig:
-        if self.load_format == "safetensors" and not self.path:
-            raise ValueError("path is required when load_format is safetensors")
+        if self.load_format != "dummy" and not self.path:
+            raise ValueError(f"path is required when load_format is {self.load_format}")
         return self
 
 
@@ -118,7 +126,12 @@ class ParallelConfig(Section):
 
 class PoolConfig(Section):
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name clients ask for.")
-    modes: tuple[Mode, ...] = Field((Mode.INSTANT, Mode.THINKING), min_length=1, description="Modes accepted.")
+    modes: tuple[Mode, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Modes accepted. Unset: every mode the checkpoint can serve (thinking needs reasoning markers "
+        "in its vocabulary); a listed mode it cannot serve stops start-up.",
+    )
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=128)

@@ -44,7 +44,8 @@ class MuseServeConfig(Section):
         for mode, pool in self.gateway.routes.items():
             if pool not in names:
                 raise ValueError(f"gateway.routes.{mode} {pool!r} is not a pool ({served})")
-            if mode not in self.pool(pool).modes:
+            modes = self.pool(pool).modes
+            if modes is not None and mode not in modes:  # unset: checked against the checkpoint at start
                 raise ValueError(f"gateway.routes.{mode}: pool {pool!r} does not serve mode {mode}")
         for i, pool in enumerate(self.pools):
             for kind, split in (("ab", pool.ab), ("mirror", pool.mirror)):
@@ -63,12 +64,6 @@ class MuseServeConfig(Section):
 
     def pool(self, name: str) -> PoolConfig:
         return next(p for p in self.pools if p.name == name)
-
-    def tokenizer_for(self, pool: PoolConfig) -> str | None:
-        """A checkpoint's own tokenizer.json, else `preprocess.tokenizer` (None: the bundled one)."""
-        if pool.model.load_format == "safetensors" and (Path(pool.model.path) / "tokenizer.json").is_file():
-            return str(Path(pool.model.path) / "tokenizer.json")
-        return self.preprocess.tokenizer
 
 
 class ConfigError(ValueError):

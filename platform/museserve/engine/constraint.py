@@ -1,19 +1,28 @@
 """The answer's shape as a logits processor: tool calls and JSON, grammar-constrained.
 
 `OutputConstraint` follows one request's tokens through the phases of its answer and masks
-the next token's logits to what the phase allows:
+the next token's logits to what the phase allows. With the Muse format (calls between
+control tokens, `Markers.tool_call_ids`):
 
-    reasoning  -> unconstrained until `<|/think|>` (or no reasoning segment at all)
+    reasoning  -> unconstrained until the reasoning close marker (or no reasoning segment at all)
     start      -> calls only (REQUIRED, NAMED): `<|tool_call|>`
                   JSON answer: the JSON grammar's first tokens, plus `<|tool_call|>` with AUTO tools
                   otherwise: anything but `<|/tool_call|>`
     text       -> anything but `<|/tool_call|>`; `<|tool_call|>` opens a call
     call       -> the call grammar; `<|/tool_call|>` once its JSON is complete
-    after call -> `<|end|>`/`<|eos|>`, or another `<|tool_call|>` (not with NAMED)
+    after call -> the end tokens, or another `<|tool_call|>` (not with NAMED)
     json       -> the JSON grammar; the end tokens once the JSON is complete
 
-So every call that closes parses, an answer that has called a tool holds nothing but calls
-after that, and a finished grammar forces the end of the request.
+With a format whose calls are text (`Markers.tool_call_text`), a required or named call is
+one grammar of its own, markers included (`GrammarCache.framed_tool_call`), run as the json
+phase; AUTO tools need no constraint there (the engine parses spans the model chooses to
+write). So every call that closes parses, and a finished grammar forces the end.
+
+Budget steering (`steering`): in a grammar phase, once the answer's remaining token budget is
+down to what the shortest completion of the JSON needs, each next token is forced to that
+completion's first token, and a sampled token that would leave too little is replaced by it
+(`checked`). The answer then parses and validates; `steered` tells the request state to finish
+it with LENGTH. A budget that cannot hold even the shortest answer is refused up front.
 """
 
 from __future__ import annotations
@@ -31,8 +40,11 @@ from torch import Tensor
 
 from museserve.domain import ResponseFormatKind, ToolChoiceKind
 from museserve.engine.grammar import GrammarCache
+from museserve.engine.steering import Steering, steering_for
+from museserve.errors import InvalidArgument
 from museserve.messages import PreparedRequest
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.chat_format import Markers
+from museserve.preprocess.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     import xgrammar as xgr
@@ -50,8 +62,14 @@ class Phase(enum.Enum):
     DONE = "done"  # the grammar ended, or failed: nothing more is constrained
 
 
-def needs_constraint(request: PreparedRequest) -> bool:
-    return bool(request.tools) or request.response_format.kind is not ResponseFormatKind.TEXT
+def needs_constraint(request: PreparedRequest, markers: Markers) -> bool:
+    if request.response_format.kind is not ResponseFormatKind.TEXT:
+        return True
+    if not request.tools:
+        return False
+    if markers.tool_call_ids is not None:
+        return True
+    return request.tool_choice.kind in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED)
 
 
 def word_bits(ids: Sequence[int], num_words: int) -> Tensor:
@@ -68,21 +86,26 @@ class OutputConstraint:
     def __init__(
         self,
         request: PreparedRequest,
-        tokenizer: MuseTokenizer,
+        tokenizer: Tokenizer,
+        markers: Markers,
         call_grammar: xgr.CompiledGrammar | None,
         json_grammar: xgr.CompiledGrammar | None,
         vocab_size: int,
+        steering: Steering | None = None,
     ):
+        """`json_grammar`: the answer's grammar (a JSON response format, or a framed call)."""
         import xgrammar as xgr
 
         self._xgr = xgr
-        t = self._tokenizer = tokenizer
-        self._open, self._close, self._think_end = t.tool_call_id, t.tool_call_end_id, t.think_end_id
-        self._end_ids = [t.end_id, t.eos_id]
+        self._tokenizer = tokenizer
+        self._open, self._close = markers.tool_call_ids or (-1, -1)
+        self._think_end = markers.think_close_id
+        self._end_ids = sorted(markers.stop_ids)
         choice = request.tool_choice.kind
-        self._calls_only = bool(request.tools) and choice in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED)
+        by_id = markers.tool_call_ids is not None and bool(request.tools)
+        self._calls_only = by_id and choice in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED)
         self._single_call = choice is ToolChoiceKind.NAMED
-        self._may_call = bool(request.tools) and choice is not ToolChoiceKind.NONE
+        self._may_call = by_id and choice is not ToolChoiceKind.NONE
         self._call = xgr.GrammarMatcher(call_grammar, override_stop_tokens=[self._close]) if call_grammar else None
         self._json = (
             xgr.GrammarMatcher(json_grammar, override_stop_tokens=self._end_ids)
@@ -92,13 +115,31 @@ class OutputConstraint:
         self.vocab_size = vocab_size
         words = (vocab_size + 31) // 32
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
-        control = word_bits(sorted(t.control_ids), words)
-        # Bits cleared from a grammar's mask: control tokens other than the matcher's stop tokens.
-        self._keep_for_call = ~(control & ~word_bits([self._close], words))
+        control = word_bits(sorted(tokenizer.control_ids), words)
+        # Bits cleared from a grammar's mask: special tokens other than the matcher's stop tokens.
+        self._keep_for_call = ~(control & ~word_bits([self._close] if by_id else [], words))
         self._keep_for_json = ~(control & ~word_bits(self._end_ids, words))
-        self._open_bit = word_bits([self._open], words)
+        self._open_bit = word_bits([self._open] if by_id else [], words)
         self.phase = Phase.REASONING if request.thinking_budget > 0 else Phase.START
         self._consumed = 0
+        self._steering = steering
+        self._answer_tokens = 0  # tokens after the reasoning segment: what max_output_tokens counts
+        self._budget = request.max_output_tokens
+
+    @property
+    def steered(self) -> bool:
+        return self._steering is not None and self._steering.engaged
+
+    def checked(self, token: int) -> int:
+        """The sampled token, or the steering's replacement when it would leave the JSON too few
+        tokens to close (see `Steering.checked`)."""
+        phase = self.phase
+        if self._steering is None or phase not in (Phase.START, Phase.JSON, Phase.CALL):
+            return token
+        if phase is Phase.START and (self._json is None or token == self._open):
+            return token
+        closing = 1 if phase is Phase.CALL else 0
+        return self._steering.checked(token, self._budget - self._answer_tokens - 1 - closing)
 
     def __call__(self, prompt_ids: Sequence[int], output_ids: Sequence[int], logits: Tensor) -> Tensor:
         for token in output_ids[self._consumed :]:
@@ -111,8 +152,12 @@ class OutputConstraint:
         if phase is Phase.REASONING:
             if token == self._think_end:
                 self.phase = Phase.START
-        elif token == self._open and phase in (Phase.START, Phase.TEXT, Phase.AFTER_CALL):
+            return
+        self._answer_tokens += 1
+        if token == self._open and phase in (Phase.START, Phase.TEXT, Phase.AFTER_CALL):
             self._call.reset()
+            if self._steering is not None:
+                self._steering.start_call()
             self.phase = Phase.CALL
         elif phase is Phase.CALL:
             self._feed(self._call, token)
@@ -131,6 +176,8 @@ class OutputConstraint:
         if not matcher.accept_token(token):
             logger.warning("grammar refused token %d in phase %s; the rest is unconstrained", token, self.phase.value)
             self.phase = Phase.DONE
+        elif self._steering is not None:
+            self._steering.accept(token)
 
     def _mask(self, logits: Tensor) -> Tensor:
         phase = self.phase
@@ -144,18 +191,22 @@ class OutputConstraint:
         if phase is Phase.START and self._calls_only:
             return _only(logits, [self._open])
         if phase is Phase.AFTER_CALL:
-            return _only(logits, self._end_ids if self._single_call else [*self._end_ids, self._open])
+            if self._single_call or self.steered or not self._room_for_call():
+                return _only(logits, self._end_ids)
+            return _only(logits, [*self._end_ids, self._open])
         matcher, keep = (self._call, self._keep_for_call) if phase is Phase.CALL else (self._json, self._keep_for_json)
         if matcher.is_terminated():
             return _only(logits, self._end_ids)
         matcher.fill_next_token_bitmask(self._bitmask)
         self._bitmask[0] &= keep
-        may_open = phase is Phase.START and self._may_call  # a JSON answer, or a call instead
+        may_open = phase is Phase.START and self._may_call and self._room_for_call()  # a JSON answer, or a call
         if may_open:
             self._bitmask[0] |= self._open_bit
         if not bool(self._bitmask.any()):  # a dead end: never sample from an empty distribution
             return _only(logits, self._end_ids)
-        forced = None if may_open else self._forced_token(matcher)
+        forced = self._steered_token(phase)
+        if forced is None and not may_open:
+            forced = self._forced_token(matcher)
         if forced is not None:
             return _only(logits, [forced])
         if logits.shape[-1] > self.vocab_size:  # model vocabulary padded past the tokenizer's
@@ -164,6 +215,21 @@ class OutputConstraint:
         self._xgr.apply_token_bitmask_inplace(logits[None], bitmask, vocab_size=self.vocab_size)
         return logits
 
+    def _room_for_call(self) -> bool:
+        remaining = self._budget - self._answer_tokens
+        return self._steering is None or self._steering.room_for_call(remaining)
+
+    def _allowed(self, token: int) -> bool:
+        return bool((int(self._bitmask[0, token // 32]) >> (token % 32)) & 1)
+
+    def _steered_token(self, phase: Phase) -> int | None:
+        """The shortest completion's next token, once the budget calls for it (module docstring)."""
+        if self._steering is None:
+            return None
+        closing = 1 if phase is Phase.CALL else 0  # a Muse call still needs its close token
+        token = self._steering.next_token(self._budget - self._answer_tokens - closing)
+        return token if token is not None and self._allowed(token) else None
+
     def _forced_token(self, matcher: xgr.GrammarMatcher) -> int | None:
         """Where the grammar admits one string only (`{"name": "`, a property's key), its first token
         as the tokenizer would write it: the way rendered calls read in the prompt, in fewer steps."""
@@ -171,8 +237,25 @@ class OutputConstraint:
         if not jump:
             return None
         token = self._tokenizer.encode_text(jump)[0]
-        allowed = (int(self._bitmask[0, token // 32]) >> (token % 32)) & 1
-        return token if allowed else None
+        return token if self._allowed(token) else None
+
+
+def _check_budget(request: PreparedRequest, steering: Steering, markers: Markers) -> None:
+    """A budget below the shortest answer the grammar accepts would cut it off: refused up front."""
+    calls_only = bool(request.tools) and request.tool_choice.kind in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED)
+    if not calls_only and request.response_format.kind is ResponseFormatKind.TEXT:
+        return  # free text may answer instead of a call
+    minimum = steering.minimum_tokens()
+    if minimum is None:
+        return
+    what = "a tool call" if calls_only else "a JSON answer of this schema"
+    if markers.tool_call_ids is not None and calls_only:
+        minimum += 2  # the call's own control tokens
+    if request.max_output_tokens < minimum:
+        raise InvalidArgument(
+            f"{what} needs at least {minimum} output tokens with this model; {request.max_output_tokens} were given",
+            field="sampling.max_output_tokens",
+        )
 
 
 def _only(logits: Tensor, allowed: list[int]) -> Tensor:
@@ -186,33 +269,44 @@ class ConstraintFactory:
     """Builds each request's OutputConstraint, compiling its grammars on a thread of its own so
     a compile does not hold up the engine's step loop (xgrammar compiles mostly outside the GIL)."""
 
-    def __init__(self, tokenizer: MuseTokenizer, vocab_size: int | None = None):
+    def __init__(self, tokenizer: Tokenizer, markers: Markers, vocab_size: int | None = None):
         self._tokenizer = tokenizer
+        self._markers = markers
         self._vocab_size = vocab_size or tokenizer.vocab_size
         self._grammars: GrammarCache | None = None  # built on first use: importing xgrammar takes seconds
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
 
     async def build(self, request: PreparedRequest) -> OutputConstraint | None:
         """None when the request needs no constraint; InvalidArgument when a schema cannot be compiled."""
-        if not needs_constraint(request):
+        if not needs_constraint(request, self._markers):
             return None
         return await asyncio.get_running_loop().run_in_executor(self._worker, self.build_now, request)
 
     def build_now(self, request: PreparedRequest) -> OutputConstraint:
         if self._grammars is None:
-            self._grammars = GrammarCache(self._tokenizer, self._vocab_size)
+            self._grammars = GrammarCache(self._tokenizer, self._markers.stop_ids, self._vocab_size)
         call_grammar = json_grammar = None
         tools = [(i, t) for i, t in enumerate(request.tools)]
         if request.tool_choice.kind is ToolChoiceKind.NAMED:
             tools = [(i, t) for i, t in tools if t.name == request.tool_choice.name]
-        if tools:
-            where = [f"tools[{i}].parameters_json_schema" for i, _ in tools]
+        where = [f"tools[{i}].parameters_json_schema" for i, _ in tools]
+        frame = self._markers.tool_call_text
+        if tools and self._markers.tool_call_ids is not None:
             call_grammar = self._grammars.tool_calls([t for _, t in tools], where)
+        elif (
+            tools and frame is not None and request.tool_choice.kind in (ToolChoiceKind.REQUIRED, ToolChoiceKind.NAMED)
+        ):
+            json_grammar = self._grammars.framed_tool_call([t for _, t in tools], where, frame)
         f = request.response_format
-        if f.kind is not ResponseFormatKind.TEXT:
+        if json_grammar is None and f.kind is not ResponseFormatKind.TEXT:
             schema = f.json_schema if f.kind is ResponseFormatKind.JSON_SCHEMA else None
             json_grammar = self._grammars.json(schema, f.strict)
-        return OutputConstraint(request, self._tokenizer, call_grammar, json_grammar, self._vocab_size)
+        steering = steering_for(request, [t for _, t in tools], self._markers, self._tokenizer)
+        if steering is not None:
+            _check_budget(request, steering, self._markers)
+        return OutputConstraint(
+            request, self._tokenizer, self._markers, call_grammar, json_grammar, self._vocab_size, steering
+        )
 
     @property
     def grammars(self) -> GrammarCache | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.tokenizer import Tokenizer
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -25,7 +25,7 @@ REPLACEMENT_CHAR = "\ufffd"
 class IncrementalDetokenizer:
     def __init__(
         self,
-        tokenizer: MuseTokenizer,
+        tokenizer: Tokenizer,
         prompt_ids_tail: Sequence[int] = (),
         stop: tuple[str, ...] = (),
     ) -> None:

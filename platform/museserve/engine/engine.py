@@ -40,7 +40,7 @@ from museserve.errors import (
 )
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import InMemoryMetrics, MetricsRecorder
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.chat_format import ChatFormat
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +49,26 @@ class MuseEngine:
     def __init__(
         self,
         pool: PoolConfig,
-        tokenizer: MuseTokenizer,
+        chat_format: ChatFormat,
         executor: Executor | None = None,
         metrics: MetricsRecorder | None = None,
         media: MediaLimits | None = None,
     ):
-        """`media`: the preprocess tier's limits; a dummy model then gets projectors of their
+        """`chat_format`: the pool's (`pool_model`): its tokenizer detokenizes, its markers say
+        where reasoning ends, what stops a request and how calls are written.
+        `media`: the preprocess tier's limits; a dummy model then gets projectors of their
         feature dims, a checkpoint's are checked against them. None: a text-only dummy model."""
         self.pool = pool
         self.metrics = metrics if metrics is not None else InMemoryMetrics()
-        self.tokenizer = tokenizer
+        self.tokenizer = chat_format.tokenizer
+        self.markers = chat_format.markers
         engine = pool.engine
         # The device thread: it builds the model and runs every step's tensor work (model and
         # sampling), so that no other thread of the engine enters torch's thread pool.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool.name}")
         if executor is None:
             try:
-                executor = self._worker.submit(pool_executor, pool, tokenizer, media).result()
+                executor = self._worker.submit(pool_executor, pool, self.tokenizer.vocab_size, media).result()
             except BaseException:
                 self._worker.shutdown(wait=False)
                 raise
@@ -84,7 +87,7 @@ class MuseEngine:
         self.scheduler = Scheduler(limits, self.blocks)
         self.stats = EngineStats()
         self._active: dict[str, ActiveRequest] = {}
-        self.constraints = ConstraintFactory(tokenizer)
+        self.constraints = ConstraintFactory(self.tokenizer, self.markers)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
@@ -110,7 +113,7 @@ class MuseEngine:
             raise
         active = ActiveRequest(
             request,
-            RequestState(request, self.tokenizer),
+            RequestState(request, self.tokenizer, self.markers, shortened=constraint),
             self.stats.admit(request.request_id, request.tenant),
             make_generator(request.seed),
             processors_for(request, constraint),

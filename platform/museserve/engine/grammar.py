@@ -1,13 +1,15 @@
 """Grammars for constrained decoding, compiled with xgrammar against the serving tokenizer.
 
-Two kinds of grammar:
+Three kinds of grammar:
 
 - a tool call's JSON, `{"name": "<tool>", "arguments": <object valid for that tool's schema>}`,
   one alternative per tool; each tool's schema is converted on its own, so its `$ref`s
   resolve against itself;
+- the same framed by text markers (`<tool_call>\n ... \n</tool_call>`), for chat formats
+  whose calls are text (`framed_tool_call`);
 - an answer's JSON (`response_format`): valid for a schema, or any object.
 
-Every control token is special to xgrammar (its text is empty), so no grammar admits one
+Every special token is special to xgrammar (its text is empty), so no grammar admits one
 except the stop tokens a matcher is given. Output is compact (`any_whitespace=False`):
 random and weak models would otherwise fill the answer with whitespace.
 
@@ -21,12 +23,12 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from museserve.domain import ToolSpec
 from museserve.errors import InvalidArgument
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     import xgrammar as xgr
@@ -35,29 +37,39 @@ DEFAULT_CACHE_SIZE = 256
 ANY_OBJECT_SCHEMA = '{"type": "object"}'
 
 
-def tokenizer_info(tokenizer: MuseTokenizer, vocab_size: int) -> xgr.TokenizerInfo:
-    """Our byte-level BPE vocabulary as xgrammar sees it; control tokens get empty text."""
+def tokenizer_info(tokenizer: Tokenizer, vocab_size: int, stop_ids: Iterable[int]) -> xgr.TokenizerInfo:
+    """The vocabulary as xgrammar sees it; special tokens get empty text."""
     import xgrammar as xgr
 
     encoded = [""] * vocab_size
     for token, token_id in tokenizer.vocab().items():
         if token_id < vocab_size and not tokenizer.is_control(token_id):
             encoded[token_id] = token
+    vocab_type = {"byte_level": xgr.VocabType.BYTE_LEVEL, "byte_fallback": xgr.VocabType.BYTE_FALLBACK}
     return xgr.TokenizerInfo(
-        encoded, xgr.VocabType.BYTE_LEVEL, vocab_size=vocab_size, stop_token_ids=[tokenizer.eos_id]
+        encoded,
+        vocab_type.get(tokenizer.vocab_type, xgr.VocabType.RAW),
+        vocab_size=vocab_size,
+        stop_token_ids=sorted(stop_ids),
     )
 
 
 class GrammarCache:
     """Compiles and caches grammars; safe to call from several threads."""
 
-    def __init__(self, tokenizer: MuseTokenizer, vocab_size: int | None = None, capacity: int = DEFAULT_CACHE_SIZE):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        stop_ids: Iterable[int],
+        vocab_size: int | None = None,
+        capacity: int = DEFAULT_CACHE_SIZE,
+    ):
         import xgrammar as xgr
 
         self.vocab_size = vocab_size or tokenizer.vocab_size
         # One compile thread: more take CPU from the model and the step loop (measured: a 32-property
         # schema compiled with 8 threads on 2 cores held the loop up 28 ms, with 1 thread 5 ms).
-        info = tokenizer_info(tokenizer, self.vocab_size)
+        info = tokenizer_info(tokenizer, self.vocab_size, stop_ids)
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         self._capacity = capacity
         self._cache: OrderedDict[tuple, xgr.CompiledGrammar] = OrderedDict()
@@ -68,6 +80,21 @@ class GrammarCache:
         """The JSON of one call to any of `tools`; `where[i]` names tool i's schema field in errors."""
         key = ("tools", tuple((t.name, t.parameters_json_schema) for t in tools))
         return self._get(key, lambda: self._tool_calls_grammar(tools, where))
+
+    def framed_tool_call(
+        self, tools: Sequence[ToolSpec], where: Sequence[str], frame: tuple[str, str]
+    ) -> xgr.CompiledGrammar:
+        """One call, `<open>\n{"name": ..., "arguments": ...}\n<close>`, to any of `tools`."""
+        import xgrammar as xgr
+
+        def build() -> xgr.Grammar:
+            head, tail = (
+                xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text)}") for text in (frame[0] + "\n", "\n" + frame[1])
+            )
+            return xgr.Grammar.concat(head, self._tool_calls_grammar(tools, where), tail)
+
+        key = ("framed", frame, tuple((t.name, t.parameters_json_schema) for t in tools))
+        return self._get(key, build)
 
     def json(self, schema: str | None, strict: bool = True) -> xgr.CompiledGrammar:
         """An answer valid for `schema` (a JSON Schema text); None: any JSON object."""

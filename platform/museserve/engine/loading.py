@@ -8,29 +8,29 @@ from dataclasses import replace
 
 import torch
 
+from museserve.checkpoint import read_checkpoint
 from museserve.config import MediaLimits, PoolConfig
 from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
 from museserve.engine.model_runner import Executor, ModelRunner
-from museserve.model import MuseConfig, MuseForCausalLM, build_model, load_config_json
+from museserve.model import MuseConfig, MuseForCausalLM, build_model
 from museserve.model.loader import check_media_dims, resolve_device
-from museserve.preprocess.tokenizer import MuseTokenizer
 
 logger = logging.getLogger(__name__)
 
 
-def pool_executor(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> Executor:
+def pool_executor(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> Executor:
     """The pool's model in this process, or across Ray workers when `pool.parallel` asks for them."""
     if pool.parallel.world_size == 1:
-        return local_runner(pool, tokenizer, media)
+        return local_runner(pool, vocab_size, media)
     from museserve.parallel.executor import RayExecutor  # imports Ray only for parallel pools
 
-    return RayExecutor(pool, pool_architecture(pool, tokenizer, media))
+    return RayExecutor(pool, pool_architecture(pool, vocab_size, media))
 
 
-def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> ModelRunner:
+def local_runner(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> ModelRunner:
     """A runner in this process on the pool's device, its KV pool sized from the pool's memory budget."""
     engine = pool.engine
-    model = load_pool_model(pool, tokenizer, media)
+    model = load_pool_model(pool, vocab_size, media)
     dtype = getattr(torch, pool.model.dtype)
     device = next(model.parameters()).device
     num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(model.config, engine.block_size, dtype)
@@ -49,10 +49,10 @@ def local_runner(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits 
     return ModelRunner(model, kv_pool)
 
 
-def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseForCausalLM:
+def load_pool_model(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> MuseForCausalLM:
     spec = pool.model
     return build_model(
-        pool_architecture(pool, tokenizer, media),
+        pool_architecture(pool, vocab_size, media),
         load_format=spec.load_format,
         seed=spec.seed,
         dtype=getattr(torch, spec.dtype),
@@ -62,18 +62,20 @@ def load_pool_model(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimi
     )
 
 
-def pool_architecture(pool: PoolConfig, tokenizer: MuseTokenizer, media: MediaLimits | None = None) -> MuseConfig:
-    """With `media`, dummy weights get image and audio projectors of its feature dims; a
-    checkpoint's projectors (from its config.json) must match them."""
+def pool_architecture(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> MuseConfig:
+    """`vocab_size`: the tokenizer's, which the model's must cover. With `media`, dummy weights get
+    image and audio projectors of its feature dims; a checkpoint's projectors (from its config)
+    must match them."""
     spec = pool.model
-    if spec.load_format == "safetensors":
-        arch = load_config_json(spec.path)
+    if spec.load_format != "dummy":
+        assert spec.path is not None
+        arch = MuseConfig.from_hf_dict(read_checkpoint(spec.path, spec.load_format).hf_config)
     else:
-        arch = MuseConfig.named(spec.size, vocab_size=tokenizer.vocab_size)
+        arch = MuseConfig.named(spec.size, vocab_size=vocab_size)
         if media is not None:
             arch = replace(arch, image_feature_dim=media.image_feature_dim, audio_feature_dim=media.audio_feature_dim)
     if media is not None:
         check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, pool.name)
-    if arch.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})")
+    if arch.vocab_size < vocab_size:
+        raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({vocab_size})")
     return arch

@@ -1,27 +1,40 @@
 """What one request has generated so far, and whether it is done. Pure: no tensors.
 
 Token handling per step: a sampled (or forced) token goes into the reasoning segment
-until `<|/think|>` closes it, then into the answer; `<|eos|>` or `<|end|>` ends the
-request, as do a stop string, the output budget, or the context window. When the
-reasoning budget is spent, the next token is forced to `<|/think|>`. When the request offers
-tools, `<|tool_call|>...<|/tool_call|>` spans of the answer become ToolCall values, not text;
-an answer that ends right after a call finishes with TOOL_CALLS.
+until the format's close marker (`<|/think|>`, `</think>`) ends it, then into the answer;
+one of the format's stop ids (end of sequence, end of turn) ends the request, as do a stop
+string, the output budget, or the context window. When the reasoning budget is spent, the
+next token is forced to the close marker. When the request offers tools, the format's call
+spans in the answer become ToolCall values, not text (`tool_calls`); an answer that ends
+right after a call finishes with TOOL_CALLS. An answer a grammar steered to its shortest
+completion at the budget (`Shortened`) finishes with LENGTH, whatever ended it.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from museserve.domain import FinishReason, PositionLogprobs, ToolCall, Usage
 from museserve.engine.detokenizer import IncrementalDetokenizer
-from museserve.engine.tool_calls import ToolCallSpans
+from museserve.engine.tool_calls import TextSpans, TokenSpans
 from museserve.messages import GenerationChunk, PreparedRequest
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.chat_format import Markers
+from museserve.preprocess.tokenizer import Tokenizer
+
+
+class Shortened(Protocol):
+    steered: bool  # a grammar cut the answer short to close it within its budget
 
 
 class RequestState:
-    def __init__(self, request: PreparedRequest, tokenizer: MuseTokenizer):
+    def __init__(
+        self, request: PreparedRequest, tokenizer: Tokenizer, markers: Markers, shortened: Shortened | None = None
+    ):
         self.request = request
-        self._think_end_id = tokenizer.think_end_id
-        self._end_ids = frozenset((tokenizer.eos_id, tokenizer.end_id, *request.stop_token_ids))
+        self._think_end_id = markers.think_close_id
+        stops = () if request.ignore_eos else markers.stop_ids
+        self._end_ids = frozenset((*stops, *request.stop_token_ids))
+        self._shortened = shortened
         self.in_reasoning = request.thinking_budget > 0  # the template opened the segment
         self.reasoning_tokens = 0
         self.output_tokens = 0
@@ -33,7 +46,8 @@ class RequestState:
         self._pending_text: list[str] = []
         self._pending_logprobs: list[PositionLogprobs] = []
         self._pending_tokens = 0
-        self._calls = ToolCallSpans(tokenizer) if request.tools else None
+        self._calls = TokenSpans(tokenizer, *markers.tool_call_ids) if request.tools and markers.tool_call_ids else None
+        self._text_calls = TextSpans(*markers.tool_call_text) if request.tools and markers.tool_call_text else None
         self._pending_calls: list[ToolCall] = []
         self._ends_in_call = False  # the last answer token closed a call
 
@@ -78,11 +92,11 @@ class RequestState:
                 self._pending_text.append(done)
         else:
             self._ends_in_call = False
-            self._pending_text.append(self._answer.push([token_id]))
+            self._pending_text.append(self._text(self._answer.push([token_id])))
             if logprobs is not None:
                 self._pending_logprobs.append(logprobs)
         if self._answer.stopped:
-            self.finish = FinishReason.STOP
+            self._end(FinishReason.STOP)
         elif self.output_tokens >= self.request.max_output_tokens:
             self._end(FinishReason.TOOL_CALLS if self._ends_in_call else FinishReason.LENGTH)
 
@@ -91,10 +105,25 @@ class RequestState:
         self._pending_reasoning.append(self._reasoning.flush())
         self._end(FinishReason.LENGTH)
 
+    def _text(self, text: str) -> str:
+        """Answer text with the text-marked call spans cut out (into `_pending_calls`)."""
+        if self._text_calls is None:
+            return text
+        released, calls = self._text_calls.push(text) if text else ("", [])
+        self._pending_calls.extend(calls)
+        self._ends_in_call = self._text_calls.ends_in_call
+        return released
+
     def _end(self, reason: FinishReason) -> None:
-        self._pending_text.append(self._answer.flush())
+        self._pending_text.append(self._text(self._answer.flush()))
         if self._calls is not None:
             self._pending_text.append(self._calls.flush())
+        if self._text_calls is not None:
+            self._pending_text.append(self._text_calls.flush())
+            if reason is FinishReason.STOP and self._text_calls.ends_in_call:
+                reason = FinishReason.TOOL_CALLS
+        if self._shortened is not None and self._shortened.steered:
+            reason = FinishReason.LENGTH
         self.finish = reason
 
     def usage(self) -> Usage:

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 import torch
 
 from museserve.domain import PositionLogprobs, TokenLogprob
+from museserve.engine.constraint import OutputConstraint
 from museserve.engine.logits_processors import LogitsProcessor
 from museserve.engine.request_state import RequestState
 from museserve.engine.sampler import sample_batch
 from museserve.engine.scheduler import Scheduler, SchedulerPlan
 from museserve.engine.stats import RequestRecord
 from museserve.messages import PreparedRequest
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.tokenizer import Tokenizer
 
 Sampled = dict[str, tuple[int, PositionLogprobs | None]]  # request id -> (token, its log probabilities)
 
@@ -121,7 +122,12 @@ def sample_rows(rows: list[RowSampling], logits: torch.Tensor) -> list[RowToken]
     )
     out = []
     for i, (row, token) in enumerate(zip(rows, picked, strict=True)):
-        token = token if row.forced_token is None else row.forced_token
+        if row.forced_token is not None:
+            token = row.forced_token
+        else:
+            for processor in row.processors:
+                if isinstance(processor, OutputConstraint):  # may steer a JSON answer short of its budget
+                    token = processor.checked(token)
         row_logprobs = raw_logprobs.get(i)
         if row_logprobs is None:
             out.append(RowToken(token))
@@ -139,7 +145,7 @@ def collect(
     tokens: list[RowToken],
     active: Mapping[str, ActiveRequest],
     scheduler: Scheduler,
-    tokenizer: MuseTokenizer,
+    tokenizer: Tokenizer,
 ) -> Sampled:
     """The tokens of the requests still running: one that ended while the step ran (abort,
     deadline) gets none."""
@@ -154,7 +160,7 @@ def collect(
     return out
 
 
-def position_logprobs(tokenizer: MuseTokenizer, picked: RowToken) -> PositionLogprobs:
+def position_logprobs(tokenizer: Tokenizer, picked: RowToken) -> PositionLogprobs:
     """The chosen token's log probability and the most likely alternatives."""
 
     def entry(token_id: int, value: float) -> TokenLogprob:

@@ -43,6 +43,7 @@ from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.routing import Router
 from museserve.gateway.validation import validate_request
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
+from museserve.preprocess.pool_model import check_pools
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Gateway:
         missing = {p.name for p in config.pools} - set(pools)
         if missing:
             raise ValueError(f"no client for pools: {', '.join(sorted(missing))}")
+        config = check_pools(config)  # each pool's modes, from its checkpoint
         self.config = config
         self._preprocess = preprocess
         self._pools = pools

@@ -14,8 +14,8 @@ from museserve.config import MuseServeConfig
 from museserve.domain import ChatRequest, TextPart
 from museserve.gateway.gateway import PreprocessClient
 from museserve.messages import PreparedRequest, PromptCount
+from museserve.preprocess.pool_model import pool_model
 from museserve.preprocess.preprocessor import Preprocessor
-from museserve.preprocess.tokenizer import MuseTokenizer
 
 THREAD_ABOVE_CHARS = 32_768  # below this, tokenizing takes less time than a thread hand-off
 
@@ -34,15 +34,16 @@ class InlineTextPreprocess:
     def __init__(self, config: MuseServeConfig, remote: PreprocessClient):
         self._remote = remote
         self._pools = {p.name: p for p in config.pools}
-        tokenizers: dict[str | None, MuseTokenizer] = {}
-        self._preprocessors: dict[str, Preprocessor] = {}
-        for pool in config.pools:
-            path = config.tokenizer_for(pool)
-            if path not in tokenizers:
-                tokenizers[path] = MuseTokenizer.load(path)
-            self._preprocessors[pool.name] = Preprocessor(
-                tokenizers[path], config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of
+        media = config.preprocess.media
+        self._preprocessors: dict[str, Preprocessor] = {
+            pool.name: Preprocessor(
+                pool_model(pool, media, config.preprocess.tokenizer),
+                media,
+                config.server.request_timeout_s,
+                config.gateway.priority_of,
             )
+            for pool in config.pools
+        }
 
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
         if not text_only(request):

@@ -24,7 +24,7 @@ from museserve.domain import (
     TextPart,
     ToolChoiceKind,
 )
-from museserve.errors import InvalidArgument
+from museserve.errors import FailedPrecondition, InvalidArgument
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MIN_AGENTS, MAX_AGENTS = 2, 8
@@ -127,11 +127,11 @@ def _json_schema(text: str, where: str) -> dict:
 
 def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
     s = request.sampling
-    if not 0.0 <= s.temperature <= 2.0:
+    if s.temperature is not None and not 0.0 <= s.temperature <= 2.0:
         raise InvalidArgument("must be between 0 and 2", field="sampling.temperature")
-    if not 0.0 < s.top_p <= 1.0:
+    if s.top_p is not None and not 0.0 < s.top_p <= 1.0:
         raise InvalidArgument("must be in (0, 1]", field="sampling.top_p")
-    if s.top_k < 0:
+    if s.top_k is not None and s.top_k < 0:
         raise InvalidArgument("must not be negative", field="sampling.top_k")
     cap = pool.engine.max_output_tokens
     if s.max_output_tokens is not None and not 1 <= s.max_output_tokens <= cap:
@@ -141,7 +141,7 @@ def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimit
     for name in ("presence_penalty", "frequency_penalty"):
         if not -2.0 <= getattr(s, name) <= 2.0:
             raise InvalidArgument("must be between -2 and 2", field=f"sampling.{name}")
-    if not 0.0 < s.repetition_penalty <= 2.0:
+    if s.repetition_penalty is not None and not 0.0 < s.repetition_penalty <= 2.0:
         raise InvalidArgument("must be in (0, 2]", field="sampling.repetition_penalty")
     if len(s.stop_token_ids) > MAX_STOP_TOKEN_IDS:
         raise InvalidArgument(
@@ -162,11 +162,12 @@ def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimit
 
 
 def _check_mode(request: ChatRequest, pool: PoolConfig) -> None:
+    """`pool.modes` is resolved against the pool's checkpoint at start-up (`pool_model.check_pools`)."""
     m = request.mode
-    if m.mode not in pool.modes:
-        accepted = ", ".join(pool.modes)
-        raise InvalidArgument(
-            f"model {pool.name} does not accept mode {m.mode} (accepts: {accepted})", field="mode.mode"
+    if pool.modes is not None and m.mode not in pool.modes:
+        served = ", ".join(pool.modes)
+        raise FailedPrecondition(
+            f"model {pool.name} does not serve mode {m.mode} (it serves: {served})", field="mode.mode"
         )
     if m.thinking_budget is not None:
         if m.mode is Mode.INSTANT:

@@ -1,63 +1,19 @@
-"""Model shape: a Llama-family decoder (GQA attention, SwiGLU MLP, RMSNorm, llama3 RoPE)."""
+"""Model shape: a Llama-family decoder (GQA attention, SwiGLU MLP, RMSNorm, RoPE), and the
+Hugging Face `config.json` of the three architectures it serves: Llama, Qwen2 (q/k/v biases)
+and Qwen3 (RMSNorm over head_dim on each query and key head)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-LONG_CONTEXT = 262_144
-ROPE_ORIGINAL_CONTEXT = 8192
-
-
-@dataclass(frozen=True, slots=True)
-class RopeScaling:
-    """llama3-style frequency scaling: low frequencies are stretched by `factor`, high ones kept.
-
-    Wavelengths shorter than original/high_freq_factor are unchanged, longer than
-    original/low_freq_factor are divided by `factor`, and the band between is interpolated.
-    """
-
-    factor: float = LONG_CONTEXT / ROPE_ORIGINAL_CONTEXT
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = ROPE_ORIGINAL_CONTEXT
-
-    def __post_init__(self) -> None:
-        if self.factor < 1.0:
-            raise ValueError(f"rope_scaling.factor must be >= 1, got {self.factor}")
-        if not 0.0 < self.low_freq_factor < self.high_freq_factor:
-            raise ValueError(
-                "rope_scaling needs 0 < low_freq_factor < high_freq_factor, got "
-                f"{self.low_freq_factor} and {self.high_freq_factor}"
-            )
-        if self.original_max_position_embeddings <= 0:
-            raise ValueError("rope_scaling.original_max_position_embeddings must be positive")
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any] | None) -> RopeScaling | None:
-        if not d:
-            return None
-        rope_type = d.get("rope_type", d.get("type", "default"))
-        if rope_type == "default":
-            return None
-        if rope_type != "llama3":
-            raise ValueError(f"rope_scaling type {rope_type!r} is not supported (only 'llama3')")
-        return cls(
-            factor=float(d["factor"]),
-            low_freq_factor=float(d["low_freq_factor"]),
-            high_freq_factor=float(d["high_freq_factor"]),
-            original_max_position_embeddings=int(d["original_max_position_embeddings"]),
-        )
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        return {
-            "rope_type": "llama3",
-            "factor": self.factor,
-            "low_freq_factor": self.low_freq_factor,
-            "high_freq_factor": self.high_freq_factor,
-            "original_max_position_embeddings": self.original_max_position_embeddings,
-        }
-
+from museserve.model.rope_scaling import (
+    LONG_CONTEXT,
+    AnyRopeScaling,
+    RopeScaling,
+    rope_entry,
+    rope_scaling_from_hf,
+)
 
 # hidden, layers, heads, kv heads, intermediate, head_dim (0: hidden // heads), tied embeddings
 _NAMED_SHAPES: dict[str, tuple[int, int, int, int, int, int, bool]] = {
@@ -68,7 +24,7 @@ _NAMED_SHAPES: dict[str, tuple[int, int, int, int, int, int, bool]] = {
     "70b": (8192, 80, 64, 8, 28672, 0, False),  # planning only
 }
 
-_HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # config.json keys of a Muse checkpoint with media projectors; absent in text-only checkpoints.
 IMAGE_FEATURE_DIM_KEY = "muse_image_feature_dim"
 AUDIO_FEATURE_DIM_KEY = "muse_audio_feature_dim"
@@ -86,10 +42,12 @@ class MuseConfig:
     head_dim: int = 0
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1e6
-    rope_scaling: RopeScaling | None = field(default_factory=RopeScaling)
+    rope_scaling: AnyRopeScaling | None = field(default_factory=RopeScaling)
     max_position_embeddings: int = LONG_CONTEXT
     tie_word_embeddings: bool = False
     qkv_bias: bool = False  # Qwen2 checkpoints carry q/k/v biases
+    # Qwen3: `self_attn.q_norm`/`k_norm` [head_dim], RMSNorm of each query/key head before RoPE.
+    qk_norm: bool = False
     # Early fusion: values per image / audio token fed to the projector into the embedding
     # space (see `muse.MuseModel`); 0: the model has no projector and takes no such input.
     # A text-only Hugging Face checkpoint has neither.
@@ -126,13 +84,20 @@ class MuseConfig:
             raise ValueError("image_feature_dim and audio_feature_dim must be >= 0")
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("rms_norm_eps and rope_theta must be positive")
+        if self.qkv_bias and self.qk_norm:
+            raise ValueError("qkv_bias and qk_norm together match no served architecture (qwen2 or qwen3)")
         scaling = self.rope_scaling
-        if scaling and scaling.original_max_position_embeddings > self.max_position_embeddings:
+        if isinstance(scaling, RopeScaling) and scaling.original_max_position_embeddings > self.max_position_embeddings:
             raise ValueError(
                 "rope_scaling.original_max_position_embeddings "
                 f"({scaling.original_max_position_embeddings}) exceeds max_position_embeddings "
                 f"({self.max_position_embeddings})"
             )
+
+    @property
+    def model_type(self) -> str:
+        """The Hugging Face `model_type` of this shape."""
+        return "qwen3" if self.qk_norm else "qwen2" if self.qkv_bias else "llama"
 
     @property
     def num_queries_per_kv(self) -> int:
@@ -150,6 +115,8 @@ class MuseConfig:
         attention = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
         if self.qkv_bias:
             attention += d * (self.num_attention_heads + 2 * self.num_key_value_heads)
+        if self.qk_norm:
+            attention += 2 * d
         per_layer = attention + 3 * h * self.intermediate_size + 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         projectors = sum((dim + 1) * h for dim in self.media_feature_dims.values())
@@ -181,18 +148,13 @@ class MuseConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> MuseConfig:
-        """Read a Hugging Face Llama or Qwen2 `config.json` dict."""
+        """Read a Hugging Face Llama, Qwen2 or Qwen3 `config.json` dict. What the decoder cannot
+        serve is a ValueError naming its key."""
         model_type = d.get("model_type", "llama")
         if model_type not in _HF_ARCHITECTURES:
-            raise ValueError(f"model_type {model_type!r} is not supported; known: {', '.join(_HF_ARCHITECTURES)}")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
-        if model_type == "llama" and d.get("attention_bias", False):
-            raise ValueError("attention_bias on Llama checkpoints is not supported")
-        if d.get("use_sliding_window", False):
-            raise ValueError("sliding-window attention is not supported")
-        # Newer transformers releases nest rope_theta and the scaling under rope_parameters.
-        rope = d.get("rope_parameters") or {}
+            raise ValueError(f"model_type: {model_type!r} is not supported (supported: {', '.join(_HF_ARCHITECTURES)})")
+        _refuse_unserved(d, model_type)
+        rope_key, rope = rope_entry(d)
         heads = int(d["num_attention_heads"])
         return cls(
             vocab_size=int(d["vocab_size"]),
@@ -203,20 +165,23 @@ class MuseConfig:
             intermediate_size=int(d["intermediate_size"]),
             head_dim=int(d.get("head_dim") or 0),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
-            rope_scaling=RopeScaling.from_hf_dict(d.get("rope_scaling") or rope or None),
+            # transformers 5 nests rope_theta under rope_parameters.
+            rope_theta=float((d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta", 10000.0))),
+            rope_scaling=rope_scaling_from_hf(rope_key, rope),
             max_position_embeddings=int(d.get("max_position_embeddings", LONG_CONTEXT)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             qkv_bias=model_type == "qwen2",
+            qk_norm=model_type == "qwen3",
             image_feature_dim=int(d.get(IMAGE_FEATURE_DIM_KEY) or 0),
             audio_feature_dim=int(d.get(AUDIO_FEATURE_DIM_KEY) or 0),
         )
 
     def to_hf_dict(self) -> dict[str, Any]:
-        model_type = "qwen2" if self.qkv_bias else "llama"
+        """A `config.json` that `from_hf_dict` reads back as this config and transformers loads
+        as the same model (rope_theta and rope_scaling in the form both transformers 4 and 5 read)."""
         return {
-            "architectures": [_HF_ARCHITECTURES[model_type]],
-            "model_type": model_type,
+            "architectures": [_HF_ARCHITECTURES[self.model_type]],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_hidden_layers,
@@ -235,3 +200,20 @@ class MuseConfig:
             **({IMAGE_FEATURE_DIM_KEY: self.image_feature_dim} if self.image_feature_dim else {}),
             **({AUDIO_FEATURE_DIM_KEY: self.audio_feature_dim} if self.audio_feature_dim else {}),
         }
+
+
+def _refuse_unserved(d: dict[str, Any], model_type: str) -> None:
+    """Raises for `config.json` settings the decoder does not implement, naming the key."""
+    if d.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act: {d['hidden_act']!r} is not supported (only 'silu')")
+    # Qwen2 always has q/k/v biases (qkv_bias); elsewhere a bias also sits on o_proj.
+    if model_type != "qwen2" and d.get("attention_bias", False):
+        raise ValueError(f"attention_bias: attention biases on {model_type} checkpoints are not supported")
+    if d.get("mlp_bias", False):
+        raise ValueError("mlp_bias: MLP biases are not supported")
+    # Qwen configs carry a `sliding_window` size even where it is off; these two switch it on.
+    if d.get("use_sliding_window", False):
+        raise ValueError("use_sliding_window: sliding-window attention is not supported")
+    windowed = sorted({kind for kind in d.get("layer_types") or () if kind != "full_attention"})
+    if windowed:
+        raise ValueError(f"layer_types: only full_attention layers are supported, got {', '.join(windowed)}")

@@ -1,4 +1,4 @@
-"""Building blocks of the decoder: RMSNorm, rotary embedding, GQA attention, SwiGLU MLP."""
+"""Building blocks of the decoder: RMSNorm, rotary embedding, GQA attention, SwiGLU MLP, tied LM head."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from museserve.model import ops
-from museserve.model.config import MuseConfig, RopeScaling
+from museserve.model.config import MuseConfig
+from museserve.model.rope_scaling import AnyRopeScaling, LinearRopeScaling, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -37,10 +38,21 @@ class RMSNorm(nn.Module):
         return ops.add_rmsnorm(x, residual, self.weight, self.eps)
 
 
+def _unscaled_inverse_frequencies(head_dim: int, theta: float) -> Tensor:
+    """theta^(-2i / head_dim) for i < head_dim // 2, float64 on the CPU."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
+    return 1.0 / (theta**exponents)
+
+
+def linear_inverse_frequencies(head_dim: int, theta: float, scaling: LinearRopeScaling) -> Tensor:
+    """Inverse frequencies [head_dim // 2] (float32, CPU) divided by the factor: the angle at
+    position p is the unscaled angle at p / factor."""
+    return (_unscaled_inverse_frequencies(head_dim, theta) / scaling.factor).float()
+
+
 def llama3_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> Tensor:
     """Inverse frequencies [head_dim // 2] (float32, CPU), stretched as llama3 prescribes."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
-    inv_freq = 1.0 / (theta**exponents)
+    inv_freq = _unscaled_inverse_frequencies(head_dim, theta)
     if scaling is not None:
         wavelength = 2 * math.pi / inv_freq
         original = scaling.original_max_position_embeddings
@@ -57,6 +69,13 @@ def llama3_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling
     return inv_freq.float()
 
 
+def inverse_frequencies(head_dim: int, theta: float, scaling: AnyRopeScaling | None) -> Tensor:
+    """Inverse frequencies [head_dim // 2] (float32, CPU) of any served scaling (None: unscaled)."""
+    if isinstance(scaling, LinearRopeScaling):
+        return linear_inverse_frequencies(head_dim, theta, scaling)
+    return llama3_inverse_frequencies(head_dim, theta, scaling)
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin for the positions asked, [T, head_dim] each; no per-position table is kept.
 
@@ -64,10 +83,10 @@ class RotaryEmbedding(nn.Module):
     materialised from the meta device (`to_empty`) never holds uninitialised values.
     """
 
-    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: AnyRopeScaling | None) -> None:
         super().__init__()
         self.head_dim = head_dim
-        self._inv_freq_cpu = llama3_inverse_frequencies(head_dim, theta, scaling)
+        self._inv_freq_cpu = inverse_frequencies(head_dim, theta, scaling)
         self._inv_freq_by_device: dict[torch.device, Tensor] = {}
 
     def inverse_frequencies(self, device: torch.device) -> Tensor:
@@ -120,7 +139,8 @@ def causal_attention(q: Tensor, k_all: Tensor, v_all: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention: query head h reads KV head h // (heads // kv_heads)."""
+    """Grouped-query attention: query head h reads KV head h // (heads // kv_heads). With
+    `config.qk_norm` (Qwen3) each query and key head is RMS-normalised over head_dim before RoPE."""
 
     def __init__(self, config: MuseConfig, layer_idx: int) -> None:
         super().__init__()
@@ -133,6 +153,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * d, hidden, bias=False)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
 
     def forward(self, hidden: Tensor, cos: Tensor, sin: Tensor, cache: AttentionBackend) -> Tensor:
         num_new = hidden.shape[0]
@@ -142,6 +164,8 @@ class Attention(nn.Module):
         k = self.k_proj(hidden).view(num_new, -1, self.head_dim)
         v = self.v_proj(hidden).view(num_new, -1, self.head_dim)
         num_heads = q.shape[1]
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # per head: over the last dim, head_dim
         q, k = ops.rotary(q, k, cos, sin)  # in place on CUDA: q and k are fresh projections
         out = cache.attend(self.layer_idx, q, k, v)  # [T, heads, head_dim]
         return self.o_proj(out.reshape(num_new, num_heads * self.head_dim))
@@ -156,3 +180,13 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
+
+
+class TiedLMHead(nn.Module):
+    """The LM head of a model with tied word embeddings: logits = hidden E^T, E the embedding
+    matrix [vocab, hidden]. It holds no parameter: E stays the embedding's alone (the state dict
+    has no `lm_head.weight`), and the model passes it in at each call."""
+
+    def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
+        """hidden [..., hidden], embedding [vocab, hidden] -> [..., vocab] in hidden's dtype."""
+        return F.linear(hidden, embedding)

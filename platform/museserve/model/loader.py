@@ -1,4 +1,4 @@
-"""Build a MuseForCausalLM: seeded dummy weights or Hugging Face safetensors checkpoints.
+"""Build a MuseForCausalLM: seeded dummy weights, a Hugging Face safetensors directory or a GGUF file.
 
 The module is first built on the meta device and materialised once on the target device
 in the target dtype, so weights are never allocated twice.
@@ -14,20 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from museserve.checkpoint.paths import resolve_checkpoint_path
 from museserve.model.config import MuseConfig
-from museserve.model.cpu_linear import CPU_GEMMS, can_pack, pack_linears, weight_bytes
+from museserve.model.cpu_linear import CPU_GEMMS, can_pack, pack_linears, pack_tied_head, weight_bytes
 from museserve.model.muse import MuseForCausalLM
 
 logger = logging.getLogger(__name__)
 
-LOAD_FORMATS = ("dummy", "safetensors")
+LOAD_FORMATS = ("dummy", "safetensors", "gguf")
 DUMMY_INIT_STD = 0.02
 _MAX_NAMES_IN_ERROR = 10
 
@@ -74,8 +75,8 @@ def build_model(
         raise ValueError(f"load_format: unknown value {load_format!r}; expected one of {LOAD_FORMATS}")
     if cpu_gemm not in CPU_GEMMS:
         raise ValueError(f"cpu_gemm: unknown value {cpu_gemm!r}; expected one of {CPU_GEMMS}")
-    if load_format == "safetensors" and path is None:
-        raise ValueError("path: required when load_format is 'safetensors'")
+    if load_format != "dummy" and path is None:
+        raise ValueError(f"path: required when load_format is {load_format!r}")
     with torch.device("meta"):
         model = MuseForCausalLM(config)
     whole = {name for name, _ in model.named_parameters()}
@@ -88,9 +89,10 @@ def build_model(
             _init_dummy(model, seed)
         else:
             assert path is not None
-            _load_safetensors(model, Path(path), whole)
+            source = resolve_checkpoint_path(str(path))
+            _load_tensors(model, _checkpoint_tensors(load_format, source), whole, source)
     if cpu_gemm == "onednn" and can_pack(torch.device(device), dtype):
-        count = pack_linears(model)
+        count = pack_linears(model) + pack_tied_head(model)
         logger.info(
             "%d linear layers on oneDNN with packed %s weights: %.1f MiB of weights with the packed copies",
             count,
@@ -143,30 +145,44 @@ def _format_names(names: set[str]) -> str:
     return ", ".join(shown) + (f" (and {more} more)" if more else "")
 
 
-def _load_safetensors(model: MuseForCausalLM, directory: Path, whole: set[str]) -> None:
-    """`whole`: the parameter names of the unpruned model; checkpoint tensors of pruned
-    modules are skipped, names unknown to the whole model are errors."""
-    files = sorted(directory.glob("*.safetensors"))
+# (file, Hugging Face parameter name, shape, load): `load` reads the tensor only when called, so
+# the tensors of modules a pipeline stage pruned are never read.
+CheckpointTensor = tuple[str, str, tuple[int, ...], Callable[[], Tensor]]
+
+
+def _checkpoint_tensors(load_format: str, source: Path) -> Iterator[CheckpointTensor]:
+    if load_format == "gguf":
+        from museserve.checkpoint.gguf import gguf_tensors  # numpy only; dequantizes to float32
+
+        for name, shape, read in gguf_tensors(source):
+            yield source.name, name, shape, lambda read=read: torch.from_numpy(read())
+        return
+    files = sorted(source.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {directory}")
-    params: dict[str, Tensor] = dict(model.named_parameters())
-    loaded: set[str] = set()
-    unexpected: set[str] = set()
+        raise FileNotFoundError(f"no *.safetensors files in {source}")
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as reader:
             for name in reader.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
-                if name not in params:
-                    if name not in whole and not _is_ignorable(name, model.config):
-                        unexpected.add(name)
-                    continue
-                tensor = reader.get_tensor(name)
-                param = params[name]
-                if tensor.shape != param.shape:
-                    raise ValueError(
-                        f"{file.name}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
-                    )
-                param.copy_(tensor)
-                loaded.add(name)
+                shape = tuple(reader.get_slice(name).get_shape())
+                yield file.name, name, shape, lambda name=name: reader.get_tensor(name)
+
+
+def _load_tensors(model: MuseForCausalLM, tensors: Iterator[CheckpointTensor], whole: set[str], source: Path) -> None:
+    """`whole`: the parameter names of the unpruned model; checkpoint tensors of pruned
+    modules are skipped, names unknown to the whole model are errors."""
+    params: dict[str, Tensor] = dict(model.named_parameters())
+    loaded: set[str] = set()
+    unexpected: set[str] = set()
+    for file, name, shape, load in tensors:
+        if name not in params:
+            if name not in whole and not _is_ignorable(name, model.config):
+                unexpected.add(name)
+            continue
+        param = params[name]
+        if shape != tuple(param.shape):
+            raise ValueError(f"{file}: {name} has shape {shape}, the model expects {tuple(param.shape)}")
+        param.copy_(load())
+        loaded.add(name)
     missing = set(params) - loaded
     if missing or unexpected:
         problems = []
@@ -174,4 +190,4 @@ def _load_safetensors(model: MuseForCausalLM, directory: Path, whole: set[str]) 
             problems.append(f"missing keys: {_format_names(missing)}")
         if unexpected:
             problems.append(f"unexpected keys: {_format_names(unexpected)}")
-        raise ValueError(f"checkpoint {directory} does not match the model; " + "; ".join(problems))
+        raise ValueError(f"checkpoint {source} does not match the model; " + "; ".join(problems))

@@ -11,11 +11,10 @@ config gives a feature dim of 0 has no such projector (a text-only checkpoint).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from museserve.model.config import MuseConfig
-from museserve.model.layers import Attention, AttentionBackend, RMSNorm, RotaryEmbedding, SwiGLUMLP
+from museserve.model.layers import Attention, AttentionBackend, RMSNorm, RotaryEmbedding, SwiGLUMLP, TiedLMHead
 
 
 class DecoderLayer(nn.Module):
@@ -73,15 +72,19 @@ class MuseModel(nn.Module):
 class MuseForCausalLM(nn.Module):
     """One sequence at a time: T new tokens attend to the cached tokens and to each other.
 
-    With tied embeddings there is no `lm_head` module; logits use `model.embed_tokens.weight`.
+    `lm_head` is an `nn.Linear` of its own weight, or with tied embeddings a `TiedLMHead` that
+    reads `model.embed_tokens.weight`; either may be replaced by its packed CPU form
+    (`cpu_linear`), and a pipeline stage that computes no logits has none.
     """
 
     def __init__(self, config: MuseConfig) -> None:
         super().__init__()
         self.config = config
         self.model = MuseModel(config)
-        self.lm_head: nn.Module | None = None  # nn.Linear, or its packed CPU form (cpu_linear)
-        if not config.tie_word_embeddings:
+        self.lm_head: nn.Module | None
+        if config.tie_word_embeddings:
+            self.lm_head = TiedLMHead()
+        else:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def embed(
@@ -111,8 +114,10 @@ class MuseForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """hidden [T, hidden] -> float32 logits [T, vocab]."""
+        if isinstance(self.lm_head, TiedLMHead):
+            return self.lm_head(hidden, self.model.embed_tokens.weight).float()
         if self.lm_head is None:
-            return F.linear(hidden, self.model.embed_tokens.weight).float()
+            raise RuntimeError("this model holds no LM head (a pipeline stage before the last)")
         return self.lm_head(hidden).float()
 
     def logits_for_tokens(self, input_ids: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:

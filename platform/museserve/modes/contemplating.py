@@ -21,10 +21,10 @@ from typing import Protocol
 
 from museserve.config import ContemplatingConfig
 from museserve.domain import AgentProgress, Mode, Usage
-from museserve.errors import Cancelled, DeadlineExceeded, MuseError, Unavailable
+from museserve.errors import Cancelled, DeadlineExceeded, Internal, MuseError, Unavailable
 from museserve.messages import GenerationChunk, PreparedRequest
-from museserve.modes.contemplating_prompts import agent_prompt, split_generation_prompt, synthesis_prompt
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.modes.contemplating_prompts import synthesis_prompt
+from museserve.preprocess.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class _Agent:
 
 
 class Contemplation:
-    def __init__(self, engine: Engine, tokenizer: MuseTokenizer, config: ContemplatingConfig):
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, config: ContemplatingConfig):
         self._engine = engine
         self._tokenizer = tokenizer
         self._config = config
@@ -54,8 +54,9 @@ class Contemplation:
         return list(self._passes.get(request_id, ()))
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
-        conversation, reasoning_open = split_generation_prompt(request.prompt_token_ids, self._tokenizer)
-        agents = [self._agent(request, conversation, i, reasoning_open) for i in range(request.num_agents)]
+        if request.contemplation is None:
+            raise Internal("a contemplating request came without its passes' prompts")
+        agents = [self._agent(request, i) for i in range(len(request.contemplation.agents))]
         passes = [a.request.request_id for a in agents] + [f"{request.request_id}#synthesis"]
         self._passes[request.request_id] = passes
         updates: asyncio.Queue[int | None] = asyncio.Queue()
@@ -73,7 +74,7 @@ class Contemplation:
                 agent = agents[index]
                 done = agent.usage is not None or agent.error is not None
                 yield GenerationChunk(agent_progress=(AgentProgress(index, agent.tokens, done),))
-            async for chunk in self._synthesize(request, conversation, agents):
+            async for chunk in self._synthesize(request, agents):
                 yield chunk
         finally:
             self._passes.pop(request.request_id, None)
@@ -81,17 +82,19 @@ class Contemplation:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _agent(self, request: PreparedRequest, conversation: tuple[int, ...], i: int, reasoning_open: bool) -> _Agent:
-        prompt = agent_prompt(conversation, i, request.num_agents, self._tokenizer, reasoning_open)
+    def _agent(self, request: PreparedRequest, i: int) -> _Agent:
+        prompts = request.contemplation
+        assert prompts is not None
         return _Agent(
             dataclasses.replace(
                 request,
                 request_id=f"{request.request_id}#agent{i}",
-                prompt_token_ids=prompt,
-                mode=Mode.THINKING if reasoning_open else Mode.INSTANT,
+                prompt_token_ids=prompts.shared + prompts.agents[i],
+                mode=Mode.THINKING if request.thinking_budget else Mode.INSTANT,
                 max_output_tokens=min(request.max_output_tokens, self._config.agent_answer_tokens),
                 seed=None if request.seed is None else request.seed + i,
                 num_agents=0,
+                contemplation=None,
                 logprobs=False,
                 top_logprobs=0,
             )
@@ -119,28 +122,23 @@ class Contemplation:
                 prefilled.set()
             updates.put_nowait(None)
 
-    async def _synthesize(
-        self, request: PreparedRequest, conversation: tuple[int, ...], agents: list[_Agent]
-    ) -> AsyncIterator[GenerationChunk]:
+    async def _synthesize(self, request: PreparedRequest, agents: list[_Agent]) -> AsyncIterator[GenerationChunk]:
+        prompts = request.contemplation
+        assert prompts is not None
         answered = [a for a in agents if a.usage is not None]
         needed = max(1, math.ceil(self._config.quorum * len(agents)))
         if len(answered) < needed:
             raise Unavailable(f"only {len(answered)} of {len(agents)} agents answered; {needed} are needed")
-        budget = min(request.thinking_budget, self._config.synthesis_thinking_budget)
-        prompt = synthesis_prompt(
-            conversation,
-            ["".join(a.answer) for a in answered],
-            self._tokenizer,
-            budget > 0,
-            self._config.agent_answer_tokens,
-        )
+        budget = prompts.synthesis_thinking_budget
+        answers = ["".join(a.answer) for a in answered]
         synthesis = dataclasses.replace(
             request,
             request_id=self._passes[request.request_id][-1],
-            prompt_token_ids=prompt,
+            prompt_token_ids=synthesis_prompt(prompts, answers, self._tokenizer, self._config.agent_answer_tokens),
             mode=Mode.THINKING if budget > 0 else Mode.INSTANT,
             thinking_budget=budget,
             num_agents=0,
+            contemplation=None,
         )
         spent = sum((a.usage for a in answered), Usage())
         async for chunk in self._engine.generate(synthesis):

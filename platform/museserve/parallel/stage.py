@@ -17,6 +17,7 @@ from museserve.engine.model_runner import media_inputs, step_inputs
 from museserve.engine.scheduler import SchedulerPlan
 from museserve.model import MuseConfig, MuseForCausalLM, build_model
 from museserve.model.cpu_linear import PackedLinear
+from museserve.model.layers import TiedLMHead
 from museserve.parallel.plan import WorkerSpec, shard_architecture
 
 
@@ -90,7 +91,7 @@ def logits(model: MuseForCausalLM, hidden: Tensor) -> Tensor:
     """hidden [R, hidden] -> float32 [R, vocab]. DeepSpeed's TP head (input-sharded, all-reduced)
     takes [batch, T, hidden]; a plain, packed or tied head goes through the model's own projection."""
     head = model.lm_head
-    if head is None or type(head) in (nn.Linear, PackedLinear):
+    if head is None or type(head) in (nn.Linear, PackedLinear) or isinstance(head, TiedLMHead):
         return model.compute_logits(hidden)
     return head(hidden[None])[0].float()
 

@@ -15,15 +15,13 @@ import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from museserve.config import MediaLimits, PoolConfig
+from museserve.config import MediaLimits
 from museserve.domain import AudioPart, ChatRequest, ImagePart
 from museserve.errors import Internal, InvalidArgument
 from museserve.messages import MediaSegment
-from museserve.model.loader import check_media_dims, load_config_json
 from museserve.preprocess.audio import AudioFeatures, load_audio
-from museserve.preprocess.chat_template import MediaPart, MediaTokens
+from museserve.preprocess.chat_format import MediaPart, MediaTokens
 from museserve.preprocess.images import ImageFeatures, decode_data_url, load_image
-from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.preprocess.url_fetch import ImageFetcher
 
 ALL_KINDS = frozenset({"image", "audio"})
@@ -37,17 +35,6 @@ class EncodedMedia:
     field: str  # messages[i].content[j]
     part: MediaPart
     features: ImageFeatures | AudioFeatures
-
-
-def pool_media_kinds(pool: PoolConfig, media: MediaLimits) -> frozenset[str]:
-    """The media kinds a pool's model takes, read without loading weights. Dummy weights get
-    both projectors (see `load_pool_model`); a checkpoint has those its config.json declares,
-    and a declared dim that differs from `media`'s is a configuration error."""
-    if pool.model.load_format != "safetensors":
-        return ALL_KINDS
-    arch = load_config_json(pool.model.path)
-    check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, pool.name)
-    return frozenset(arch.media_feature_dims)
 
 
 class MediaEncoder:
@@ -150,28 +137,29 @@ def _is_data_url(url: str) -> bool:
     return url[:5].lower() == "data:"
 
 
-def placeholders(media: Sequence[EncodedMedia]) -> MediaTokens:
-    """The template's media hook: each part, in order, as `num_tokens` placeholders of its kind.
-    One hook per render (it walks `media` once)."""
+def placeholders(media: Sequence[EncodedMedia], media_ids: Mapping[str, int]) -> MediaTokens:
+    """The chat format's media hook: each part, in order, as `num_tokens` placeholders of its
+    kind (`media_ids`: the format's placeholder id per kind). One hook per render (it walks
+    `media` once)."""
     pending: Iterator[EncodedMedia] = iter(media)
 
-    def tokens(part: MediaPart, tokenizer: MuseTokenizer) -> list[int]:
+    def tokens(part: MediaPart) -> list[int]:
         encoded = next(pending, None)
         if encoded is None or encoded.part is not part:
             raise Internal("media parts were rendered out of order")
-        placeholder = tokenizer.image_id if encoded.kind == "image" else tokenizer.audio_id
-        return [placeholder] * encoded.features.num_tokens
+        return [media_ids[encoded.kind]] * encoded.features.num_tokens
 
     return tokens
 
 
 def media_segments(
-    ids: Sequence[int], media: Sequence[EncodedMedia], tokenizer: MuseTokenizer
+    ids: Sequence[int], media: Sequence[EncodedMedia], media_ids: Mapping[str, int]
 ) -> tuple[MediaSegment, ...]:
     """Where each part's placeholders landed in `ids`. Placeholders enter a prompt only through
     media parts (text encoding never yields a control token), so the k-th part owns the next
     `num_tokens` placeholder positions, which must be contiguous."""
-    positions = [p for p, t in enumerate(ids) if t == tokenizer.image_id or t == tokenizer.audio_id]
+    placeholder_ids = frozenset(media_ids.values())
+    positions = [p for p, t in enumerate(ids) if t in placeholder_ids]
     segments = []
     taken = 0
     for encoded in media:

@@ -1,8 +1,9 @@
 """Turns a validated `ChatRequest` into a `PreparedRequest` for one pool.
 
-Everything that needs the tokenizer is decided here, before a model pool sees the
+Everything that needs the pool's chat format is decided here, before a model pool sees the
 request: the prompt's token count against the context window, the output budget that
-still fits, and the reasoning budget of the mode. Images and audio become feature rows and
+still fits, the reasoning budget of the mode, the sampling defaults of the checkpoint, and
+for Contemplating every pass's prompt. Images and audio become feature rows and
 placeholder runs here too (`media`); their tokens count like any other prompt token.
 
 `fetch_media` (async, image URLs) runs on the event loop; `count` and `prepare` are CPU work
@@ -13,32 +14,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from museserve.config import MediaLimits, PoolConfig
-from museserve.domain import ChatRequest, Mode, ToolChoiceKind, ToolSpec
-from museserve.errors import InvalidArgument
-from museserve.messages import PreparedRequest, PromptCount
-from museserve.modes.contemplating_prompts import check_contemplating_fits
-from museserve.preprocess.chat_template import render_prompt
-from museserve.preprocess.media import ALL_KINDS, EncodedMedia, Fetched, MediaEncoder, media_segments, placeholders
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.domain import ChatRequest, Mode, SamplingParams, ToolChoiceKind, ToolSpec
+from museserve.errors import FailedPrecondition, InvalidArgument
+from museserve.messages import ContemplationPrompts, PreparedRequest, PromptCount
+from museserve.modes.contemplating_prompts import check_contemplating_fits, contemplation_prompts
+from museserve.preprocess.chat_format import MediaTokens
+from museserve.preprocess.media import EncodedMedia, Fetched, MediaEncoder, media_segments, placeholders
+from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.url_fetch import ImageFetcher
+
+# What a request that leaves a sampling field unset gets when the checkpoint sets no default.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
 
 class Preprocessor:
     def __init__(
         self,
-        tokenizer: MuseTokenizer,
+        model: PoolModel,
         media: MediaLimits,
         request_timeout_s: float,
         priority_of: Callable[[str], int] = lambda tier: 0,
         *,
-        media_kinds: frozenset[str] = ALL_KINDS,
         fetcher: ImageFetcher | None = None,
     ):
-        """`media_kinds`: the media the pool's model has projectors for (`pool_media_kinds`)."""
-        self.tokenizer = tokenizer
-        self._media = MediaEncoder(media, media_kinds, fetcher)
+        self.model = model
+        self.chat_format = model.chat_format
+        self.tokenizer = model.chat_format.tokenizer
+        self._media = MediaEncoder(media, model.media_kinds, fetcher)
         self._request_timeout_s = request_timeout_s
         self._priority_of = priority_of  # account tier -> scheduling priority
 
@@ -76,11 +81,12 @@ class Preprocessor:
                     ids = self._render(request, False, media)  # closes the segment
                     room = _room_after_prompt(ids, pool)
             max_output = min(pool.engine.default_max_output_tokens, room - _reasoning_positions(budget))
-        num_agents = 0
+        num_agents, contemplation = 0, None
         if request.mode.mode is Mode.CONTEMPLATING:
             num_agents = request.mode.num_agents or pool.contemplating.default_agents
-            check_contemplating_fits(len(ids), num_agents, budget, max_output, pool)
-        s = request.sampling
+            contemplation = self._contemplation(request, pool, num_agents, budget, media)
+            check_contemplating_fits(contemplation, budget, max_output, pool)
+        s = self._sampling(request.sampling)
         return PreparedRequest(
             request_id=request.request_id,
             tenant=request.identity.tenant,
@@ -102,12 +108,18 @@ class Preprocessor:
             priority=self._priority_of(request.identity.tier),
             logprobs=s.logprobs,
             top_logprobs=s.top_logprobs,
-            media=media_segments(ids, media, self.tokenizer),
+            media=media_segments(ids, media, self.chat_format.markers.media_ids),
             tools=offered_tools(request),
             tool_choice=request.tool_choice,
             response_format=request.response_format,
             num_agents=num_agents,
+            contemplation=contemplation,
         )
+
+    def _sampling(self, s: SamplingParams) -> SamplingParams:
+        """Unset fields from the checkpoint's defaults, else `SAMPLING_DEFAULTS`."""
+        defaults = {**SAMPLING_DEFAULTS, **self.model.sampling_defaults}
+        return replace(s, **{name: defaults[name] for name in SAMPLING_DEFAULTS if getattr(s, name) is None})
 
     def _checked_stop_token_ids(self, token_ids: tuple[int, ...]) -> tuple[int, ...]:
         for i, token_id in enumerate(token_ids):
@@ -121,26 +133,43 @@ class Preprocessor:
     def _encode(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None) -> list[EncodedMedia]:
         return self._media.encode(request, pool.name, fetched)
 
-    def _render(self, request: ChatRequest, thinking_enabled: bool, media: list[EncodedMedia]) -> list[int]:
-        return render_prompt(
-            request.messages,
-            offered_tools(request),
-            mode=request.mode.mode,
-            thinking_enabled=thinking_enabled,
-            tokenizer=self.tokenizer,
-            media_tokens=placeholders(media),
+    def _media_tokens(self, media: list[EncodedMedia]) -> MediaTokens | None:
+        return placeholders(media, self.chat_format.markers.media_ids) if media else None
+
+    def _render(self, request: ChatRequest, reasoning: bool, media: list[EncodedMedia]) -> list[int]:
+        return self.chat_format.render(
+            request.messages, offered_tools(request), reasoning=reasoning, media_tokens=self._media_tokens(media)
         )
 
-    @staticmethod
-    def _requested_budget(request: ChatRequest, pool: PoolConfig) -> int:
-        if request.mode.mode is Mode.INSTANT:
+    def _contemplation(
+        self, request: ChatRequest, pool: PoolConfig, num_agents: int, budget: int, media: list[EncodedMedia]
+    ) -> ContemplationPrompts:
+        return contemplation_prompts(
+            self.chat_format,
+            request.messages,
+            offered_tools(request),
+            num_agents,
+            agent_reasoning=budget > 0,
+            synthesis_thinking_budget=min(budget, pool.contemplating.synthesis_thinking_budget),
+            media_tokens=lambda: self._media_tokens(media),
+        )
+
+    def _requested_budget(self, request: ChatRequest, pool: PoolConfig) -> int:
+        mode = request.mode.mode
+        if mode is Mode.INSTANT:
             return 0
+        if not self.chat_format.can_reason:
+            if mode is Mode.THINKING:
+                raise FailedPrecondition(
+                    f"model {pool.name} cannot reason: it serves no thinking mode", field="mode.mode"
+                )
+            return 0  # Contemplating on a model that cannot reason: its agents answer at once
         budget = request.mode.thinking_budget
         return pool.engine.default_thinking_budget if budget is None else budget
 
 
 def _reasoning_positions(budget: int) -> int:
-    """A reasoning segment of `budget` tokens also holds its closing `<|/think|>`."""
+    """A reasoning segment of `budget` tokens also holds its closing marker."""
     return budget + 1 if budget > 0 else 0
 
 

@@ -7,6 +7,7 @@ from ray import serve
 from ray.serve import Application
 
 from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig, ServerConfig
+from museserve.preprocess.pool_model import check_pools
 from museserve.serve.drain_board import create_drain_board, start_drain
 from museserve.serve.gateway_ingress import GatewayIngress
 from museserve.serve.model_pool_deployment import ModelPoolDeployment
@@ -78,10 +79,13 @@ def replica_view(pool: PoolConfig) -> PoolConfig:
 
 
 def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
+    """`config` with its pools checked against their checkpoints (`check_pools`: what each pool
+    serves, from its checkpoint), so every tier routes and validates by the same modes."""
+    config = check_pools(config)
     pools = {
         pool.name: ModelPoolDeployment.options(
             **_options(pool_deployment_name(pool), pool.deployment, config.server)
-        ).bind(replica_view(pool), config.tokenizer_for(pool), log_level, config.preprocess.media)
+        ).bind(replica_view(pool), config.preprocess.media, config.preprocess.tokenizer, log_level)
         for pool in config.pools
     }
     preprocess = PreprocessDeployment.options(

@@ -13,20 +13,19 @@ from museserve.logs import setup_logging
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import EngineMetrics
 from museserve.modes.contemplating import Contemplation
-from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.preprocess.pool_model import pool_model
 from museserve.serve.cancel_board import CancelWatcher, current_app_name
 
 
 @serve.deployment
 class ModelPoolDeployment:
-    def __init__(
-        self, pool: PoolConfig, tokenizer_path: str | None, log_level: str = "INFO", media: MediaLimits | None = None
-    ):
-        """`media`: the preprocess tier's limits, which fix the model's projector input sizes."""
+    def __init__(self, pool: PoolConfig, media: MediaLimits, tokenizer_path: str | None, log_level: str = "INFO"):
+        """`media`: the preprocess tier's limits, which fix the model's projector input sizes;
+        `tokenizer_path`: `preprocess.tokenizer`, for dummy weights (see `pool_model`)."""
         setup_logging(log_level)
-        tokenizer = MuseTokenizer.load(tokenizer_path)
-        self.engine = MuseEngine(pool, tokenizer, metrics=EngineMetrics(pool.name), media=media)
-        self.contemplation = Contemplation(self.engine, tokenizer, pool.contemplating)
+        chat_format = pool_model(pool, media, tokenizer_path).chat_format
+        self.engine = MuseEngine(pool, chat_format, metrics=EngineMetrics(pool.name), media=media)
+        self.contemplation = Contemplation(self.engine, chat_format.tokenizer, pool.contemplating)
         self.cancels = CancelWatcher(current_app_name(), self._abort)
 
     async def generate(self, request: PreparedRequest, cancel_key: str | None = None) -> AsyncIterator[GenerationChunk]:

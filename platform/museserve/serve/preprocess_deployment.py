@@ -11,9 +11,8 @@ from museserve.config import MuseServeConfig
 from museserve.domain import ChatRequest
 from museserve.logs import setup_logging
 from museserve.messages import PreparedRequest, PromptCount
-from museserve.preprocess.media import pool_media_kinds
+from museserve.preprocess.pool_model import pool_model
 from museserve.preprocess.preprocessor import Preprocessor
-from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.serve.preprocess_metrics import PreprocessMetrics
 
 
@@ -23,19 +22,16 @@ class PreprocessDeployment:
         setup_logging(log_level)
         self._pools = {p.name: p for p in config.pools}
         self._metrics = PreprocessMetrics()
-        tokenizers: dict[str | None, MuseTokenizer] = {}  # pools sharing a tokenizer share one copy
-        self._preprocessors = {}
-        for pool in config.pools:
-            path = config.tokenizer_for(pool)
-            if path not in tokenizers:
-                tokenizers[path] = MuseTokenizer.load(path)
-            self._preprocessors[pool.name] = Preprocessor(
-                tokenizers[path],
-                config.preprocess.media,
+        media = config.preprocess.media
+        self._preprocessors = {  # pools of one checkpoint share its chat format (`pool_model` caches it)
+            pool.name: Preprocessor(
+                pool_model(pool, media, config.preprocess.tokenizer),
+                media,
                 config.server.request_timeout_s,
                 config.gateway.priority_of,
-                media_kinds=pool_media_kinds(pool, config.preprocess.media),
             )
+            for pool in config.pools
+        }
 
     # Image URLs are fetched on the event loop; tokenizing a long prompt and decoding images
     # and audio take milliseconds of CPU or more: off the replica's event loop.

@@ -187,15 +187,15 @@ def _response_format(f: s.TextFormat | s.JsonObjectFormat | s.JsonSchemaFormat |
 def _sampling(body: s.ChatCompletionRequest) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k or None,
         seed=body.seed,
         max_output_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         stop=stop,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        repetition_penalty=body.repetition_penalty,
         logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs or 0,
     )

@@ -16,7 +16,7 @@ from museserve.domain import (
 )
 from museserve.errors import InvalidArgument
 from museserve.preprocess import special_tokens as st
-from museserve.preprocess.chat_template import render_prompt
+from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
 
 
@@ -30,7 +30,7 @@ def text_message(role: Role, text: str) -> Message:
 
 
 def render(tok: MuseTokenizer, messages, tools=(), mode=Mode.INSTANT, thinking=True) -> list[int]:
-    return render_prompt(messages, tools, mode=mode, thinking_enabled=thinking, tokenizer=tok)
+    return MuseFormat(tok).render(messages, tools, reasoning=thinking and mode is not Mode.INSTANT)
 
 
 def test_instant_layout(tok: MuseTokenizer) -> None:
@@ -134,14 +134,11 @@ def test_media_parts_become_placeholders(tok: MuseTokenizer) -> None:
 
 
 def test_media_hook_expands_parts(tok: MuseTokenizer) -> None:
-    def three_rows(part, tokenizer: MuseTokenizer) -> list[int]:
-        return [tokenizer.image_id] * 3
+    def three_rows(part) -> list[int]:
+        return [tok.image_id] * 3
 
     message = Message(Role.USER, (ImagePart(data=b"\x89PNG"),))
-    ids = render_prompt(
-        [message], (), mode=Mode.INSTANT, thinking_enabled=False, tokenizer=tok,
-        media_tokens=three_rows,
-    )  # fmt: skip
+    ids = MuseFormat(tok).render([message], (), reasoning=False, media_tokens=three_rows)
     assert ids[:6] == [tok.bos_id, tok.user_id, *[tok.image_id] * 3, tok.end_id]
 
 
@@ -176,6 +173,22 @@ def test_invalid_tool_json_names_the_field(tok: MuseTokenizer) -> None:
     with pytest.raises(InvalidArgument) as info:
         render(tok, [text_message(Role.USER, "hi")], [ToolSpec("f", "", "[1, 2]")])
     assert info.value.field == "tools[0].parameters"
+
+
+def test_split_render_cuts_at_the_end_of_the_last_message(tok: MuseTokenizer) -> None:
+    messages = [text_message(Role.USER, "Why?"), text_message(Role.SYSTEM, "Answers:")]
+    before, after = MuseFormat(tok).render_split(messages, (), reasoning=True)
+    assert before + tok.encode_text("") + after == render(tok, messages, mode=Mode.THINKING)
+    assert before[-len(tok.encode_text("Answers:")) :] == tok.encode_text("Answers:")
+    assert after == [tok.end_id, tok.assistant_id, tok.think_id]
+
+
+def test_markers(tok: MuseTokenizer) -> None:
+    markers = MuseFormat(tok).markers
+    assert markers.stop_ids == {tok.eos_id, tok.end_id}
+    assert markers.think == (tok.think_id, tok.think_end_id)
+    assert markers.tool_call_ids == (tok.tool_call_id, tok.tool_call_end_id) and markers.tool_call_text is None
+    assert markers.media_ids == {"image": tok.image_id, "audio": tok.audio_id}
 
 
 def test_render_is_pure(tok: MuseTokenizer) -> None:
