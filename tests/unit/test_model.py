@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from museserve.checkpoint import read_checkpoint
 from museserve.model import (
     MuseConfig,
     MuseForCausalLM,
     RopeScaling,
     SequenceKVCache,
     build_model,
-    load_config_json,
 )
 from museserve.model.layers import (
     Attention,
@@ -319,7 +319,7 @@ def save_checkpoint(model: MuseForCausalLM, directory: Path) -> None:
 
 def test_safetensors_round_trip(model: MuseForCausalLM, tmp_path: Path) -> None:
     save_checkpoint(model, tmp_path)
-    config = load_config_json(tmp_path)
+    config = MuseConfig.from_hf_dict(read_checkpoint(str(tmp_path), "safetensors").hf_config)
     assert config == model.config
     loaded = build_model(config, load_format="safetensors", path=str(tmp_path))
     ids = torch.tensor([5, 9, 2, 7, 1])

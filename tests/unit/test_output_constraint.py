@@ -27,7 +27,8 @@ from museserve.domain import (
     ToolChoiceKind,
     ToolSpec,
 )
-from museserve.engine.constraint import ConstraintFactory, OutputConstraint, Phase
+from museserve.engine.constraint import OutputConstraint, Phase
+from museserve.engine.constraint_factory import ConstraintFactory
 from museserve.engine.request_state import RequestState
 from museserve.engine.tool_calls import TokenSpans
 from museserve.errors import InvalidArgument

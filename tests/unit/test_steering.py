@@ -12,7 +12,8 @@ import torch
 
 from museserve.checkpoint import read_checkpoint
 from museserve.domain import FinishReason, ResponseFormat, ResponseFormatKind, ToolChoice, ToolChoiceKind, ToolSpec
-from museserve.engine.constraint import ConstraintFactory, OutputConstraint
+from museserve.engine.constraint import OutputConstraint
+from museserve.engine.constraint_factory import ConstraintFactory
 from museserve.engine.request_state import RequestState
 from museserve.errors import InvalidArgument
 from museserve.preprocess.chat_format import ChatFormat

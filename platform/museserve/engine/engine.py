@@ -19,7 +19,7 @@ import torch
 from museserve.config import MediaLimits, PoolConfig
 from museserve.domain import PositionLogprobs
 from museserve.engine.block_manager import BlockManager
-from museserve.engine.constraint import ConstraintFactory
+from museserve.engine.constraint_factory import ConstraintFactory
 from museserve.engine.loading import pool_executor
 from museserve.engine.logits_processors import processors_for
 from museserve.engine.media import check_request_media

@@ -2,7 +2,7 @@
 
 from museserve.model.config import MuseConfig, RopeScaling
 from museserve.model.kv_cache import SequenceKVCache
-from museserve.model.loader import build_model, load_config_json
+from museserve.model.loader import build_model
 from museserve.model.muse import MuseForCausalLM
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "RopeScaling",
     "SequenceKVCache",
     "build_model",
-    "load_config_json",
 ]

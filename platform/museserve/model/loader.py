@@ -12,7 +12,6 @@ its pool takes no media.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -31,16 +30,6 @@ logger = logging.getLogger(__name__)
 LOAD_FORMATS = ("dummy", "safetensors", "gguf")
 DUMMY_INIT_STD = 0.02
 _MAX_NAMES_IN_ERROR = 10
-
-
-def load_config_json(path: str | Path) -> MuseConfig:
-    """Read `config.json` from a checkpoint directory (or the file itself)."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"no config.json at {file}")
-    return MuseConfig.from_hf_dict(json.loads(file.read_text()))
 
 
 def check_media_dims(config: MuseConfig, expected: Mapping[str, int], name: str) -> None:

@@ -12,8 +12,9 @@ What the format finds in the checkpoint:
 - stop ids: the checkpoint's EOS ids, plus the token that ends an assistant turn in the
   template (found by rendering a probe conversation);
 - reasoning: `<think>` and `</think>` as added tokens (Qwen3). A Thinking prompt then ends
-  with `<think>`; an Instant one renders with `enable_thinking=False`, and the segment is
-  closed empty if the template does not close it itself;
+  inside the open segment (`<think>` is appended unless the template wrote it); an Instant
+  one renders with `enable_thinking=False`, and the segment is closed empty unless the
+  template closed it;
 - tools: a template that renders `tools` and writes `<tool_call>` spans gets them as they
   are; any other gets the default layout of `hermes_tools`.
 """
@@ -48,16 +49,13 @@ class JinjaFormat(ChatFormat):
         template: str,
         eos_ids: Iterable[int],
         special_tokens: Mapping[str, str] | None = None,
-        model: str = "",
     ):
         """`special_tokens`: bos_token, eos_token, ... by name, as the template reads them."""
         self.tokenizer = tokenizer
-        self.model = model
         self._template = compile_template(template)
         self._special_tokens = dict(special_tokens or {})
         declared = jinja2.meta.find_undeclared_variables(self._template.environment.parse(template))
         self.template_renders_tools = "tools" in declared and TOOL_CALL_OPEN in template
-        self._closes_reasoning_itself = "enable_thinking" in declared
         added = sorted(tokenizer.added_tokens, key=len, reverse=True)
         self._added = re.compile("|".join(re.escape(t) for t in added)) if added else None
         think = tuple(tokenizer.added_tokens.get(t) for t in (THINK_OPEN, THINK_CLOSE))
@@ -102,13 +100,15 @@ class JinjaFormat(ChatFormat):
                 **context, add_generation_prompt=True, enable_thinking=reasoning, **self._special_tokens
             )
         except TemplateError as e:
-            message = str(e).replace("\ue000", "").replace("\ue001", "")
-            raise InvalidArgument(f"the chat template of model {self.model} refused the conversation: {message}",
-                                  field="messages") from None  # fmt: skip
-        if reasoning:
+            message = "".join(text for text, _ in texts.runs(str(e)))  # client text in place of its sentinels
+            raise InvalidArgument(
+                f"the model's chat template refused the conversation: {message}", field="messages"
+            ) from None
+        tail = rendered.rstrip()
+        if reasoning and not tail.endswith(THINK_OPEN):  # some templates open the segment themselves
             rendered += THINK_OPEN
-        elif self.can_reason and not (self._closes_reasoning_itself and rendered.rstrip().endswith(THINK_CLOSE)):
-            rendered += EMPTY_REASONING
+        elif not reasoning and self.can_reason and not tail.endswith(THINK_CLOSE):  # closed empty, as Qwen3 does
+            rendered = (tail[: -len(THINK_OPEN)] if tail.endswith(THINK_OPEN) else rendered) + EMPTY_REASONING
         return self._encode(texts.runs(rendered))
 
     def _context(
@@ -124,7 +124,7 @@ class JinjaFormat(ChatFormat):
 
     def _message(self, message: Message, index: int, texts: ClientTexts) -> dict[str, Any]:
         if any(not isinstance(p, TextPart) for p in message.parts):
-            raise InvalidArgument(f"model {self.model} takes text only", field=f"messages[{index}].content")
+            raise InvalidArgument("this model takes text only", field=f"messages[{index}].content")
         entry: dict[str, Any] = {"role": str(message.role), "content": texts.wrap(message.text) if message.text else ""}
         if message.name:
             entry["name"] = texts.wrap(message.name)
