@@ -44,6 +44,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--target", default=None, help="gRPC host:port or HTTP base URL; default: loopback")
     p.add_argument("--transport", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--model", help="the model every request names, in place of the workload's `model`")
     p.add_argument("--tls", action="store_true", help="gRPC over TLS (system roots unless --ca-file)")
     p.add_argument("--ca-file", help="PEM root certificates for TLS")
     p.add_argument("--key-env", help="env var holding the API key for tenants without key_env")
@@ -94,7 +95,10 @@ def _one_run(args: argparse.Namespace, rate: float, plots_stem: Path | None) -> 
     default_key = os.environ.get(args.key_env) if args.key_env else None
     if args.key_env and not default_key:
         raise UsageError(f"--key-env {args.key_env}: the variable is not set")
-    report, result = execute(_target(args), load_workload(args.workload), _config(args, rate), parse_slo(args.slo),
+    workload = load_workload(args.workload)
+    if args.model is not None:
+        workload = workload.model_copy(update={"model": args.model})
+    report, result = execute(_target(args), workload, _config(args, rate), parse_slo(args.slo),
                              default_key=default_key, quiet=args.quiet)  # fmt: skip
     if plots_stem is not None:
         from . import plots

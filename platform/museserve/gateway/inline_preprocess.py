@@ -14,7 +14,6 @@ from museserve.config import MuseServeConfig
 from museserve.domain import ChatRequest, TextPart
 from museserve.gateway.gateway import PreprocessClient
 from museserve.messages import PreparedRequest, PromptCount
-from museserve.preprocess.pool_model import pool_model
 from museserve.preprocess.preprocessor import Preprocessor
 
 THREAD_ABOVE_CHARS = 32_768  # below this, tokenizing takes less time than a thread hand-off
@@ -34,16 +33,7 @@ class InlineTextPreprocess:
     def __init__(self, config: MuseServeConfig, remote: PreprocessClient):
         self._remote = remote
         self._pools = {p.name: p for p in config.pools}
-        media = config.preprocess.media
-        self._preprocessors: dict[str, Preprocessor] = {
-            pool.name: Preprocessor(
-                pool_model(pool, media, config.preprocess.tokenizer),
-                media,
-                config.server.request_timeout_s,
-                config.gateway.priority_of,
-            )
-            for pool in config.pools
-        }
+        self._preprocessors = Preprocessor.for_pools(config)
 
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
         if not text_only(request):

@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from museserve.config import MediaLimits, PoolConfig
+from museserve.config import MediaLimits, MuseServeConfig, PoolConfig
 from museserve.domain import ChatRequest, Mode, SamplingParams, ToolChoiceKind, ToolSpec
 from museserve.errors import FailedPrecondition, InvalidArgument
 from museserve.messages import ContemplationPrompts, PreparedRequest, PromptCount
 from museserve.modes.contemplating_prompts import check_contemplating_fits, contemplation_prompts
 from museserve.preprocess.chat_format import MediaTokens
 from museserve.preprocess.media import EncodedMedia, Fetched, MediaEncoder, media_segments, placeholders
-from museserve.preprocess.pool_model import PoolModel
+from museserve.preprocess.pool_model import PoolModel, pool_model
 from museserve.preprocess.url_fetch import ImageFetcher
 
 # What a request that leaves a sampling field unset gets when the checkpoint sets no default.
@@ -31,6 +31,20 @@ SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_p
 
 
 class Preprocessor:
+    @classmethod
+    def for_pools(cls, config: MuseServeConfig) -> dict[str, Preprocessor]:
+        """One per pool of `config`; pools of one checkpoint share its chat format (`pool_model` caches it)."""
+        media = config.preprocess.media
+        return {
+            pool.name: cls(
+                pool_model(pool, media, config.preprocess.tokenizer),
+                media,
+                config.server.request_timeout_s,
+                config.gateway.priority_of,
+            )
+            for pool in config.pools
+        }
+
     def __init__(
         self,
         model: PoolModel,

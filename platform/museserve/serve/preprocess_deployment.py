@@ -11,7 +11,6 @@ from museserve.config import MuseServeConfig
 from museserve.domain import ChatRequest
 from museserve.logs import setup_logging
 from museserve.messages import PreparedRequest, PromptCount
-from museserve.preprocess.pool_model import pool_model
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.serve.preprocess_metrics import PreprocessMetrics
 
@@ -22,16 +21,7 @@ class PreprocessDeployment:
         setup_logging(log_level)
         self._pools = {p.name: p for p in config.pools}
         self._metrics = PreprocessMetrics()
-        media = config.preprocess.media
-        self._preprocessors = {  # pools of one checkpoint share its chat format (`pool_model` caches it)
-            pool.name: Preprocessor(
-                pool_model(pool, media, config.preprocess.tokenizer),
-                media,
-                config.server.request_timeout_s,
-                config.gateway.priority_of,
-            )
-            for pool in config.pools
-        }
+        self._preprocessors = Preprocessor.for_pools(config)
 
     # Image URLs are fetched on the event loop; tokenizing a long prompt and decoding images
     # and audio take milliseconds of CPU or more: off the replica's event loop.
