@@ -77,6 +77,7 @@ class Steering:
         self._new_call = call
         self._active = answer
         self._text = IncrementalDetokenizer(tokenizer)
+        self._tail: list[int] | None = None  # the completion's ids, kept until the next token is accepted
         self.engaged = False
 
     def minimum_tokens(self) -> int | None:
@@ -96,10 +97,12 @@ class Steering:
         if self._new_call is not None:
             self._active = self._new_call()
             self._text = IncrementalDetokenizer(self._tokenizer)
+            self._tail = None
 
     def accept(self, token: int) -> None:
         if self._active is not None:
             self._active.feed(self._text.push([token]))
+            self._tail = None
 
     def next_token(self, remaining: int) -> int | None:
         """The token to force now (`remaining`: tokens left for the JSON, this one included), or
@@ -129,8 +132,11 @@ class Steering:
         return tail[0]
 
     def _tail_ids(self) -> list[int] | None:
-        tail = self._active.shortest() if self._active is not None else None
-        return None if tail is None else self._tokenizer.encode_text(tail)
+        """The completion's ids; one encoding per step, shared by the mask and the sampled token's check."""
+        if self._tail is None and self._active is not None:
+            tail = self._active.shortest()
+            self._tail = None if tail is None else self._tokenizer.encode_text(tail)
+        return self._tail
 
 
 def steering_for(
