@@ -89,9 +89,6 @@ class Tokenizer:
         types = {d.get("type") for d in decoders}
         return "byte_level" if "ByteLevel" in types else "byte_fallback" if "ByteFallback" in types else "raw"
 
-    def to_str(self) -> str:
-        return self._tokenizer.to_str()
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r}, vocab_size={self.vocab_size})"
 
