@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from museserve.config import GatewayConfig
 from museserve.gateway.mirror_records import MirrorRecord, MirrorSide, apply_content_policy, messages_digest
@@ -118,12 +119,15 @@ def test_reader_names_the_bad_line(tmp_path: Path) -> None:
 
 
 async def test_build_mirror_sink_picks_redis_when_configured(tmp_path: Path) -> None:
-    jsonl = build_mirror_sink(GatewayConfig(mirror_log=str(tmp_path / "m.jsonl")))
+    jsonl = build_mirror_sink(GatewayConfig(mirror_log=str(tmp_path / "m.jsonl")), None)
     assert isinstance(jsonl, JsonlMirrorSink) and jsonl.path == tmp_path / "m.jsonl"
     config = GatewayConfig.model_validate(
         {"redis": {"url": "redis://127.0.0.1:1/0", "key_prefix": "ms", "mirror_stream_maxlen": 500}}
     )
-    sink = build_mirror_sink(config)
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # connects on first command only
+    sink = build_mirror_sink(config, client)
     assert isinstance(sink, RedisMirrorSink)
     assert (sink.stream_key, sink.maxlen, sink.timeout_s) == ("ms:mirror", 500, 0.05)
+    assert sink.client is client
     await sink.close()
+    await client.aclose()

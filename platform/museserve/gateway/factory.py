@@ -11,7 +11,7 @@ from museserve.gateway.gateway import Gateway, PoolClient, PreprocessClient
 from museserve.gateway.identity import Authenticator, redis_key_lookup
 from museserve.gateway.inline_preprocess import InlineTextPreprocess
 from museserve.gateway.mirror import Mirror
-from museserve.gateway.mirror_sinks import JsonlMirrorSink, RedisMirrorSink
+from museserve.gateway.mirror_sinks import build_mirror_sink
 from museserve.gateway.observer import GatewayObserver
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter
@@ -38,12 +38,8 @@ def build_gateway(
     authenticator = Authenticator(gateway_config, lookup)
     mirror = None
     if any(p.mirror is not None for p in config.pools):
-        if isinstance(limiter, RedisRateLimiter):
-            stream = f"{redis.key_prefix}:mirror"
-            sink = RedisMirrorSink(limiter.client, stream, redis.mirror_stream_maxlen, redis.timeout_ms / 1000)
-        else:
-            sink = JsonlMirrorSink(gateway_config.mirror_log)
-        mirror = Mirror(preprocess, pools, sink, observer)
+        client = limiter.client if isinstance(limiter, RedisRateLimiter) else None
+        mirror = Mirror(preprocess, pools, build_mirror_sink(gateway_config, client), observer)
     if gateway_config.auth == "none":
         logger.warning("auth is none: every caller is tenant 'anonymous' (use only on a trusted network)")
     where = "Redis" if redis.url else "this replica's memory (not shared across replicas)"

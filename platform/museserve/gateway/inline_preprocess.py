@@ -9,12 +9,16 @@ are tokenized in a worker thread so the loop keeps serving other requests.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
 
 from museserve.config import MuseServeConfig
 from museserve.domain import ChatRequest, TextPart
 from museserve.gateway.gateway import PreprocessClient
 from museserve.messages import PreparedRequest, PromptCount
-from museserve.preprocess.preprocessor import Preprocessor
+from museserve.preprocess.pool_preprocessors import PoolPreprocessors
+
+T = TypeVar("T")
 
 THREAD_ABOVE_CHARS = 32_768  # below this, tokenizing takes less time than a thread hand-off
 
@@ -32,20 +36,19 @@ class InlineTextPreprocess:
 
     def __init__(self, config: MuseServeConfig, remote: PreprocessClient):
         self._remote = remote
-        self._pools = {p.name: p for p in config.pools}
-        self._preprocessors = Preprocessor.for_pools(config)
+        self._preprocessors = PoolPreprocessors(config)
 
     async def prepare(self, request: ChatRequest, pool: str) -> PreparedRequest:
         if not text_only(request):
             return await self._remote.prepare(request, pool)
-        return await self._run(self._preprocessors[pool].prepare, request, pool)
+        return await self._run(self._preprocessors[pool].prepare, request)
 
     async def count(self, request: ChatRequest, pool: str) -> PromptCount:
         if not text_only(request):
             return await self._remote.count(request, pool)
-        return await self._run(self._preprocessors[pool].count, request, pool)
+        return await self._run(self._preprocessors[pool].count, request)
 
-    async def _run(self, method, request: ChatRequest, pool: str):
+    async def _run(self, method: Callable[[ChatRequest], T], request: ChatRequest) -> T:
         if _text_chars(request) > THREAD_ABOVE_CHARS:
-            return await asyncio.to_thread(method, request, self._pools[pool])
-        return method(request, self._pools[pool])
+            return await asyncio.to_thread(method, request)
+        return method(request)

@@ -109,12 +109,13 @@ class RedisMirrorSink:
             await self.client.aclose()
 
 
-def build_mirror_sink(gateway: GatewayConfig) -> MirrorSink:
-    """Redis stream "{key_prefix}:mirror" when redis.url is set, else the JSONL file mirror_log."""
-    r = gateway.redis
-    if r.url is None:
+def build_mirror_sink(gateway: GatewayConfig, client: aioredis.Redis | None) -> MirrorSink:
+    """The stream "{key_prefix}:mirror" on `client` (the gateway's one Redis client, None when
+    redis.url is unset), else the JSONL file mirror_log. The sink never closes `client`."""
+    if client is None:
         return JsonlMirrorSink(gateway.mirror_log)
-    return RedisMirrorSink(r.url, f"{r.key_prefix}:mirror", r.mirror_stream_maxlen, r.timeout_ms / 1000)
+    r = gateway.redis
+    return RedisMirrorSink(client, f"{r.key_prefix}:mirror", r.mirror_stream_maxlen, r.timeout_ms / 1000)
 
 
 class MirrorSourceError(Exception):

@@ -138,11 +138,6 @@ def decide(
     return Decision(allowed, retry_after, states), stores
 
 
-def expiry_s(tat: float, now: float, margin_s: float = 1.0) -> float:
-    """How long a stored TAT matters: once now passes it the limit is full again."""
-    return max(0.0, tat - now) + margin_s
-
-
 class LocalRateLimiter:
     """The limits of one process. Each call decides without awaiting, so decisions are
     atomic under asyncio concurrency and exact. Refilled entries are pruned as time passes
