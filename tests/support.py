@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from museserve.config import MuseServeConfig
-from museserve.domain import Mode
+from museserve.domain import Mode, SamplingParams
 from museserve.messages import PreparedRequest
 
 T = TypeVar("T")
@@ -52,7 +53,11 @@ def wait_serving(address: str, timeout_s: float) -> None:
 
 def prepared_request(request_id: str = "r", prompt: Sequence[int] = (40, 41), **overrides) -> PreparedRequest:
     """A PreparedRequest as the preprocess tier would hand it to a pool: greedy, instant,
-    12 answer tokens, a deadline a minute away; any field can be overridden."""
+    12 answer tokens, a deadline a minute away; any field, or field of its `sampling`, can be
+    overridden."""
+    sampling = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_output_tokens=12, repetition_penalty=1.0)
+    sampling_fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    sampling = dataclasses.replace(sampling, **{k: v for k, v in overrides.items() if k in sampling_fields})
     fields = dict(
         request_id=request_id,
         tenant="tenant-a",
@@ -60,15 +65,10 @@ def prepared_request(request_id: str = "r", prompt: Sequence[int] = (40, 41), **
         prompt_token_ids=tuple(prompt),
         mode=Mode.INSTANT,
         thinking_budget=0,
-        max_output_tokens=12,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=None,
-        stop=(),
+        sampling=sampling,
         deadline_unix_s=time.time() + 60,
     )
-    fields.update(overrides)
+    fields.update({k: v for k, v in overrides.items() if k not in sampling_fields})
     return PreparedRequest(**fields)
 
 

@@ -15,6 +15,7 @@ from museserve.domain import (
     Mode,
     PositionLogprobs,
     ResponseFormat,
+    SamplingParams,
     ToolCall,
     ToolChoice,
     ToolChoiceKind,
@@ -64,20 +65,11 @@ class PreparedRequest:
     prompt_token_ids: tuple[int, ...]
     mode: Mode
     thinking_budget: int  # reasoning tokens allowed; 0 when the mode does not reason
-    max_output_tokens: int  # answer tokens allowed, reasoning excluded
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int | None
-    stop: tuple[str, ...]
+    # Resolved: every field set (the model's defaults filled in); max_output_tokens is the
+    # answer's budget, reasoning excluded.
+    sampling: SamplingParams
     deadline_unix_s: float  # wall clock: processes on different hosts share no monotonic clock
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    stop_token_ids: tuple[int, ...] = ()
     priority: int = 0  # from the account tier; lower is scheduled first
-    logprobs: bool = False
-    top_logprobs: int = 0
     media: tuple[MediaSegment, ...] = ()  # in prompt order, not overlapping
     tools: tuple[ToolSpec, ...] = ()  # offered to the model; empty when tool_choice is NONE
     tool_choice: ToolChoice = ToolChoice(ToolChoiceKind.NONE)
@@ -89,6 +81,12 @@ class PreparedRequest:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def max_output_tokens(self) -> int:
+        budget = self.sampling.max_output_tokens
+        assert budget is not None, "a prepared request's sampling is resolved"
+        return budget
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Per-step cost of grammar-constrained decoding: 8 requests in one batch, each with its own
 tool schema (tool_choice REQUIRED), against the same 8 requests unconstrained.
 
-Each step's time is split into the model (`executor.execute`) and sampling (`_sample`, which
+Each step's time is split into the model (`executor.execute`) and sampling (`runner.device.sample_rows`, which
 runs the logits processors); the constrained run also times the constraints themselves (feed
 the accepted token, fill the bitmask, apply it). Grammars are compiled before the clock starts
 (the first request of each schema), so steps measure matching, not compiling.
@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
+import museserve.runner.device as device_module
 from museserve.config import PoolConfig
 from museserve.domain import ToolChoice, ToolChoiceKind, ToolSpec
-from museserve.engine.constraint import OutputConstraint
 from museserve.engine.engine import MuseEngine
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
+from museserve.structured.constraint import OutputConstraint
 from tests.bench.machine import machine
 from tests.support import prepared_request
 
@@ -65,7 +67,8 @@ class Timers:
             self.sample.append(time.perf_counter() - start)
             return out
 
-        engine.executor.execute, engine._sample = timed_execute, timed_sample
+        engine.runner.executor.execute = timed_execute
+        device_module.sample_rows = timed_sample
 
 
 async def run(engine: MuseEngine, constrained: bool, tokens: int) -> None:
@@ -98,15 +101,15 @@ def main() -> None:
         model={"size": args.size, "load_format": "dummy", "device": args.device},
         engine={"max_running_requests": BATCH, "max_batched_tokens": 512, "stream_interval_ms": 0},
     )
-    engine = MuseEngine(pool, MuseFormat(tokenizer))
+    engine = build_engine(pool, MuseFormat(tokenizer))
     for i in range(BATCH):  # compile every grammar before timing
-        engine.constraints.build_now(
+        engine.runner.constraints.build_now(
             prepared_request(tools=(schema(i),), tool_choice=ToolChoice(ToolChoiceKind.REQUIRED))
         )
     asyncio.run(run(engine, False, 4))  # warm-up
     results = {}
     call = OutputConstraint.__call__
-    execute, sample = engine.executor.execute, engine._sample
+    execute, sample = engine.runner.executor.execute, device_module.sample_rows
     for constrained in (False, True):
         timers = Timers()
         timers.wrap(engine, execute, sample)

@@ -52,13 +52,13 @@ from pathlib import Path
 import torch
 
 from museserve.config import MediaLimits, PoolConfig
-from museserve.engine.engine import MuseEngine
-from museserve.engine.kv_pool import SDPA_BACKENDS
 from museserve.metrics import InMemoryMetrics
-from museserve.model import MuseConfig
+from museserve.model.config import MuseConfig
 from museserve.model.cpu_linear import CPU_GEMMS
 from museserve.model.loader import resolve_device
 from museserve.preprocess.pool_model import pool_model
+from museserve.replica import build_engine
+from museserve.runner.kv_pool import SDPA_BACKENDS
 from tests.bench.engine_side import bench_ours, cuda_graphs_used, linear_layers
 from tests.bench.hf_baseline import BATCHINGS, HFRun, Job, run_batchings
 from tests.bench.machine import machine
@@ -115,8 +115,8 @@ def compare(pool: PoolConfig, args: argparse.Namespace, with_prefix: bool) -> di
     jobs = make_workload(args.seed, args.requests, ids)
     warmup = [Job(j.prompt[:32], 4) for j in make_workload(args.seed + 7, 2, ids)]
     metrics = InMemoryMetrics()
-    engine = MuseEngine(pool, chat_format, metrics=metrics)
-    model = engine.executor.model
+    engine = build_engine(pool, chat_format, metrics=metrics)
+    model = engine.runner.executor.model
 
     async def ours_then_stop() -> tuple:
         try:

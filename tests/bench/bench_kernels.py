@@ -107,9 +107,11 @@ def bench_paged_decode() -> list[dict[str, Any]]:
 
 
 def bench_model_decode(batch: int = 64, prompt: int = 512, steps: int = 32) -> dict[str, Any]:
-    from museserve.engine.kv_pool import PagedKVPool
-    from museserve.engine.model_runner import ModelRunner
-    from museserve.model import MuseConfig, build_model, ops
+    from museserve.model import ops
+    from museserve.model.config import MuseConfig
+    from museserve.model.loader import build_model
+    from museserve.runner.kv_pool import PagedKVPool
+    from museserve.runner.model_runner import ModelRunner
     from tests.kernels.support import teacher_forced_plans
 
     config = MuseConfig.named("small", vocab_size=32_000)

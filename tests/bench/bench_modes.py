@@ -35,6 +35,7 @@ from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
 from tests import audio_corpus, media_corpus
 from tests.bench.machine import machine
 
@@ -78,7 +79,7 @@ async def contemplate(args: argparse.Namespace, agents: int, rid: str) -> dict:
     )
     pool = config.pools[0]
     tokenizer = MuseTokenizer.load(None)
-    engine = MuseEngine(pool, MuseFormat(tokenizer))
+    engine = build_engine(pool, MuseFormat(tokenizer))
     try:
         request = ChatRequest(
             rid,

@@ -28,10 +28,10 @@ from pathlib import Path
 import ray
 
 from museserve.config import PoolConfig
-from museserve.engine.loading import local_runner, pool_architecture
-from museserve.engine.scheduler import ScheduledSequence, SchedulerPlan
-from museserve.model import MuseConfig
+from museserve.engine.plan import ScheduledSequence, SchedulerPlan
+from museserve.model.config import MuseConfig
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.runner.loading import local_runner, pool_architecture
 from tests.bench.machine import machine
 
 # name: (tensor, pipeline, on Ray workers)

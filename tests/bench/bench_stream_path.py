@@ -33,6 +33,7 @@ from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
 from tests.bench.machine import machine
 from tests.support import free_port, start_local_app
 
@@ -85,7 +86,7 @@ def _summary(ttfts: list[float], rates: list[float], aggregate: float) -> dict:
 
 async def _baseline(config: MuseServeConfig) -> dict:
     tokenizer = MuseTokenizer.load(None)
-    pools = {p.name: _LocalPool(MuseEngine(p, MuseFormat(tokenizer))) for p in config.pools}
+    pools = {p.name: _LocalPool(build_engine(p, MuseFormat(tokenizer))) for p in config.pools}
     gateway = Gateway(config, _LocalPreprocess(config, tokenizer), pools)
 
     def request() -> ChatRequest:

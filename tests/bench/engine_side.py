@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from museserve.config import PoolConfig
-from museserve.domain import Mode
+from museserve.domain import Mode, SamplingParams
 from museserve.engine.engine import MuseEngine
 from museserve.messages import PreparedRequest
 from museserve.model.cpu_linear import PackedLinear
@@ -61,12 +61,9 @@ def prepared(pool: PoolConfig, prompt: list[int], max_output_tokens: int, tenant
         prompt_token_ids=tuple(prompt),
         mode=Mode.INSTANT,
         thinking_budget=0,
-        max_output_tokens=max_output_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=0,
-        stop=(),
+        sampling=SamplingParams(
+            temperature=0.0, top_p=1.0, top_k=0, seed=0, max_output_tokens=max_output_tokens, repetition_penalty=1.0
+        ),
         deadline_unix_s=time.time() + 3600,
         ignore_eos=True,
     )
@@ -145,21 +142,21 @@ async def bench_ours(
     seed: int,
 ) -> tuple:
     """(outcomes, wall seconds, timed steps, prefix-cache TTFTs or None when `prefix_ids` is None)."""
-    device = next(engine.executor.model.parameters()).device
+    device = next(engine.runner.executor.model.parameters()).device
     await asyncio.gather(
         *(run_one(engine, prepared(pool, j.prompt, j.max_output_tokens, tenant="warmup")) for j in warmup)
     )
-    timed = _TimedExecutor(engine.executor, device)
-    engine.executor = timed
+    timed = _TimedExecutor(engine.runner.executor, device)
+    engine.runner.executor = timed
     outcomes, wall = await run_ours(engine, pool, jobs, concurrency, device)
-    engine.executor = timed.inner
+    engine.runner.executor = timed.inner
     prefix = None if prefix_ids is None else await prefix_ttfts(engine, pool, seed, prefix_ids)
     return outcomes, wall, timed.steps, prefix
 
 
 def cuda_graphs_used(engine: MuseEngine) -> dict | None:
     """Decode graphs the runner captured over the whole run; their capture time is in our wall time."""
-    graphs = getattr(engine.executor, "graphs", None)
+    graphs = getattr(engine.runner.executor, "graphs", None)
     if graphs is None:
         return None
     return {"captured": len(graphs.graphs), "capture_s": graphs.capture_s, "buckets": sorted(graphs.graphs)}

@@ -25,8 +25,8 @@ from typing import TypeVar
 import torch
 from torch.nn.attention import sdpa_kernel
 
-from museserve.engine.kv_pool import SDPA_BACKENDS
-from museserve.model import MuseForCausalLM
+from museserve.model.muse import MuseForCausalLM
+from museserve.runner.kv_pool import SDPA_BACKENDS
 
 T = TypeVar("T")
 

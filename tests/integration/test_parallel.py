@@ -22,6 +22,7 @@ from museserve.errors import Unavailable
 from museserve.messages import PreparedRequest
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
 from tests.support import prepared_request
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,7 @@ def tokenizer() -> MuseTokenizer:
 @pytest.fixture(scope="module")
 async def expected(tokenizer: MuseTokenizer) -> dict[str, tuple[str, int]]:
     """One worker, in this process: the texts every layout must reproduce."""
-    engine = MuseEngine(pool(), MuseFormat(tokenizer))
+    engine = build_engine(pool(), MuseFormat(tokenizer))
     try:
         texts = await two_waves(engine)
         texts["long"] = await collect(engine, request("long", LONG, 200))
@@ -107,7 +108,7 @@ def engines(ray_cluster, tokenizer) -> Iterator[Callable[[str], MuseEngine]]:
 
     def get(layout: str) -> MuseEngine:
         if layout not in made:
-            made[layout] = MuseEngine(pool(*LAYOUTS[layout]), MuseFormat(tokenizer))
+            made[layout] = build_engine(pool(*LAYOUTS[layout]), MuseFormat(tokenizer))
         return made[layout]
 
     yield get
@@ -129,7 +130,7 @@ async def test_a_parallel_replica_gives_the_single_worker_text(layout, engines, 
 async def test_a_killed_worker_fails_its_request_unavailable_and_the_replica_rebuilds(engines, expected) -> None:
     assert expected["long"][1] > 100, "the long request must run long enough to be killed mid-way"
     engine = engines("tp2xpp2")
-    executor = engine.executor
+    executor = engine.runner.executor
     builds, victim = executor.builds, executor.workers()[-1]  # stage 1, TP rank 1
     stream = engine.generate(request("long", LONG, 200))
     await anext(stream)  # the request is running

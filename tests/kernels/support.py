@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from museserve.engine.scheduler import ScheduledSequence, SchedulerPlan
+from museserve.engine.plan import ScheduledSequence, SchedulerPlan
 
 # The interpreter rounds float32 -> bf16 by truncation where a GPU rounds to nearest, so a bf16
 # result may sit up to two bf16 ulps (2^-7 relative each) from the reference's.

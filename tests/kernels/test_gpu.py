@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from museserve.engine.kv_pool import PagedKVPool
-from museserve.engine.model_runner import ModelRunner
-from museserve.model import MuseConfig, build_model, ops
+from museserve.model import ops
+from museserve.model.config import MuseConfig
+from museserve.model.loader import build_model
+from museserve.runner.kv_pool import PagedKVPool
+from museserve.runner.model_runner import ModelRunner
 from museserve_kernels import activation, cache_write, norm, paged_attention, rope
 from tests.kernels.conftest import INTERPRETING
 from tests.kernels.support import assert_close, teacher_forced_plans

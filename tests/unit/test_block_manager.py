@@ -28,7 +28,6 @@ def hit_blocks(bm: BlockManager, tokens: list[int] | range, salt: str = "tenant-
     """Cached prefix a fresh request with these tokens would reuse (takes no references)."""
     probe = make_seq(tokens, salt)
     found = bm.cached_prefix(probe)
-    bm.forget(probe.request_id)
     return found
 
 

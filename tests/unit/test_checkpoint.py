@@ -12,11 +12,11 @@ import pytest
 from safetensors.torch import save_file
 
 from museserve.config import PoolConfig, parse_config
-from museserve.engine.engine import MuseEngine
-from museserve.engine.loading import load_pool_model
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.pool_model import pool_model
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
+from museserve.runner.loading import load_pool_model
 from tests.support import prepared_request
 
 BUNDLED_TOKENIZER = Path(__file__).resolve().parents[2] / "platform/museserve/preprocess/assets/muse-tokenizer.json"
@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def greedy_text(pool: PoolConfig, prompt: list[int]) -> str:
-    engine = MuseEngine(pool, MuseFormat(MuseTokenizer.load(None)))
+    engine = build_engine(pool, MuseFormat(MuseTokenizer.load(None)))
     try:
         return "".join(
             [

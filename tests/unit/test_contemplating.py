@@ -13,11 +13,12 @@ from museserve.engine.engine import MuseEngine
 from museserve.errors import InvalidArgument, Unavailable
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.modes.contemplating import Contemplation
-from museserve.modes.contemplating_prompts import ANGLES, SYNTHESIS_INSTRUCTION
+from museserve.preprocess.contemplating_prompts import ANGLES, SYNTHESIS_INSTRUCTION
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
 
 CONFIG: MuseServeConfig = parse_config(
     {
@@ -47,7 +48,7 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture
 def engine(tokenizer: MuseTokenizer) -> Iterator[MuseEngine]:
-    eng = MuseEngine(POOL, MuseFormat(tokenizer))
+    eng = build_engine(POOL, MuseFormat(tokenizer))
     yield eng
     eng.shutdown()
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from museserve.model import MuseConfig, SequenceKVCache, build_model
+from museserve.model.config import MuseConfig
 from museserve.model.cpu_linear import (
     PackedLinear,
     PackedTiedHead,
@@ -20,6 +20,8 @@ from museserve.model.cpu_linear import (
     pack_tied_head,
     weight_bytes,
 )
+from museserve.model.loader import build_model
+from tests.reference_kv_cache import SequenceKVCache, reference_logits
 
 pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.float32), reason="PyTorch built without oneDNN")
 
@@ -113,8 +115,8 @@ def test_build_model_packs_every_linear_on_cpu_and_logits_agree() -> None:
     ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(len(ids))
     with torch.inference_mode():
-        ours = packed.logits_for_tokens(ids, positions, SequenceKVCache.for_model(config))
-        reference = dense.logits_for_tokens(ids, positions, SequenceKVCache.for_model(config))
+        ours = reference_logits(packed, ids, positions, SequenceKVCache.for_model(config))
+        reference = reference_logits(dense, ids, positions, SequenceKVCache.for_model(config))
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
     assert torch.equal(ours.argmax(-1), reference.argmax(-1))
 

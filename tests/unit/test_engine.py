@@ -13,18 +13,21 @@ import torch
 from museserve.config import PoolConfig
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.engine import MuseEngine
-from museserve.engine.kv_pool import PagedKVPool
-from museserve.engine.loading import load_pool_model
-from museserve.engine.model_runner import ModelRunner
 from museserve.engine.request_state import RequestState
-from museserve.engine.scheduler import Scheduler, SchedulerLimits
+from museserve.engine.scheduler import SchedulerLimits
 from museserve.engine.sequence import Sequence
 from museserve.errors import DeadlineExceeded
 from museserve.messages import PreparedRequest
 from museserve.metrics import InMemoryMetrics
-from museserve.model import MuseForCausalLM, SequenceKVCache
+from museserve.model.muse import MuseForCausalLM
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
+from museserve.runner.kv_pool import PagedKVPool
+from museserve.runner.loading import load_pool_model
+from museserve.runner.model_runner import ModelRunner
+from tests.indexed_scheduler import IndexedScheduler
+from tests.reference_kv_cache import SequenceKVCache, reference_logits
 from tests.support import prepared_request
 
 
@@ -64,7 +67,7 @@ def greedy_reference(model: MuseForCausalLM, prompt: list[int], n: int) -> list[
     tokens = list(prompt)
     for _ in range(n):
         cache = SequenceKVCache.for_model(model.config)
-        logits = model.logits_for_tokens(torch.tensor(tokens), torch.arange(len(tokens)), cache)
+        logits = reference_logits(model, torch.tensor(tokens), torch.arange(len(tokens)), cache)
         tokens.append(int(logits[-1].argmax()))
     return tokens[len(prompt) :]
 
@@ -72,7 +75,7 @@ def greedy_reference(model: MuseForCausalLM, prompt: list[int], n: int) -> list[
 def run_core(model: MuseForCausalLM, prompts: dict[str, list[int]], n: int, *, num_blocks: int, late: dict) -> tuple:
     """Scheduler + block manager + paged runner, greedy, as the engine loop drives them."""
     blocks = BlockManager(num_blocks, 4)
-    scheduler = Scheduler(SchedulerLimits(8, 16, max_batched_tokens=40, max_prefill_chunk=16), blocks)
+    scheduler = IndexedScheduler(SchedulerLimits(8, 16, max_batched_tokens=40, max_prefill_chunk=16), blocks)
     pool = PagedKVPool(model.config, num_blocks, 4, dtype=torch.float32, device=torch.device("cpu"))
     runner = ModelRunner(model, pool)
     for rid, prompt in prompts.items():
@@ -85,7 +88,7 @@ def run_core(model: MuseForCausalLM, prompts: dict[str, list[int]], n: int, *, n
         logits = runner.execute(plan)
         sampling = [item.request_id for item in plan.sequences if item.samples]
         sampled = {rid: int(logits[i].argmax()) for i, rid in enumerate(sampling)}
-        scheduler.update(plan, sampled)
+        scheduler.update_plan(plan, sampled)
         for rid, token in sampled.items():
             outputs[rid].append(token)
             if len(outputs[rid]) == n:
@@ -144,7 +147,7 @@ async def collect(engine: MuseEngine, request: PreparedRequest) -> tuple[str, ob
 
 
 async def test_engine_streams_equal_the_reference_for_concurrent_requests(model, tokenizer):
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
     rng = random.Random(3)
     requests = [prepared(f"c{i}", random_prompt(rng, n)) for i, n in enumerate([5, 31, 60, 12, 47, 8])]
     try:
@@ -158,7 +161,7 @@ async def test_engine_streams_equal_the_reference_for_concurrent_requests(model,
 
 
 async def test_same_seed_same_text_alone_and_in_a_busy_batch(tokenizer):
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
     rng = random.Random(4)
     prompt = random_prompt(rng, 20)
     seeded = dict(temperature=1.0, top_p=0.9, seed=1234, max_output_tokens=24)
@@ -174,7 +177,7 @@ async def test_same_seed_same_text_alone_and_in_a_busy_batch(tokenizer):
 
 
 async def test_second_turn_reuses_the_prefix_and_reports_cached_tokens(tokenizer):
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(5), 40)
     try:
         _, first = await collect(engine, prepared("turn1", prompt))
@@ -189,7 +192,7 @@ async def test_second_turn_reuses_the_prefix_and_reports_cached_tokens(tokenizer
 
 async def test_a_16k_token_prompt_runs_through_chunked_prefill(tokenizer):
     pool = pool_config(block_size=16, kv_cache_bytes=16 << 20, max_batched_tokens=2048, max_prefill_chunk=2048)
-    engine = MuseEngine(pool, MuseFormat(tokenizer))
+    engine = build_engine(pool, MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(6), 16_384)
     try:
         text, usage = await collect(engine, prepared("long", prompt, max_output_tokens=4))
@@ -200,7 +203,7 @@ async def test_a_16k_token_prompt_runs_through_chunked_prefill(tokenizer):
 
 
 async def test_abort_and_deadline_free_blocks_at_once(tokenizer):
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(7), 30)
     try:
         stream = engine.generate(prepared("aborted", prompt, max_output_tokens=200))
@@ -241,7 +244,7 @@ class RecordingMetrics(InMemoryMetrics):
 
 async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
     metrics = RecordingMetrics()
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer), metrics=metrics)
+    engine = build_engine(pool_config(), MuseFormat(tokenizer), metrics=metrics)
     prompt = random_prompt(random.Random(8), 12)
     try:
         _, usage = await collect(engine, prepared("measured", prompt, max_output_tokens=6))
@@ -257,7 +260,7 @@ async def test_metrics_see_queue_ttft_every_token_and_the_end(tokenizer):
 
 
 async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):
-    engine = MuseEngine(pool_config(max_running_requests=1), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(max_running_requests=1), MuseFormat(tokenizer))
     rng = random.Random(9)
     order: list[str] = []
 
@@ -278,7 +281,7 @@ async def test_a_higher_priority_tier_is_scheduled_first(tokenizer):
 
 
 async def test_logprobs_are_the_models_own_and_cover_every_answer_token(model, tokenizer):
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
     prompt = random_prompt(random.Random(10), 15)
     request = prepared("with-logprobs", prompt, max_output_tokens=6, logprobs=True, top_logprobs=3)
     positions = []
@@ -292,8 +295,8 @@ async def test_logprobs_are_the_models_own_and_cover_every_answer_token(model, t
     with torch.inference_mode():
         for index, position in enumerate(positions):
             context = torch.tensor(prompt + tokens[:index])
-            logits = model.logits_for_tokens(
-                context, torch.arange(len(context)), SequenceKVCache.for_model(model.config)
+            logits = reference_logits(
+                model, context, torch.arange(len(context)), SequenceKVCache.for_model(model.config)
             )
             expected = logits[-1].log_softmax(dim=-1)
             assert position.chosen.logprob == pytest.approx(float(expected[position.chosen.token_id]), abs=1e-4)
@@ -303,7 +306,7 @@ async def test_logprobs_are_the_models_own_and_cover_every_answer_token(model, t
 
 
 async def test_no_logprobs_unless_asked(tokenizer):
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
     try:
         chunks = [c async for c in engine.generate(prepared("plain", random_prompt(random.Random(11), 9)))]
     finally:
@@ -316,18 +319,19 @@ async def test_the_model_is_built_and_every_step_runs_on_one_thread_off_the_even
     torch work (building the model, the forward pass, sampling) stays on its device thread."""
     import threading
 
-    import museserve.engine.engine as engine_module
+    import museserve.replica as loading_module
+    import museserve.runner.device as device_module
 
     threads: dict[str, set[int]] = {"build": set(), "execute": set(), "sample": set()}
-    build = engine_module.pool_executor
+    build = loading_module.pool_executor
 
     def recorded_build(*args, **kwargs):
         threads["build"].add(threading.get_ident())
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "pool_executor", recorded_build)
-    engine = MuseEngine(pool_config(), MuseFormat(tokenizer))
-    execute, sample = engine.executor.execute, engine._sample
+    monkeypatch.setattr(loading_module, "pool_executor", recorded_build)
+    engine = build_engine(pool_config(), MuseFormat(tokenizer))
+    execute, sample = engine.runner.executor.execute, device_module.sample_rows
 
     def recorded_execute(plan):
         threads["execute"].add(threading.get_ident())
@@ -337,7 +341,8 @@ async def test_the_model_is_built_and_every_step_runs_on_one_thread_off_the_even
         threads["sample"].add(threading.get_ident())
         return sample(rows, logits)
 
-    engine.executor.execute, engine._sample = recorded_execute, recorded_sample
+    engine.runner.executor.execute = recorded_execute
+    monkeypatch.setattr(device_module, "sample_rows", recorded_sample)
     request = prepared("one-thread", random_prompt(random.Random(12), 20), max_output_tokens=5, frequency_penalty=0.5)
     try:
         await asyncio.gather(collect(engine, request), collect(engine, prepared("other", [5, 6, 7])))

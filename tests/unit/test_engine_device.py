@@ -15,6 +15,7 @@ from museserve.metrics import InMemoryMetrics
 from museserve.model.loader import resolve_device
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
 from tests.support import prepared_request
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch sees no GPU")
@@ -31,9 +32,9 @@ def test_auto_is_cuda_only_where_a_gpu_is_seen(monkeypatch):
 
 
 def test_an_engine_on_the_cpu_holds_its_weights_and_kv_there(tokenizer):
-    engine = MuseEngine(pool_config("cpu"), MuseFormat(tokenizer))
-    assert next(engine.executor.model.parameters()).device.type == "cpu"
-    assert engine.executor.pool.keys[0].device.type == "cpu"
+    engine = build_engine(pool_config("cpu"), MuseFormat(tokenizer))
+    assert next(engine.runner.executor.model.parameters()).device.type == "cpu"
+    assert engine.runner.executor.pool.keys[0].device.type == "cpu"
 
 
 def test_in_memory_metrics_count_into_prometheus_buckets():
@@ -96,9 +97,9 @@ def requests(rng: random.Random) -> list:
 @needs_cuda
 async def test_the_engine_on_cuda_streams_what_it_streams_on_the_cpu(tokenizer):
     batch = requests(random.Random(3))
-    on_cpu = await run_all(MuseEngine(pool_config("cpu"), MuseFormat(tokenizer)), batch)
-    engine = MuseEngine(pool_config("cuda"), MuseFormat(tokenizer))
-    assert next(engine.executor.model.parameters()).is_cuda and engine.executor.pool.keys[0].is_cuda
+    on_cpu = await run_all(build_engine(pool_config("cpu"), MuseFormat(tokenizer)), batch)
+    engine = build_engine(pool_config("cuda"), MuseFormat(tokenizer))
+    assert next(engine.runner.executor.model.parameters()).is_cuda and engine.runner.executor.pool.keys[0].is_cuda
     on_cuda = await run_all(engine, batch)
     assert [text for text, _ in on_cuda] == [text for text, _ in on_cpu]
     cpu_logprobs, cuda_logprobs = on_cpu[-1][1], on_cuda[-1][1]
@@ -113,12 +114,12 @@ async def test_a_seed_gives_the_same_tokens_on_cuda_alone_and_in_a_busy_batch(to
     prompt = [rng.randrange(32, 8000) for _ in range(20)]
     seeded = dict(temperature=1.0, top_p=0.9, top_k=50, seed=1234, max_output_tokens=24)
     ((alone, _),) = await run_all(
-        MuseEngine(pool_config("cuda"), MuseFormat(tokenizer)), [prepared_request("a", prompt, **seeded)]
+        build_engine(pool_config("cuda"), MuseFormat(tokenizer)), [prepared_request("a", prompt, **seeded)]
     )
     noise = [
         prepared_request(f"n{i}", [rng.randrange(32, 8000) for _ in range(10 + i)], temperature=1.0) for i in range(6)
     ]
     busy = await run_all(
-        MuseEngine(pool_config("cuda"), MuseFormat(tokenizer)), [prepared_request("b", prompt, **seeded), *noise]
+        build_engine(pool_config("cuda"), MuseFormat(tokenizer)), [prepared_request("b", prompt, **seeded), *noise]
     )
     assert busy[0][0] == alone

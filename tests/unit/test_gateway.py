@@ -29,9 +29,7 @@ from museserve.domain import (
     Usage,
 )
 from museserve.engine.engine import MuseEngine
-from museserve.engine.loading import local_runner
-from museserve.engine.model_runner import ModelRunner
-from museserve.engine.scheduler import SchedulerPlan
+from museserve.engine.plan import SchedulerPlan
 from museserve.engine.stats import RequestPhase
 from museserve.gateway.gateway import Gateway
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
@@ -39,6 +37,9 @@ from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
+from museserve.runner.loading import local_runner
+from museserve.runner.model_runner import ModelRunner
 
 POOL_NAME = "muse-tiny"
 CONFIG_DATA: dict[str, Any] = {
@@ -117,7 +118,7 @@ def preprocessor(tokenizer: MuseTokenizer) -> Preprocessor:
 @pytest.fixture
 def engine(tokenizer: MuseTokenizer) -> Iterator[MuseEngine]:
     # One per test: its semaphore belongs to the event loop that first waits on it.
-    eng = MuseEngine(CONFIG.pools[0], MuseFormat(tokenizer))
+    eng = build_engine(CONFIG.pools[0], MuseFormat(tokenizer))
     yield eng
     eng.shutdown()
 
@@ -360,7 +361,7 @@ async def _read_all(gateway: Gateway, request: ChatRequest) -> None:
 async def test_admission_rejects_beyond_running_and_waiting(prep: PreprocessAdapter, tokenizer: MuseTokenizer) -> None:
     pool = CONFIG.pools[0]
     executor = GatedExecutor(local_runner(pool, tokenizer.vocab_size))
-    engine = MuseEngine(pool, MuseFormat(tokenizer), executor=executor)
+    engine = build_engine(pool, MuseFormat(tokenizer), executor=executor)
     gateway = Gateway(CONFIG, prep, {POOL_NAME: EnginePool(engine)})
     tasks = [asyncio.create_task(_read_all(gateway, chat_request(request_id="held-0", max_output_tokens=8)))]
     try:

@@ -20,15 +20,18 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from museserve.engine.kv_pool import PagedKVPool  # noqa: E402
-from museserve.engine.model_runner import ModelRunner  # noqa: E402
-from museserve.engine.scheduler import ScheduledSequence, SchedulerPlan  # noqa: E402
-from museserve.model import MuseConfig, MuseForCausalLM, SequenceKVCache, build_model  # noqa: E402
+from museserve.engine.plan import ScheduledSequence, SchedulerPlan  # noqa: E402
+from museserve.model.config import MuseConfig  # noqa: E402
 from museserve.model.cpu_linear import PackedLinear, PackedTiedHead, weight_bytes  # noqa: E402
 from museserve.model.layers import TiedLMHead  # noqa: E402
+from museserve.model.loader import build_model  # noqa: E402
+from museserve.model.muse import MuseForCausalLM  # noqa: E402
 from museserve.model.rope_scaling import LinearRopeScaling, RopeScaling  # noqa: E402
 from museserve.parallel.plan import replica_workers  # noqa: E402
 from museserve.parallel.stage import StageRunner, build_stage_model  # noqa: E402
+from museserve.runner.kv_pool import PagedKVPool  # noqa: E402
+from museserve.runner.model_runner import ModelRunner  # noqa: E402
+from tests.reference_kv_cache import SequenceKVCache, reference_logits  # noqa: E402
 
 TOLERANCE = 1e-4
 VOCAB = 1000
@@ -141,7 +144,7 @@ def test_one_shot_prefill_matches(pair) -> None:
     theirs, ours, _ = pair
     tokens = random_tokens(96, seed=1)
     with torch.inference_mode():
-        mine = ours.logits_for_tokens(torch.tensor(tokens), torch.arange(96), SequenceKVCache.for_model(ours.config))
+        mine = reference_logits(ours, torch.tensor(tokens), torch.arange(96), SequenceKVCache.for_model(ours.config))
     expected = hf_logits(theirs, tokens)
     torch.testing.assert_close(mine, expected, rtol=0, atol=TOLERANCE)
     assert torch.equal(mine.argmax(-1), expected.argmax(-1))

@@ -15,9 +15,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from museserve.config import PoolConfig  # noqa: E402
-from museserve.engine.loading import load_pool_model  # noqa: E402
-from museserve.model import MuseForCausalLM, SequenceKVCache  # noqa: E402
+from museserve.model.muse import MuseForCausalLM  # noqa: E402
 from museserve.preprocess.tokenizer import MuseTokenizer  # noqa: E402
+from museserve.runner.loading import load_pool_model  # noqa: E402
+from tests.reference_kv_cache import SequenceKVCache, reference_logits  # noqa: E402
 
 TOLERANCE = 1e-4
 NUM_TOKENS = 50
@@ -44,7 +45,7 @@ def token_ids() -> torch.Tensor:
 
 @torch.inference_mode()
 def _both(ours: MuseForCausalLM, theirs, ids: torch.Tensor, positions: torch.Tensor) -> tuple:
-    mine = ours.logits_for_tokens(ids, positions, SequenceKVCache.for_model(ours.config))
+    mine = reference_logits(ours, ids, positions, SequenceKVCache.for_model(ours.config))
     # An explicit mask: without one, transformers reads non-contiguous position_ids as packed sequences.
     mask = torch.ones(1, ids.shape[0], dtype=torch.long)
     out = theirs(input_ids=ids[None, :], attention_mask=mask, position_ids=positions[None, :], use_cache=False)
@@ -85,8 +86,8 @@ def test_logits_match_with_cache_after_long_prefix(ours: MuseForCausalLM, theirs
     positions = torch.cat([torch.arange(NUM_TOKENS - 1) * 150, torch.tensor([9000])])
     with torch.inference_mode():
         cache = SequenceKVCache.for_model(ours.config)
-        ours.logits_for_tokens(token_ids[:-1], positions[:-1], cache)
-        mine = ours.logits_for_tokens(token_ids[-1:], positions[-1:], cache)
+        reference_logits(ours, token_ids[:-1], positions[:-1], cache)
+        mine = reference_logits(ours, token_ids[-1:], positions[-1:], cache)
         mask = torch.ones(1, NUM_TOKENS, dtype=torch.long)
         prefill = theirs(
             input_ids=token_ids[None, :-1],

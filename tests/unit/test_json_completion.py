@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from museserve.domain import ToolSpec
-from museserve.engine.grammar import GrammarCache
-from museserve.engine.json_completion import JsonCompletion, ToolCallCompletion
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.structured.grammar import GrammarCache
+from museserve.structured.json_completion import JsonCompletion, ToolCallCompletion
 
 xgr = pytest.importorskip("xgrammar")
 

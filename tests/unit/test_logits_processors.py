@@ -8,13 +8,13 @@ import torch
 from museserve.api.convert import request_from_pb
 from museserve.config import PoolConfig, RequestLimits
 from museserve.domain import ChatRequest, FinishReason, Identity, Message, Role, SamplingParams, TextPart
-from museserve.engine.logits_processors import Penalties, processors_for
 from museserve.engine.request_state import RequestState
 from museserve.errors import InvalidArgument
 from museserve.gateway.validation import validate_request
 from museserve.messages import PreparedRequest
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.runner.logits_processors import Penalties, processors_for
 from museserve.v1 import chat_pb2 as pb
 from tests.support import prepared_request
 

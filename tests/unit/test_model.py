@@ -10,13 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from museserve.checkpoint import read_checkpoint
-from museserve.model import (
-    MuseConfig,
-    MuseForCausalLM,
-    RopeScaling,
-    SequenceKVCache,
-    build_model,
-)
+from museserve.model.config import MuseConfig, RopeScaling
 from museserve.model.layers import (
     Attention,
     RMSNorm,
@@ -25,7 +19,10 @@ from museserve.model.layers import (
     apply_rotary,
     llama3_inverse_frequencies,
 )
+from museserve.model.loader import build_model
+from museserve.model.muse import MuseForCausalLM
 from museserve.model.rope_scaling import LinearRopeScaling
+from tests.reference_kv_cache import SequenceKVCache, reference_logits
 
 VOCAB = 97
 
@@ -42,7 +39,7 @@ def model(tiny: MuseConfig) -> MuseForCausalLM:
 
 def full_logits(model: MuseForCausalLM, ids: torch.Tensor) -> torch.Tensor:
     cache = SequenceKVCache.for_model(model.config)
-    return model.logits_for_tokens(ids, torch.arange(len(ids)), cache)
+    return reference_logits(model, ids, torch.arange(len(ids)), cache)
 
 
 # ---- config ----
@@ -243,7 +240,7 @@ def test_incremental_decode_matches_full_forward(model: MuseForCausalLM) -> None
         chunks = [(0, 5), (5, 8)] + [(i, i + 1) for i in range(8, 13)]  # prefill, chunk, decode
         pieces = []
         for start, end in chunks:
-            pieces.append(model.logits_for_tokens(ids[start:end], torch.arange(start, end), cache))
+            pieces.append(reference_logits(model, ids[start:end], torch.arange(start, end), cache))
             assert cache.num_tokens == end
     assert expected.shape == (13, VOCAB) and expected.dtype == torch.float32
     torch.testing.assert_close(torch.cat(pieces), expected, atol=1e-4, rtol=1e-4)
@@ -266,7 +263,7 @@ def test_positions_near_context_end(model: MuseForCausalLM) -> None:
     positions = torch.arange(262_140, 262_144)
     with torch.inference_mode():
         cache = SequenceKVCache.for_model(model.config)
-        logits = model.logits_for_tokens(torch.tensor([1, 2, 3, 4]), positions, cache)
+        logits = reference_logits(model, torch.tensor([1, 2, 3, 4]), positions, cache)
     assert torch.isfinite(logits).all()
     rotary = model.model.rotary_emb
     attributes = list(vars(rotary).values())

@@ -13,13 +13,13 @@ from safetensors.torch import save_file
 
 from museserve.config import EngineConfig, PoolConfig
 from museserve.domain import AudioPart, ChatRequest, ImagePart, Message, Role, TextPart
-from museserve.engine.loading import load_pool_model
 from museserve.errors import InvalidArgument, MuseError
 from museserve.preprocess.audio import load_audio
 from museserve.preprocess.images import load_image
 from museserve.preprocess.pool_model import PoolModel, pool_model
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.runner.loading import load_pool_model
 from tests.media_samples import SMALL_MEDIA, png_bytes, wav_bytes
 
 MEDIA = SMALL_MEDIA  # 32 x 40 images: 20 tokens of 192; 0.2 s of audio: 5 tokens of 64

@@ -10,23 +10,25 @@ import torch
 from museserve.config import PoolConfig
 from museserve.domain import AudioPart, ChatRequest, ImagePart, Message, Role, SamplingParams, TextPart
 from museserve.engine.block_manager import BlockManager
-from museserve.engine.engine import MuseEngine
-from museserve.engine.kv_pool import PagedKVPool
-from museserve.engine.loading import load_pool_model
 from museserve.engine.media import block_media_keys, step_slices
-from museserve.engine.model_runner import ModelRunner
 from museserve.engine.request_state import RequestState
-from museserve.engine.scheduler import Scheduler, SchedulerLimits
+from museserve.engine.scheduler import SchedulerLimits
 from museserve.engine.sequence import Sequence
 from museserve.errors import InvalidArgument
 from museserve.messages import MediaSegment, PreparedRequest
-from museserve.model import MuseForCausalLM, SequenceKVCache
+from museserve.model.muse import MuseForCausalLM
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
+from museserve.runner.kv_pool import PagedKVPool
+from museserve.runner.loading import load_pool_model
+from museserve.runner.model_runner import ModelRunner
+from tests.indexed_scheduler import IndexedScheduler
 from tests.media_samples import SMALL_MEDIA as MEDIA
 from tests.media_samples import png_bytes, wav_bytes
+from tests.reference_kv_cache import SequenceKVCache
 
 BLOCK = 4
 CHUNK = 6  # against 4-token blocks and 20-token images: chunks end inside both
@@ -93,7 +95,7 @@ def run_core(model: MuseForCausalLM, batches: list[list[PreparedRequest]], n: in
     arrives once the one before has finished. Returns outputs, preemptions, the block manager
     and the cached prompt tokens of each request at its admission."""
     blocks = BlockManager(num_blocks, BLOCK)
-    scheduler = Scheduler(SchedulerLimits(8, 16, max_batched_tokens=16, max_prefill_chunk=CHUNK), blocks)
+    scheduler = IndexedScheduler(SchedulerLimits(8, 16, max_batched_tokens=16, max_prefill_chunk=CHUNK), blocks)
     runner = ModelRunner(model, PagedKVPool(model.config, num_blocks, BLOCK, dtype=torch.float32, device="cpu"))
     outputs: dict[str, list[int]] = {}
     cached: dict[str, int] = {}
@@ -110,7 +112,7 @@ def run_core(model: MuseForCausalLM, batches: list[list[PreparedRequest]], n: in
             logits = runner.execute(plan)
             sampling = [item.request_id for item in plan.sequences if item.samples]
             sampled = {rid: int(logits[i].argmax()) for i, rid in enumerate(sampling)}
-            scheduler.update(plan, sampled)
+            scheduler.update_plan(plan, sampled)
             for rid, token in sampled.items():
                 outputs[rid].append(token)
                 if len(outputs[rid]) == n:
@@ -177,7 +179,7 @@ async def test_engine_streams_the_reference_answer_and_counts_media_tokens(
 ) -> None:
     request = prepare(pre, TextPart("look"), picture(3), TextPart("and listen"), AudioPart(wav_bytes(0.2), "wav"))
     pool = POOL.model_copy(update={"engine": POOL.engine.model_copy(update={"max_prefill_chunk": 7})})
-    engine = MuseEngine(pool, MuseFormat(tokenizer), media=MEDIA)
+    engine = build_engine(pool, MuseFormat(tokenizer), media=MEDIA)
     try:
         chunks = [chunk async for chunk in engine.generate(request)]
     finally:
@@ -197,7 +199,7 @@ async def test_media_on_the_gpu_gives_the_cpu_answer(pre: Preprocessor, tokenize
     answers = []
     for device in ("cpu", "cuda"):
         pool = POOL.model_copy(update={"model": POOL.model.model_copy(update={"device": device})})
-        engine = MuseEngine(pool, MuseFormat(tokenizer), media=MEDIA)
+        engine = build_engine(pool, MuseFormat(tokenizer), media=MEDIA)
         try:
             answers.append([chunk.text async for chunk in engine.generate(request)])
         finally:
@@ -206,7 +208,7 @@ async def test_media_on_the_gpu_gives_the_cpu_answer(pre: Preprocessor, tokenize
 
 
 async def test_a_text_only_engine_refuses_media_alone(pre: Preprocessor, tokenizer: MuseTokenizer) -> None:
-    engine = MuseEngine(POOL, MuseFormat(tokenizer))  # no media limits: a text-only dummy model
+    engine = build_engine(POOL, MuseFormat(tokenizer))  # no media limits: a text-only dummy model
     try:
         with pytest.raises(InvalidArgument, match="takes no image input"):
             async for _ in engine.generate(prepare(pre, TextPart("look"), picture(4))):

@@ -3,7 +3,6 @@ random logits, span parsing, request state, validation, conversion and gateway e
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jsonschema
@@ -27,8 +26,6 @@ from museserve.domain import (
     ToolChoiceKind,
     ToolSpec,
 )
-from museserve.engine.constraint import OutputConstraint, Phase
-from museserve.engine.constraint_factory import ConstraintFactory
 from museserve.engine.request_state import RequestState
 from museserve.engine.tool_calls import TokenSpans
 from museserve.errors import InvalidArgument
@@ -38,6 +35,8 @@ from museserve.messages import GenerationChunk
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.preprocessor import offered_tools
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.structured.constraint import OutputConstraint, Phase
+from museserve.structured.constraint_factory import ConstraintFactory
 from museserve.v1 import chat_pb2 as pb
 from tests.support import prepared_request
 
@@ -200,5 +199,9 @@ def test_json_answer_with_auto_tools_may_open_a_call_first(factory, tok: MuseTok
     assert tok.tool_call_id in allowed and tok.encode_text("{")[0] in allowed
     assert all(tok.decode([i]).startswith("{") for i in allowed - {tok.tool_call_id})
     # A budget too small for a call (with its control tokens) leaves only the JSON answer.
-    tight = factory.build_now(dataclasses.replace(request, max_output_tokens=12))((), [], torch.zeros(tok.vocab_size))
+    tight = factory.build_now(
+        prepared_request(
+            tools=(LOOKUP,), tool_choice=ToolChoice(ToolChoiceKind.AUTO), response_format=fmt, max_output_tokens=12
+        )
+    )((), [], torch.zeros(tok.vocab_size))
     assert tight[tok.tool_call_id] == float("-inf") and tight[tok.encode_text("{")[0]] > float("-inf")

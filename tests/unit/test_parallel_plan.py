@@ -8,9 +8,10 @@ from pydantic import ValidationError
 
 from museserve.config import PoolConfig
 from museserve.engine.block_manager import BlockManager
-from museserve.engine.scheduler import ScheduledSequence, SchedulerPlan
+from museserve.engine.plan import ScheduledSequence, SchedulerPlan
 from museserve.engine.sequence import Sequence
-from museserve.model import MuseConfig, MuseForCausalLM
+from museserve.model.config import MuseConfig
+from museserve.model.muse import MuseForCausalLM
 from museserve.parallel.plan import (
     check_parallel,
     head_range,

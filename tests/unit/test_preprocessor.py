@@ -289,14 +289,16 @@ def test_deadline_is_now_plus_timeout(pre: Preprocessor) -> None:
 
 def test_sampling_fields_are_copied(pre: Preprocessor) -> None:
     prepared = pre.prepare(chat(temperature=0.3, top_p=0.8, top_k=5, seed=99, stop=("END", "\n")), POOL)
-    assert (prepared.temperature, prepared.top_p, prepared.top_k) == (0.3, 0.8, 5)
-    assert prepared.seed == 99
-    assert prepared.stop == ("END", "\n")
+    s = prepared.sampling
+    assert (s.temperature, s.top_p, s.top_k) == (0.3, 0.8, 5)
+    assert s.seed == 99
+    assert s.stop == ("END", "\n")
 
 
 def test_default_sampling_is_copied(pre: Preprocessor) -> None:
     prepared = pre.prepare(chat(), POOL)
-    assert (prepared.temperature, prepared.top_p, prepared.top_k, prepared.seed, prepared.stop) == (
+    s = prepared.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.seed, s.stop) == (
         1.0,
         1.0,
         0,

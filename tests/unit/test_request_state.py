@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from museserve.domain import FinishReason, Mode, Usage
+from museserve.domain import FinishReason, Mode, SamplingParams, Usage
 from museserve.engine.request_state import RequestState
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.preprocess.muse_format import MuseFormat
@@ -32,12 +32,7 @@ def prepared(
         prompt_token_ids=tuple(prompt),
         mode=Mode.THINKING if thinking_budget else Mode.INSTANT,
         thinking_budget=thinking_budget,
-        max_output_tokens=max_output_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=None,
-        stop=stop,
+        sampling=SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_output_tokens=max_output_tokens, stop=stop),
         deadline_unix_s=0.0,
     )
 

@@ -5,7 +5,17 @@ from collections import Counter
 import pytest
 import torch
 
-from museserve.engine.sampler import make_generator, sample_batch, sample_next_token
+from museserve.runner.sampler import make_generator, sample_batch
+
+
+def sample_next_token(
+    logits: torch.Tensor, *, temperature: float, top_p: float, top_k: int, generator: torch.Generator
+) -> int:
+    """One row of `sample_batch`: logits [V] -> token id."""
+    return sample_batch(
+        logits[None, :], temperatures=[temperature], top_ps=[top_p], top_ks=[top_k], generators=[generator]
+    )[0]
+
 
 # Probabilities 0.5, 0.3, 0.1, 0.05, 0.03, 0.02 over a 6-token vocabulary.
 PROBS = torch.tensor([0.5, 0.3, 0.1, 0.05, 0.03, 0.02])

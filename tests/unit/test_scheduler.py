@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from museserve.engine.block_manager import BlockManager
-from museserve.engine.scheduler import ScheduledSequence, Scheduler, SchedulerLimits, SchedulerPlan
+from museserve.engine.plan import ScheduledSequence, SchedulerPlan
+from museserve.engine.scheduler import SchedulerLimits
 from museserve.engine.sequence import Sequence, SequenceStatus
 from museserve.errors import ErrorCode, InvalidArgument, ResourceExhausted
+from tests.indexed_scheduler import IndexedScheduler
 
 
 def make_scheduler(
@@ -21,18 +23,18 @@ def make_scheduler(
     max_batched_tokens: int = 64,
     max_prefill_chunk: int = 64,
     prefix_caching: bool = True,
-) -> Scheduler:
+) -> IndexedScheduler:
     limits = SchedulerLimits(
         max_running=max_running,
         max_waiting=max_waiting,
         max_batched_tokens=max_batched_tokens,
         max_prefill_chunk=max_prefill_chunk,
     )
-    return Scheduler(limits, BlockManager(num_blocks, block_size, enable_prefix_caching=prefix_caching))
+    return IndexedScheduler(limits, BlockManager(num_blocks, block_size, enable_prefix_caching=prefix_caching))
 
 
 def submit(
-    sched: Scheduler, rid: str, tokens: list[int] | range, *, priority: int = 0, salt: str = "tenant-a"
+    sched: IndexedScheduler, rid: str, tokens: list[int] | range, *, priority: int = 0, salt: str = "tenant-a"
 ) -> Sequence:
     seq = Sequence(rid, list(tokens), cache_salt=salt, priority=priority)
     sched.add(seq)
@@ -43,13 +45,13 @@ def submit(
 class Engine:
     """Plays the engine: schedule, "run" the plan, sample 1000 + step, update."""
 
-    sched: Scheduler
+    sched: IndexedScheduler
     steps: int = 0
 
     def step(self) -> SchedulerPlan:
         plan = self.sched.schedule()
         sampled = {s.request_id: self.token() for s in plan.sequences if s.samples}
-        self.sched.update(plan, sampled)
+        self.sched.update_plan(plan, sampled)
         self.steps += 1
         return plan
 
@@ -65,7 +67,7 @@ def shape(plan: SchedulerPlan) -> dict[str, tuple[int, int, bool]]:
     return {s.request_id: (s.first_position, s.num_new_tokens, s.samples) for s in plan.sequences}
 
 
-def held_refs(sched: Scheduler) -> int:
+def held_refs(sched: IndexedScheduler) -> int:
     return sum(sched.blocks.ref_count(b) for b in range(sched.blocks.num_blocks))
 
 
@@ -194,21 +196,6 @@ def test_request_whose_output_could_outgrow_the_cache_is_invalid() -> None:
     assert info.value.field == "sampling.max_output_tokens"
     sched.add(Sequence("fits", list(range(8)), cache_salt="t", max_num_tokens=16))
     assert sched.num_waiting == 1
-
-
-def test_duplicate_request_id_is_invalid_until_finished() -> None:
-    sched = make_scheduler()
-    submit(sched, "a", [1, 2])
-    with pytest.raises(InvalidArgument) as info:
-        submit(sched, "a", [3, 4])
-    assert info.value.field == "request_id"
-    assert sched.num_waiting == 1
-    sched.schedule()
-    with pytest.raises(InvalidArgument):
-        submit(sched, "a", [3, 4])
-    sched.finish("a")
-    again = submit(sched, "a", [3, 4])
-    assert sched.get("a") is again
 
 
 def test_admission_follows_priority_then_arrival() -> None:
@@ -480,7 +467,7 @@ def test_update_ignores_requests_finished_during_the_step() -> None:
     plan = sched.schedule()
     sched.finish("a")
     reused_id = submit(sched, "a", range(20, 23))  # same id, new request, while the step ran
-    sched.update(plan, {"b": 7})  # no token for the finished one
+    sched.update_plan(plan, {"b": 7})  # no token for the finished one
     assert a.token_ids == list(range(5))
     assert a.num_computed_tokens == 0
     assert reused_id.num_computed_tokens == 0
@@ -504,7 +491,7 @@ class Request:
     outputs: list[int] = field(default_factory=list)
 
 
-def check_plan(sched: Scheduler, plan: SchedulerPlan) -> None:
+def check_plan(sched: IndexedScheduler, plan: SchedulerPlan) -> None:
     limits = sched.limits
     assert plan.num_batched_tokens <= limits.max_batched_tokens
     assert len(plan.sequences) <= limits.max_running
@@ -516,10 +503,10 @@ def check_plan(sched: Scheduler, plan: SchedulerPlan) -> None:
         assert seq is not None and seq.status is SequenceStatus.RUNNING
         assert item.num_new_tokens >= 1
         assert item.num_new_tokens <= max(1, limits.max_prefill_chunk)
-        assert item.first_position == seq.num_computed_tokens
         end = item.first_position + item.num_new_tokens
-        assert end <= seq.num_tokens
-        assert item.samples == (end == seq.num_tokens)
+        assert end == seq.num_computed_tokens  # planned tokens count as computed at once
+        assert end <= len(seq.token_ids)
+        assert item.samples == (end == len(seq.token_ids)) == (seq.num_pending == 1)
         assert list(item.token_ids) == seq.token_ids[item.first_position : end]
         assert item.block_ids == tuple(seq.block_ids)
         assert len(item.block_ids) >= sched.blocks.blocks_for(end)
@@ -528,7 +515,7 @@ def check_plan(sched: Scheduler, plan: SchedulerPlan) -> None:
         assert seq is not None and seq.status is SequenceStatus.WAITING
 
 
-def check_state(sched: Scheduler, live: dict[str, Request]) -> None:
+def check_state(sched: IndexedScheduler, live: dict[str, Request]) -> None:
     blocks = sched.blocks
     held = Counter(b for seq in sched.running for b in seq.block_ids)
     for block_id in range(blocks.num_blocks):
@@ -551,7 +538,9 @@ def check_state(sched: Scheduler, live: dict[str, Request]) -> None:
             assert seq.num_computed_tokens == 0
 
 
-def check_and_write_kv(sched: Scheduler, plan: SchedulerPlan, kv: dict[tuple[int, int], tuple[str, int]]) -> None:
+def check_and_write_kv(
+    sched: IndexedScheduler, plan: SchedulerPlan, kv: dict[tuple[int, int], tuple[str, int]]
+) -> None:
     """Every position a step attends to must hold this request's own token (and tenant);
     then the step writes the positions it computes."""
     bs = sched.blocks.block_size
@@ -611,7 +600,7 @@ def test_randomized_run_keeps_invariants_and_finishes(seed: int) -> None:
             del live[rid]
             aborted += 1
         sampled = {s.request_id: 1000 + step for s in plan.sequences if s.samples}
-        sched.update(plan, sampled)
+        sched.update_plan(plan, sampled)
         for item in plan.sequences:
             request = live.get(item.request_id)
             if request is not None and item.samples:

@@ -12,14 +12,14 @@ import torch
 
 from museserve.checkpoint import read_checkpoint
 from museserve.domain import FinishReason, ResponseFormat, ResponseFormatKind, ToolChoice, ToolChoiceKind, ToolSpec
-from museserve.engine.constraint import OutputConstraint
-from museserve.engine.constraint_factory import ConstraintFactory
 from museserve.engine.request_state import RequestState
 from museserve.errors import InvalidArgument
 from museserve.preprocess.chat_format import ChatFormat
 from museserve.preprocess.jinja_format import JinjaFormat
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer, Tokenizer
+from museserve.structured.constraint import OutputConstraint
+from museserve.structured.constraint_factory import ConstraintFactory
 from tests.real_model import SMOLLM2_GGUF
 from tests.support import prepared_request
 
@@ -66,14 +66,14 @@ def generate(fmt: ChatFormat, request, seed: int) -> tuple[RequestState, list[in
     then its check of the sampled token: the engine's steps, without a model."""
     factory = ConstraintFactory(fmt.tokenizer, fmt.markers)
     constraint: OutputConstraint = factory.build_now(request)
-    state = RequestState(request, fmt.tokenizer, fmt.markers, shortened=constraint)
+    state = RequestState(request, fmt.tokenizer, fmt.markers)
     generator = torch.Generator().manual_seed(seed)
     out: list[int] = []
     while state.finish is None:
         logits = constraint((), out, torch.randn(fmt.tokenizer.vocab_size, generator=generator) * 3)
         token = constraint.checked(int(torch.multinomial(logits.softmax(-1), 1, generator=generator)))
         out.append(token)
-        state.append(token)
+        state.append(token, steered=constraint.steered)
     factory.close()
     return state, out
 

@@ -26,6 +26,7 @@ from museserve.domain import (
 from museserve.engine.engine import MuseEngine
 from museserve.preprocess.muse_format import MuseFormat
 from museserve.preprocess.tokenizer import MuseTokenizer
+from museserve.replica import build_engine
 from tests.support import prepared_request
 
 SCHEMAS = {
@@ -87,7 +88,7 @@ def tokenizer() -> MuseTokenizer:
 
 @pytest.fixture(scope="module")
 def engine(tokenizer: MuseTokenizer):
-    engine = MuseEngine(
+    engine = build_engine(
         PoolConfig(
             name="muse-test",
             engine={
@@ -222,6 +223,6 @@ async def test_tool_result_turn_is_rendered_and_the_model_calls_again(
 async def test_repeated_schemas_compile_once(engine: MuseEngine) -> None:
     choice = ToolChoice(ToolChoiceKind.NAMED, "ping")
     await generate(engine, **sampled("ping-0", 0, tools=TOOLS, tool_choice=choice))
-    compiles = engine.constraints.grammars.compiles
+    compiles = engine.runner.constraints.grammars.compiles
     await generate(engine, **sampled("ping-1", 1, tools=TOOLS, tool_choice=choice))
-    assert engine.constraints.grammars.compiles == compiles
+    assert engine.runner.constraints.grammars.compiles == compiles

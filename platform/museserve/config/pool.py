@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from museserve.config.base import DeploymentConfig, Section
 from museserve.domain import Mode
+from museserve.model.config import MuseConfig, check_parallel
 
 
 class ModelConfig(Section):
@@ -55,6 +56,11 @@ class EngineConfig(Section):
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of equal prefixes (per tenant).")
     stream_interval_ms: float = Field(
         15.0, ge=0, description="Deltas produced within this window are sent as one message (first token never waits)."
+    )
+    overlap_scheduling: bool = Field(
+        True,
+        description="Plan step N+1 and stream step N's tokens while the device computes step N+1 "
+        "(same outputs; off: one step at a time).",
     )
 
     @model_validator(mode="after")
@@ -147,9 +153,6 @@ class PoolConfig(Section):
     def _parallel_fits_model(self) -> PoolConfig:
         # Dummy shapes are known here; a checkpoint's are checked when its config.json is read.
         if self.parallel.world_size > 1 and self.model.load_format == "dummy":
-            from museserve.model.config import MuseConfig  # imports torch: only for parallel pools
-            from museserve.parallel.plan import check_parallel
-
             check_parallel(
                 MuseConfig.named(self.model.size, vocab_size=1), self.parallel.tensor, self.parallel.pipeline
             )

@@ -49,10 +49,6 @@ class BlockManager:
         self._hashes: list[BlockHash | None] = [None] * num_blocks
         self._cached: dict[BlockHash, int] = {}  # hash -> block id holding that content
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        # Per request: hashes of its full blocks so far (block i <-> _chain[i]).
-        self._chains: dict[str, list[BlockHash]] = {}
-        # Per request with media: block index -> extra hash bytes, computed once.
-        self._media_keys: dict[str, dict[int, bytes]] = {}
         self.prefix_queries = 0  # prompt tokens looked up in the cache
         self.prefix_hits = 0  # of which found
 
@@ -121,11 +117,14 @@ class BlockManager:
             self._ref_counts[block_id] = 1
             seq.block_ids.append(block_id)
 
-    def cache_computed_blocks(self, seq: Sequence) -> None:
-        """Registers the blocks `seq` has filled completely, so later prompts can reuse them."""
+    def cache_computed_blocks(self, seq: Sequence, num_written_tokens: int | None = None) -> None:
+        """Registers the blocks whose KV the device has written completely, so later prompts can
+        reuse them. `num_written_tokens`: how many of its tokens that is, when a step planned
+        after it still runs (None: all of its computed tokens)."""
         if not self.enable_prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        written = seq.num_computed_tokens if num_written_tokens is None else num_written_tokens
+        num_full = min(written, seq.num_computed_tokens) // self.block_size
         for index, block_hash in enumerate(self._chain_for(seq, num_full)):
             block_id = seq.block_ids[index]
             if self._hashes[block_id] is None and block_hash not in self._cached:
@@ -145,22 +144,17 @@ class BlockManager:
         seq.block_ids = []
         seq.num_computed_tokens = 0
 
-    def forget(self, request_id: str) -> None:
-        """Drops the hash chain memo of a request that will not come back."""
-        self._chains.pop(request_id, None)
-        self._media_keys.pop(request_id, None)
-
     def drop_prefix_cache(self) -> None:
         """Forgets every cached block's content: the KV tensors behind the ids were lost (a
         worker of the replica died), so no later prompt may reuse them. Call with no running
-        sequences; the per-request hash memos stay valid (they hash tokens, not tensors)."""
+        sequences; the sequences' hash memos stay valid (they hash tokens, not tensors)."""
         self._cached.clear()
         self._hashes = [None] * self.num_blocks
 
     # -- internals ----------------------------------------------------------------------
 
     def _chain_for(self, seq: Sequence, num_full_blocks: int) -> list[BlockHash]:
-        chain = self._chains.setdefault(seq.request_id, [])
+        chain = seq.block_hashes
         parent = chain[-1] if chain else root_hash(seq.cache_salt)
         bs = self.block_size
         extra = self._media_keys_of(seq) if len(chain) < num_full_blocks else {}
@@ -172,10 +166,9 @@ class BlockManager:
     def _media_keys_of(self, seq: Sequence) -> dict[int, bytes]:
         if not seq.media:
             return {}
-        keys = self._media_keys.get(seq.request_id)
-        if keys is None:
-            keys = self._media_keys[seq.request_id] = block_media_keys(seq.media, self.block_size)
-        return keys
+        if seq.media_keys is None:
+            seq.media_keys = block_media_keys(seq.media, self.block_size)
+        return seq.media_keys
 
     def _take(self, block_id: int) -> None:
         if self._ref_counts[block_id] == 0:

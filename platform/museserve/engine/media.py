@@ -15,25 +15,12 @@ KV block needs:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from museserve.engine.plan import MediaSlice
 from museserve.errors import Internal, InvalidArgument
 from museserve.messages import MediaSegment, PreparedRequest
 
 FEATURE_BYTES = 2  # features are float16
-
-
-@dataclass(frozen=True, slots=True)
-class MediaSlice:
-    """Rows of one segment that fall in one step: `num_rows` float16 rows of `feature_dim`
-    (row-major in `rows`), for the step's tokens `offset .. offset + num_rows - 1` (counted
-    from the step's first token of this sequence)."""
-
-    kind: str
-    offset: int
-    num_rows: int
-    feature_dim: int
-    rows: bytes
 
 
 def step_slices(media: Sequence[MediaSegment], first: int, num_new: int) -> tuple[MediaSlice, ...]:

@@ -7,12 +7,10 @@ string, the output budget, or the context window. When the reasoning budget is s
 next token is forced to the close marker. When the request offers tools, the format's call
 spans in the answer become ToolCall values, not text (`tool_calls`); an answer that ends
 right after a call finishes with TOOL_CALLS. An answer a grammar steered to its shortest
-completion at the budget (`Shortened`) finishes with LENGTH, whatever ended it.
+completion at the budget (a token that comes `steered`) finishes with LENGTH, whatever ended it.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from museserve.domain import FinishReason, PositionLogprobs, ToolCall, Usage
 from museserve.engine.detokenizer import IncrementalDetokenizer
@@ -22,26 +20,19 @@ from museserve.preprocess.chat_format import Markers
 from museserve.preprocess.tokenizer import Tokenizer
 
 
-class Shortened(Protocol):
-    steered: bool  # a grammar cut the answer short to close it within its budget
-
-
 class RequestState:
-    def __init__(
-        self, request: PreparedRequest, tokenizer: Tokenizer, markers: Markers, shortened: Shortened | None = None
-    ):
+    def __init__(self, request: PreparedRequest, tokenizer: Tokenizer, markers: Markers):
         self.request = request
         self._think_end_id = markers.think_close_id
         stops = () if request.ignore_eos else markers.stop_ids
-        self._end_ids = frozenset((*stops, *request.stop_token_ids))
-        self._shortened = shortened
+        self._end_ids = frozenset((*stops, *request.sampling.stop_token_ids))
+        self._steered = False  # a grammar cut the answer short to close it within its budget
         self.in_reasoning = request.thinking_budget > 0  # the template opened the segment
         self.reasoning_tokens = 0
         self.output_tokens = 0
-        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.finish: FinishReason | None = None
         self._reasoning = IncrementalDetokenizer(tokenizer)
-        self._answer = IncrementalDetokenizer(tokenizer, stop=request.stop)
+        self._answer = IncrementalDetokenizer(tokenizer, stop=request.sampling.stop)
         self._pending_reasoning: list[str] = []
         self._pending_text: list[str] = []
         self._pending_logprobs: list[PositionLogprobs] = []
@@ -59,14 +50,19 @@ class RequestState:
     def num_tokens(self) -> int:
         return self.request.num_prompt_tokens + self.num_generated_tokens
 
-    def forced_token(self) -> int | None:
-        if self.in_reasoning and self.reasoning_tokens >= self.request.thinking_budget:
+    def forced_token(self, num_pending: int = 0) -> int | None:
+        """The token the next sample must be: the reasoning close marker once the budget is spent.
+        `num_pending`: tokens sampled before it that this state has not seen yet (0 or 1); if one
+        is, it counts as reasoning, and the runner forces nothing when it was the marker itself."""
+        if self.in_reasoning and self.reasoning_tokens + num_pending >= self.request.thinking_budget:
             return self._think_end_id
         return None
 
-    def append(self, token_id: int, logprobs: PositionLogprobs | None = None) -> None:
-        """`logprobs` of the token, when the request asked for them; kept for answer tokens."""
+    def append(self, token_id: int, logprobs: PositionLogprobs | None = None, steered: bool = False) -> None:
+        """`logprobs` of the token, when the request asked for them; kept for answer tokens.
+        `steered`: the grammar is steering the answer to its shortest close (finish: LENGTH)."""
         assert self.finish is None, "no token may follow the end of a request"
+        self._steered = self._steered or steered
         self._pending_tokens += 1
         if self.in_reasoning:
             self.reasoning_tokens += 1
@@ -122,19 +118,20 @@ class RequestState:
             self._pending_text.append(self._text_calls.flush())
             if reason is FinishReason.STOP and self._text_calls.ends_in_call:
                 reason = FinishReason.TOOL_CALLS
-        if self._shortened is not None and self._shortened.steered:
+        if self._steered:
             reason = FinishReason.LENGTH
         self.finish = reason
 
-    def usage(self) -> Usage:
+    def usage(self, num_cached_tokens: int = 0) -> Usage:
+        """`num_cached_tokens`: prompt tokens the prefix cache served (the sequence's count)."""
         return Usage(
             prompt_tokens=self.request.num_prompt_tokens,
-            cached_tokens=self.num_cached_tokens,
+            cached_tokens=num_cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
             output_tokens=self.output_tokens,
         )
 
-    def take_chunk(self) -> GenerationChunk:
+    def take_chunk(self, num_cached_tokens: int = 0) -> GenerationChunk:
         """Everything produced since the last call; the final chunk carries finish and usage."""
         chunk = GenerationChunk(
             text="".join(self._pending_text),
@@ -143,7 +140,7 @@ class RequestState:
             tool_calls=tuple(self._pending_calls),
             num_new_tokens=self._pending_tokens,
             finish=self.finish,
-            usage=self.usage() if self.finish is not None else None,
+            usage=self.usage(num_cached_tokens) if self.finish is not None else None,
         )
         self._pending_text.clear()
         self._pending_reasoning.clear()

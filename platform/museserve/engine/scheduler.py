@@ -6,6 +6,11 @@ lowest-priority running sequence is preempted (its blocks freed, recomputed late
 the prefix cache where it survives). Waiting sequences are admitted in (priority,
 arrival) order while budget, blocks and the running cap allow; the first that does not
 fit stops admission, so a large prompt is not starved by small ones behind it.
+
+The scheduler holds sequences, not requests: the engine's `Request` owns its `Sequence`,
+adds it, removes it when the request ends, and reports what each step computed (`update`).
+A step may be planned while the previous one runs: a sequence that samples in a plan counts
+that token as pending at once, so the next plan decodes it (as `PENDING`) without waiting.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import itertools
 from dataclasses import dataclass
 
 from museserve.engine.block_manager import BlockManager
-from museserve.engine.media import MediaSlice, step_slices
+from museserve.engine.media import step_slices
+from museserve.engine.plan import PENDING, ScheduledSequence, SchedulerPlan
 from museserve.engine.sequence import Sequence, SequenceStatus
 from museserve.errors import InvalidArgument, ResourceExhausted
 
@@ -28,41 +34,12 @@ class SchedulerLimits:
     max_prefill_chunk: int  # most prompt tokens one sequence computes in one step
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduledSequence:
-    request_id: str
-    first_position: int  # position of the first token computed this step
-    token_ids: tuple[int, ...]  # the tokens computed this step, from first_position on
-    block_ids: tuple[int, ...]
-    samples: bool  # the step reaches the last known token, so it yields the next one
-    media: tuple[MediaSlice, ...] = ()  # feature rows of the media placeholders among token_ids
-
-    @property
-    def num_new_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerPlan:
-    sequences: tuple[ScheduledSequence, ...]
-    preempted: tuple[str, ...]
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.sequences)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.sequences
-
-
 class Scheduler:
     def __init__(self, limits: SchedulerLimits, blocks: BlockManager):
         self.limits = limits
         self.blocks = blocks
         self.running: list[Sequence] = []  # kept in sort_key order
         self._waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by sort_key
-        self._by_id: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
 
     @property
@@ -76,12 +53,7 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running or self._waiting)
 
-    def get(self, request_id: str) -> Sequence | None:
-        return self._by_id.get(request_id)
-
     def add(self, seq: Sequence) -> None:
-        if seq.request_id in self._by_id:
-            raise InvalidArgument(f"request id {seq.request_id!r} is already in use", field="request_id")
         # A sequence that could outgrow the whole cache would preempt itself forever.
         if self.blocks.blocks_for(seq.max_num_tokens) > self.blocks.num_blocks:
             capacity = self.blocks.num_blocks * self.blocks.block_size
@@ -93,22 +65,18 @@ class Scheduler:
             raise ResourceExhausted("the model replica's queue is full", retry_after_s=1.0)
         seq.arrival = next(self._arrivals)
         self._push_waiting(seq)
-        self._by_id[seq.request_id] = seq
 
-    def finish(self, request_id: str) -> Sequence | None:
-        """Removes a sequence (finished, aborted or failed) and frees its blocks at once."""
-        seq = self._by_id.pop(request_id, None)
-        if seq is None:
-            return None
+    def remove(self, seq: Sequence) -> None:
+        """Takes a sequence out (finished, aborted or failed) and frees its blocks at once."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         else:
             self._waiting = [(k, s) for k, s in self._waiting if s is not seq]
             heapq.heapify(self._waiting)
         self.blocks.free(seq)
-        self.blocks.forget(request_id)
         seq.status = SequenceStatus.FINISHED
-        return seq
 
     def schedule(self) -> SchedulerPlan:
         budget = self.limits.max_batched_tokens
@@ -119,6 +87,8 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING or budget == 0:
                 continue  # preempted earlier in this pass, or the budget is spent
             num_new = self._next_chunk(seq, budget)
+            if num_new == 0:
+                continue
             while not self.blocks.can_grow(seq, num_new):
                 # The lowest-priority running sequence: `seq` itself or one not planned yet.
                 victim = self.running[-1]
@@ -133,6 +103,8 @@ class Scheduler:
 
         while self._waiting and budget > 0 and len(self.running) < self.limits.max_running and not preempted:
             seq = self._waiting[0][1]
+            if seq.num_pending:
+                break  # preempted while its last step ran: its tokens are not all known yet
             cached = self.blocks.cached_prefix(seq)
             cached_tokens = len(cached) * self.blocks.block_size
             num_new = min(seq.num_tokens - cached_tokens, budget, self.limits.max_prefill_chunk)
@@ -148,21 +120,28 @@ class Scheduler:
         return SchedulerPlan(tuple(self._scheduled(seq, n) for seq, n in planned), tuple(preempted))
 
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
+        if seq.num_pending and seq.num_tokens >= seq.max_num_tokens:
+            return 0  # the pending token is its last: computing it would sample past the end
         remaining = seq.num_uncomputed_tokens
         if remaining > 1:  # still in prefill (a decode has exactly one uncomputed token)
             remaining = min(remaining, self.limits.max_prefill_chunk)
         return min(remaining, budget)
 
     def _scheduled(self, seq: Sequence, num_new: int) -> ScheduledSequence:
+        """The step's share of `seq`; from here on its computed tokens include the step's."""
         first = seq.num_computed_tokens
-        return ScheduledSequence(
+        known = seq.token_ids[first : first + num_new]
+        item = ScheduledSequence(
             seq.request_id,
             first,
-            tuple(seq.token_ids[first : first + num_new]),
+            (*known, *[PENDING] * (num_new - len(known))),
             tuple(seq.block_ids),
             samples=first + num_new == seq.num_tokens,
             media=step_slices(seq.media, first, num_new) if seq.media else (),
         )
+        seq.num_computed_tokens = first + num_new
+        seq.num_pending += item.samples
+        return item
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -181,13 +160,12 @@ class Scheduler:
             index -= 1
         self.running.insert(index, seq)
 
-    def update(self, plan: SchedulerPlan, sampled: dict[str, int]) -> None:
-        """After the step ran: advance computed tokens, append sampled tokens, cache full blocks."""
-        for item in plan.sequences:
-            seq = self._by_id.get(item.request_id)
-            if seq is None or seq.status is not SequenceStatus.RUNNING:
-                continue  # finished or aborted while the step ran
-            seq.num_computed_tokens = item.first_position + item.num_new_tokens
-            if item.samples:
-                seq.append_token(sampled[item.request_id])
-            self.blocks.cache_computed_blocks(seq)
+    def update(self, seq: Sequence, item: ScheduledSequence, token: int | None) -> None:
+        """After the step ran: `token` is what it sampled for `seq` (None when the step only
+        prefilled). A finished sequence is skipped; a preempted one keeps its token."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
+        if item.samples and token is not None:
+            seq.append_token(token)
+        if seq.status is SequenceStatus.RUNNING:
+            self.blocks.cache_computed_blocks(seq, item.first_position + item.num_new_tokens)

@@ -1,8 +1,10 @@
 """One request as the scheduler sees it: tokens, how many have KV, and its blocks.
 
 No tensors and no text: the scheduler and the block manager work on these alone.
-Invariant: `num_computed_tokens <= num_tokens`; KV for token i lives in block
-`block_ids[i // block_size]` at offset `i % block_size`.
+Invariants: `num_computed_tokens <= num_tokens`; KV for token i lives in block
+`block_ids[i // block_size]` at offset `i % block_size`. `num_tokens` counts the
+`num_pending` tokens that steps still running will sample, after the known `token_ids`:
+`num_computed_tokens` runs ahead of what the device has finished by those steps.
 """
 
 from __future__ import annotations
@@ -46,11 +48,16 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at first admission
         self.num_preemptions = 0
+        self.num_pending = 0  # tokens sampled by steps still running (0 to 2), not yet in token_ids
         self.block_ids: list[int] = []
+        # The block manager's memo: hashes of its first full blocks (hash i covers block i), and
+        # per block index with media, the extra bytes its hash takes.
+        self.block_hashes: list[bytes] = []
+        self.media_keys: dict[int, bytes] | None = None
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output_tokens(self) -> int:
@@ -65,10 +72,12 @@ class Sequence:
         return (self.priority, self.arrival)
 
     def append_token(self, token_id: int) -> None:
+        """The oldest pending token, now sampled (or a token appended with none pending)."""
         self.token_ids.append(token_id)
+        self.num_pending = max(0, self.num_pending - 1)
 
     def __repr__(self) -> str:
         return (
             f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
-            f"computed={self.num_computed_tokens}, blocks={len(self.block_ids)})"
+            f"pending={self.num_pending}, computed={self.num_computed_tokens}, blocks={len(self.block_ids)})"
         )

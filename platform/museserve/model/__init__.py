@@ -1,14 +1,4 @@
-"""The Muse language model: config, layers, a per-sequence KV cache and weight loading."""
+"""The Muse decoder: architecture config (`config`, torch-free), layers, weights loading.
 
-from museserve.model.config import MuseConfig, RopeScaling
-from museserve.model.kv_cache import SequenceKVCache
-from museserve.model.loader import build_model
-from museserve.model.muse import MuseForCausalLM
-
-__all__ = [
-    "MuseConfig",
-    "MuseForCausalLM",
-    "RopeScaling",
-    "SequenceKVCache",
-    "build_model",
-]
+Import the module you need (`museserve.model.config`, `museserve.model.loader`): this package
+itself imports nothing, so reading an architecture does not load torch."""

@@ -217,3 +217,12 @@ def _refuse_unserved(d: dict[str, Any], model_type: str) -> None:
     windowed = sorted({kind for kind in d.get("layer_types") or () if kind != "full_attention"})
     if windowed:
         raise ValueError(f"layer_types: only full_attention layers are supported, got {', '.join(windowed)}")
+
+
+def check_parallel(arch: MuseConfig, tensor: int, pipeline: int) -> None:
+    """Raises ValueError naming the field when the model cannot be split this way."""
+    for heads, name in ((arch.num_attention_heads, "attention"), (arch.num_key_value_heads, "KV")):
+        if heads % tensor:
+            raise ValueError(f"parallel.tensor ({tensor}) must divide the model's {heads} {name} heads")
+    if pipeline > arch.num_hidden_layers:
+        raise ValueError(f"parallel.pipeline ({pipeline}) exceeds the model's {arch.num_hidden_layers} layers")

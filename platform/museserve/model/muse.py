@@ -70,7 +70,8 @@ class MuseModel(nn.Module):
 
 
 class MuseForCausalLM(nn.Module):
-    """One sequence at a time: T new tokens attend to the cached tokens and to each other.
+    """A step's tokens, flattened: T new tokens of one or many sequences; the attention backend
+    (`AttentionBackend`) says which earlier tokens each attends to.
 
     `lm_head` is an `nn.Linear` of its own weight, or with tied embeddings a `TiedLMHead` that
     reads `model.embed_tokens.weight`; either may be replaced by its packed CPU form
@@ -105,7 +106,7 @@ class MuseForCausalLM(nn.Module):
         return embeds
 
     def forward(self, input_embeds: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
-        """input_embeds [T, hidden], positions [T] -> hidden [T, hidden]; appends T to `cache`."""
+        """input_embeds [T, hidden], positions [T] -> hidden [T, hidden]; `cache` stores the T tokens' k/v."""
         if input_embeds.dim() != 2 or input_embeds.shape[1] != self.config.hidden_size:
             raise ValueError(f"input_embeds must be [T, {self.config.hidden_size}], got {tuple(input_embeds.shape)}")
         if positions.shape != (input_embeds.shape[0],):
@@ -119,7 +120,3 @@ class MuseForCausalLM(nn.Module):
         if self.lm_head is None:
             raise RuntimeError("this model holds no LM head (a pipeline stage before the last)")
         return self.lm_head(hidden).float()
-
-    def logits_for_tokens(self, input_ids: Tensor, positions: Tensor, cache: AttentionBackend) -> Tensor:
-        """Convenience for plain text: embed, forward and project in one call."""
-        return self.compute_logits(self.forward(self.embed(input_ids), positions, cache))

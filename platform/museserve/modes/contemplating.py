@@ -23,7 +23,7 @@ from museserve.config import ContemplatingConfig
 from museserve.domain import AgentProgress, Mode, Usage
 from museserve.errors import Cancelled, DeadlineExceeded, Internal, MuseError, Unavailable
 from museserve.messages import GenerationChunk, PreparedRequest
-from museserve.modes.contemplating_prompts import synthesis_prompt
+from museserve.preprocess.contemplating_prompts import synthesis_prompt
 from museserve.preprocess.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Contemplation:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _agent(self, request: PreparedRequest, i: int) -> _Agent:
-        prompts = request.contemplation
+        prompts, sampling = request.contemplation, request.sampling
         assert prompts is not None
         return _Agent(
             dataclasses.replace(
@@ -91,12 +91,15 @@ class Contemplation:
                 request_id=f"{request.request_id}#agent{i}",
                 prompt_token_ids=prompts.shared + prompts.agents[i],
                 mode=Mode.THINKING if request.thinking_budget else Mode.INSTANT,
-                max_output_tokens=min(request.max_output_tokens, self._config.agent_answer_tokens),
-                seed=None if request.seed is None else request.seed + i,
+                sampling=dataclasses.replace(
+                    sampling,
+                    max_output_tokens=min(request.max_output_tokens, self._config.agent_answer_tokens),
+                    seed=None if sampling.seed is None else sampling.seed + i,
+                    logprobs=False,
+                    top_logprobs=0,
+                ),
                 num_agents=0,
                 contemplation=None,
-                logprobs=False,
-                top_logprobs=0,
             )
         )
 

@@ -30,12 +30,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
 from museserve.config import PoolConfig
-from museserve.engine.kv_pool import kv_bytes_per_block
-from museserve.engine.scheduler import SchedulerPlan
+from museserve.engine.plan import SchedulerPlan
 from museserve.errors import Unavailable
-from museserve.model import MuseConfig
+from museserve.model.config import MuseConfig
 from museserve.parallel.plan import replica_workers, split_plan
 from museserve.parallel.worker import StageWorker
+from museserve.runner.kv_pool import kv_bytes_per_block
 
 logger = logging.getLogger(__name__)
 LOST = (RayActorError, ObjectLostError, NodeDiedError, GetTimeoutError)

@@ -13,17 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
-from museserve.engine.scheduler import SchedulerPlan
-from museserve.model.config import MuseConfig
-
-
-def check_parallel(arch: MuseConfig, tensor: int, pipeline: int) -> None:
-    """Raises ValueError naming the field when the model cannot be split this way."""
-    for heads, name in ((arch.num_attention_heads, "attention"), (arch.num_key_value_heads, "KV")):
-        if heads % tensor:
-            raise ValueError(f"parallel.tensor ({tensor}) must divide the model's {heads} {name} heads")
-    if pipeline > arch.num_hidden_layers:
-        raise ValueError(f"parallel.pipeline ({pipeline}) exceeds the model's {arch.num_hidden_layers} layers")
+from museserve.engine.plan import SchedulerPlan
+from museserve.model.config import MuseConfig, check_parallel
 
 
 def stage_layers(num_layers: int, pipeline: int) -> tuple[range, ...]:

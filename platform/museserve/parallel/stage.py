@@ -12,13 +12,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import sdpa_kernel
 
-from museserve.engine.kv_pool import SDPA_BACKENDS, PagedKVPool, PagedStep
-from museserve.engine.model_runner import media_inputs, step_inputs
-from museserve.engine.scheduler import SchedulerPlan
-from museserve.model import MuseConfig, MuseForCausalLM, build_model
+from museserve.engine.plan import SchedulerPlan
+from museserve.model.config import MuseConfig
 from museserve.model.cpu_linear import PackedLinear
 from museserve.model.layers import TiedLMHead
+from museserve.model.loader import build_model
+from museserve.model.muse import MuseForCausalLM
 from museserve.parallel.plan import WorkerSpec, shard_architecture
+from museserve.runner.kv_pool import SDPA_BACKENDS, PagedKVPool, PagedStep
+from museserve.runner.step_inputs import media_inputs, step_inputs
 
 
 def prune_to_stage(spec: WorkerSpec):

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from museserve.model import MuseForCausalLM
-from museserve.model.muse import DecoderLayer
+from museserve.model.muse import DecoderLayer, MuseForCausalLM
 
 SHM_PREFIX = "deepspeed_allreduce_buffer"  # DeepSpeed's name of its shared-memory workspaces
 # Row-parallel linears (input-sharded, all-reduced after); every other Linear of a

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from museserve.config import ModelConfig
-from museserve.engine.scheduler import SchedulerPlan
-from museserve.model import MuseConfig
+from museserve.engine.plan import SchedulerPlan
+from museserve.model.config import MuseConfig
 from museserve.model.cpu_linear import weight_bytes
 from museserve.model.loader import resolve_device
 from museserve.parallel import tp

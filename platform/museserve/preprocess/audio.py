@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from museserve.config import MediaLimits
 from museserve.errors import InvalidArgument
-from museserve.preprocess.audio_dsp import log_mel, num_frames, resample, resample_kernel_taps, stack_frames
+from museserve.preprocess.audio_frames import num_frames, resample_kernel_taps
 
 MIN_SAMPLE_RATE = 4_000
 MAX_SAMPLE_RATE = 96_000
@@ -64,6 +63,15 @@ def load_audio(data: bytes, fmt: str, limits: MediaLimits, field: str) -> AudioF
                 field=field,
             )
         mono = _decode_mono(clip, fmt, field)
+    return _features(mono, rate, frames, limits)
+
+
+def _features(mono: np.ndarray, rate: int, frames: int, limits: MediaLimits) -> AudioFeatures:
+    # torch is loaded with the first clip: tiers that never decode audio never import it.
+    import torch
+
+    from museserve.preprocess.audio_dsp import log_mel, resample, stack_frames
+
     samples = resample(torch.from_numpy(mono), rate, limits.audio_sample_rate)
     digest = hashlib.sha256(samples.numpy().astype("<f4").tobytes()).hexdigest()
     mel = log_mel(samples, limits.audio_sample_rate, limits.audio_mel_bins)  # [frames, mel_bins]

@@ -12,50 +12,19 @@ import math
 
 import torch
 
+from museserve.preprocess.audio_frames import KAISER_BETA, cutoff, half_width, hop_length, num_frames
+
 LOG_FLOOR = 1e-10
 PAD_VALUE = (math.log10(LOG_FLOOR) + 4) / 4  # the normalised value of silence; pads the last token
-
-
-def num_frames(num_samples: int, rate: int) -> int:
-    """Frame i is centred on sample i * hop; ceil(n / hop) frames cover n samples (16000 -> 100)."""
-    return -(-num_samples // hop_length(rate))
-
-
-def hop_length(rate: int) -> int:
-    return round(rate * 0.010)
-
-
-def resample_kernel_taps(rate_in: int, rate_out: int) -> int:
-    """Size of the polyphase kernel `resample` builds (4 bytes a tap); large when the rates share no small ratio."""
-    g = math.gcd(rate_in, rate_out)
-    orig, new = rate_in // g, rate_out // g
-    return new * (orig + 2 * _half_width(orig, new))
-
-
-# Band-limited resampling: a Kaiser-windowed sinc, low-pass at `_ROLLOFF` of the lower Nyquist,
-# `_ZEROS` zero crossings each side. Polyphase: for input rate orig and output rate new (reduced
-# by their gcd), output sample k * new + p reads input k * orig + m with tap h(p * orig / new - m),
-# so one conv1d with stride orig and `new` output channels computes every phase.
-_ZEROS = 16
-_ROLLOFF = 0.94
-_KAISER_BETA = 8.6
-
-
-def _cutoff(orig: int, new: int) -> float:
-    return 0.5 * _ROLLOFF * min(1.0, new / orig)  # cycles per input sample
-
-
-def _half_width(orig: int, new: int) -> int:
-    return math.ceil(_ZEROS / (2 * _cutoff(orig, new)))
 
 
 @functools.lru_cache(maxsize=16)
 def _resample_kernel(orig: int, new: int) -> torch.Tensor:
     """[new, 1, orig + 2 * width] float32; row p holds phase p's taps for input offsets -width..orig+width-1."""
-    fc, width = _cutoff(orig, new), _half_width(orig, new)
+    fc, width = cutoff(orig, new), half_width(orig, new)
     m = torch.arange(-width, orig + width, dtype=torch.float64)
     t = torch.arange(new, dtype=torch.float64)[:, None] * orig / new - m[None, :]  # [new, taps]
-    beta = torch.tensor(_KAISER_BETA, dtype=torch.float64)
+    beta = torch.tensor(KAISER_BETA, dtype=torch.float64)
     window = torch.special.i0(beta * torch.sqrt((1 - (t / width) ** 2).clamp(min=0))) / torch.special.i0(beta)
     window = torch.where(t.abs() <= width, window, torch.zeros_like(window))
     return (2 * fc * torch.sinc(2 * fc * t) * window).to(torch.float32)[:, None, :]
@@ -67,7 +36,7 @@ def resample(samples: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor
         return samples
     g = math.gcd(rate_in, rate_out)
     orig, new = rate_in // g, rate_out // g
-    kernel, width = _resample_kernel(orig, new), _half_width(orig, new)
+    kernel, width = _resample_kernel(orig, new), half_width(orig, new)
     num_out = -(-samples.numel() * new // orig)
     padded = torch.nn.functional.pad(samples[None, None], (width, width + orig))
     phases = torch.nn.functional.conv1d(padded, kernel, stride=orig)  # [1, new, n // orig + 1]

@@ -20,8 +20,8 @@ from museserve.config import MediaLimits, MuseServeConfig, PoolConfig
 from museserve.domain import ChatRequest, Mode, SamplingParams, ToolChoiceKind, ToolSpec
 from museserve.errors import FailedPrecondition, InvalidArgument
 from museserve.messages import ContemplationPrompts, PreparedRequest, PromptCount
-from museserve.modes.contemplating_prompts import check_contemplating_fits, contemplation_prompts
 from museserve.preprocess.chat_format import MediaTokens
+from museserve.preprocess.contemplating_prompts import check_contemplating_fits, contemplation_prompts
 from museserve.preprocess.media import EncodedMedia, Fetched, MediaEncoder, media_segments, placeholders
 from museserve.preprocess.pool_model import PoolModel, pool_model
 from museserve.preprocess.url_fetch import ImageFetcher
@@ -100,7 +100,7 @@ class Preprocessor:
             num_agents = request.mode.num_agents or pool.contemplating.default_agents
             contemplation = self._contemplation(request, pool, num_agents, budget, media)
             check_contemplating_fits(contemplation, budget, max_output, pool)
-        s = self._sampling(request.sampling)
+        self._check_stop_token_ids(request.sampling.stop_token_ids)
         return PreparedRequest(
             request_id=request.request_id,
             tenant=request.identity.tenant,
@@ -108,20 +108,9 @@ class Preprocessor:
             prompt_token_ids=tuple(ids),
             mode=request.mode.mode,
             thinking_budget=budget,
-            max_output_tokens=max_output,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            stop=s.stop,
+            sampling=replace(self._sampling(request.sampling), max_output_tokens=max_output),
             deadline_unix_s=time.time() + self._request_timeout_s,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            repetition_penalty=s.repetition_penalty,
-            stop_token_ids=self._checked_stop_token_ids(s.stop_token_ids),
             priority=self._priority_of(request.identity.tier),
-            logprobs=s.logprobs,
-            top_logprobs=s.top_logprobs,
             media=media_segments(ids, media, self.chat_format.markers.media_ids),
             tools=offered_tools(request),
             tool_choice=request.tool_choice,
@@ -135,14 +124,13 @@ class Preprocessor:
         defaults = {**SAMPLING_DEFAULTS, **self.model.sampling_defaults}
         return replace(s, **{name: defaults[name] for name in SAMPLING_DEFAULTS if getattr(s, name) is None})
 
-    def _checked_stop_token_ids(self, token_ids: tuple[int, ...]) -> tuple[int, ...]:
+    def _check_stop_token_ids(self, token_ids: tuple[int, ...]) -> None:
         for i, token_id in enumerate(token_ids):
             if token_id >= self.tokenizer.vocab_size:
                 raise InvalidArgument(
                     f"{token_id} is not a token of this model (vocabulary of {self.tokenizer.vocab_size})",
                     field=f"sampling.stop_token_ids[{i}]",
                 )
-        return token_ids
 
     def _encode(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None) -> list[EncodedMedia]:
         return self._media.encode(request, pool.name, fetched)

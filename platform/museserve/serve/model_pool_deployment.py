@@ -8,12 +8,12 @@ from ray import serve
 
 from museserve.config import MediaLimits, PoolConfig
 from museserve.domain import Mode
-from museserve.engine.engine import MuseEngine
 from museserve.logs import setup_logging
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import EngineMetrics
 from museserve.modes.contemplating import Contemplation
 from museserve.preprocess.pool_model import pool_model
+from museserve.replica import build_engine
 from museserve.serve.cancel_board import CancelWatcher, current_app_name
 
 
@@ -24,7 +24,7 @@ class ModelPoolDeployment:
         `tokenizer_path`: `preprocess.tokenizer`, for dummy weights (see `pool_model`)."""
         setup_logging(log_level)
         chat_format = pool_model(pool, media, tokenizer_path).chat_format
-        self.engine = MuseEngine(pool, chat_format, metrics=EngineMetrics(pool.name), media=media)
+        self.engine = build_engine(pool, chat_format, media=media, metrics=EngineMetrics(pool.name))
         self.contemplation = Contemplation(self.engine, chat_format.tokenizer, pool.contemplating)
         self.cancels = CancelWatcher(current_app_name(), self._abort)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from museserve.engine.kv_pool import BatchLayout
 from museserve.model.layers import causal_attention
+from museserve.runner.kv_pool import BatchLayout
 from museserve_kernels import cache_write, paged_attention
 from tests.kernels.support import assert_close
 

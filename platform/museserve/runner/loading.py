@@ -1,5 +1,5 @@
-"""Builds a pool's model and the executor that runs it: in this process on the pool's
-device, or across Ray workers when the pool asks for tensor or pipeline parallelism."""
+"""Builds a pool's model and the runner that executes it in this process, on the pool's
+device, its KV pool sized from the pool's memory budget."""
 
 from __future__ import annotations
 
@@ -10,21 +10,13 @@ import torch
 
 from museserve.checkpoint import read_checkpoint
 from museserve.config import MediaLimits, PoolConfig
-from museserve.engine.kv_pool import PagedKVPool, kv_bytes_per_block
-from museserve.engine.model_runner import Executor, ModelRunner
-from museserve.model import MuseConfig, MuseForCausalLM, build_model
-from museserve.model.loader import check_media_dims, resolve_device
+from museserve.model.config import MuseConfig
+from museserve.model.loader import build_model, check_media_dims, resolve_device
+from museserve.model.muse import MuseForCausalLM
+from museserve.runner.kv_pool import PagedKVPool, kv_bytes_per_block
+from museserve.runner.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
-
-
-def pool_executor(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> Executor:
-    """The pool's model in this process, or across Ray workers when `pool.parallel` asks for them."""
-    if pool.parallel.world_size == 1:
-        return local_runner(pool, vocab_size, media)
-    from museserve.parallel.executor import RayExecutor  # imports Ray only for parallel pools
-
-    return RayExecutor(pool, pool_architecture(pool, vocab_size, media))
 
 
 def local_runner(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> ModelRunner:

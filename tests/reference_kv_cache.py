@@ -1,4 +1,5 @@
-"""A contiguous KV cache for one sequence (a paged, multi-sequence cache replaces it later)."""
+"""A contiguous KV cache for one sequence: the reference attention backend the model tests
+compare the paged pool against, and `reference_logits`, the plain-text forward over it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import Tensor
 
 from museserve.model.config import MuseConfig
 from museserve.model.layers import causal_attention
+from museserve.model.muse import MuseForCausalLM
 
 
 class SequenceKVCache:
@@ -109,3 +111,8 @@ class SequenceKVCache:
             new_values[:length] = values[:length]
         self._keys[layer_idx] = new_keys
         self._values[layer_idx] = new_values
+
+
+def reference_logits(model: MuseForCausalLM, input_ids: Tensor, positions: Tensor, cache: SequenceKVCache) -> Tensor:
+    """[T] token ids at `positions` -> float32 logits [T, vocab]; appends the T tokens to `cache`."""
+    return model.compute_logits(model(model.embed(input_ids), positions, cache))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from museserve.engine.json_container_shapes import Arr, Obj
-from museserve.engine.json_frames import (
+from museserve.structured.json_container_shapes import Arr, Obj
+from museserve.structured.json_frames import (
     BACKSLASH,
     DONE,
     NO_ESCAPE,
@@ -21,7 +21,7 @@ from museserve.engine.json_frames import (
     escape_completion,
     next_escape,
 )
-from museserve.engine.json_shapes import Shape, join
+from museserve.structured.json_shapes import Shape, join
 
 
 class At(enum.IntEnum):

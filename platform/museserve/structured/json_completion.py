@@ -2,7 +2,7 @@
 
 A constrained answer cut off at `max_tokens` does not parse; the engine steers it, near the end of
 its budget, to the shortest completion its grammar accepts. This module answers "what is that
-completion" in pure Python, for the grammars `engine/grammar.py` compiles: xgrammar's JSON Schema
+completion" in pure Python, for the grammars `structured/grammar.py` compiles: xgrammar's JSON Schema
 grammar with compact separators (`{"a": 1, "b": [true, false]}`), properties in schema order.
 
 The shortest instance of each shape (a schema node as xgrammar reads it): a string `""` (or
@@ -38,11 +38,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from museserve.engine.json_container_frames import ArrayAt, ArrayFrame, At, ObjectFrame
-from museserve.engine.json_container_shapes import Arr, Obj
-from museserve.engine.json_frames import FINISHED, OPAQUE_MARK, Done, Frame, Open, PendingValue, begin_scalar
-from museserve.engine.json_schema_shapes import SchemaReader, tool_calls_shape
-from museserve.engine.json_shapes import Opaque, Shape, Union, finish, join, shorter
+from museserve.structured.json_container_frames import ArrayAt, ArrayFrame, At, ObjectFrame
+from museserve.structured.json_container_shapes import Arr, Obj
+from museserve.structured.json_frames import FINISHED, OPAQUE_MARK, Done, Frame, Open, PendingValue, begin_scalar
+from museserve.structured.json_schema_shapes import SchemaReader, tool_calls_shape
+from museserve.structured.json_shapes import Opaque, Shape, Union, finish, join, shorter
 
 
 class _Node:

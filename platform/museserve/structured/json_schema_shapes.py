@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from museserve.engine.json_container_shapes import Arr, Obj, Property
-from museserve.engine.json_numbers import NumberBounds
-from museserve.engine.json_shapes import (
+from museserve.structured.json_container_shapes import Arr, Obj, Property
+from museserve.structured.json_numbers import NumberBounds
+from museserve.structured.json_shapes import (
     Framed,
     Literals,
     Number,

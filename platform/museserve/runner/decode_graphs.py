@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 from torch.nn.attention import sdpa_kernel
 
-from museserve.engine.kv_pool import SDPA_BACKENDS, BatchLayout, DecodeBatch, PagedKVPool, PagedStep
-from museserve.engine.scheduler import SchedulerPlan
-from museserve.model import MuseForCausalLM
+from museserve.engine.plan import SchedulerPlan
+from museserve.model.muse import MuseForCausalLM
+from museserve.runner.kv_pool import SDPA_BACKENDS, BatchLayout, DecodeBatch, PagedKVPool, PagedStep
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 MIN_WIDTH = 64

@@ -46,6 +46,7 @@ class Penalties:
 
 def processors_for(request: PreparedRequest, constraint: LogitsProcessor | None = None) -> tuple[LogitsProcessor, ...]:
     """Penalties first; a grammar `constraint` last, so nothing after it can lift its mask."""
-    penalties = Penalties(request.presence_penalty, request.frequency_penalty, request.repetition_penalty)
+    s = request.sampling
+    penalties = Penalties(s.presence_penalty, s.frequency_penalty, s.repetition_penalty)
     chain = () if penalties == Penalties() else (penalties,)
     return chain if constraint is None else (*chain, constraint)

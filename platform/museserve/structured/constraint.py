@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from museserve.domain import ToolChoiceKind
-from museserve.engine.steering import Steering
 from museserve.messages import PreparedRequest
 from museserve.preprocess.chat_format import Markers
 from museserve.preprocess.tokenizer import Tokenizer
+from museserve.structured.steering import Steering
 
 if TYPE_CHECKING:
     import xgrammar as xgr

@@ -31,26 +31,6 @@ def _check_params(temperature: float, top_p: float, top_k: int) -> None:
         raise ValueError(f"top_k: must be >= 0, got {top_k}")
 
 
-def sample_next_token(
-    logits: Tensor,
-    *,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    generator: torch.Generator,
-) -> int:
-    """logits [V] (float32) -> token id. temperature 0: argmax; top_k 0 / top_p 1.0: no filter."""
-    if logits.dim() != 1:
-        raise ValueError(f"logits must be [V], got {tuple(logits.shape)}")
-    return sample_batch(
-        logits[None, :],
-        temperatures=[temperature],
-        top_ps=[top_p],
-        top_ks=[top_k],
-        generators=[generator],
-    )[0]
-
-
 def sample_batch(
     logits: Tensor,
     *,

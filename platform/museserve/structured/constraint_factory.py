@@ -7,13 +7,13 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from museserve.domain import ResponseFormatKind, ToolChoiceKind
-from museserve.engine.constraint import OutputConstraint
-from museserve.engine.grammar import GrammarCache
-from museserve.engine.steering import Steering, steering_for
 from museserve.errors import InvalidArgument
 from museserve.messages import PreparedRequest
 from museserve.preprocess.chat_format import Markers
 from museserve.preprocess.tokenizer import Tokenizer
+from museserve.structured.constraint import OutputConstraint
+from museserve.structured.grammar import GrammarCache
+from museserve.structured.steering import Steering, steering_for
 
 
 def needs_constraint(request: PreparedRequest, markers: Markers) -> bool:

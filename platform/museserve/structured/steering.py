@@ -24,10 +24,10 @@ from typing import Protocol, Self
 
 from museserve.domain import ResponseFormatKind, ToolChoiceKind, ToolSpec
 from museserve.engine.detokenizer import IncrementalDetokenizer
-from museserve.engine.json_completion import JsonCompletion, ToolCallCompletion
 from museserve.messages import PreparedRequest
 from museserve.preprocess.chat_format import Markers
 from museserve.preprocess.tokenizer import Tokenizer
+from museserve.structured.json_completion import JsonCompletion, ToolCallCompletion
 
 
 class Completion(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from museserve.engine.json_shapes import Shape, join, shorter
+from museserve.structured.json_shapes import Shape, join, shorter
 
 _FRESH_KEY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 

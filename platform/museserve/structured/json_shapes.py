@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from museserve.engine.json_numbers import NumberBounds, bounded_completion
+from museserve.structured.json_numbers import NumberBounds, bounded_completion
 
 FILLER = "a"  # the character a `minLength` string is padded with
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}

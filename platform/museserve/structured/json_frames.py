@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from museserve.engine import json_numbers as num
-from museserve.engine.json_shapes import FILLER, Framed, Literals, Number, Shape, Text, join
+from museserve.structured import json_numbers as num
+from museserve.structured.json_shapes import FILLER, Framed, Literals, Number, Shape, Text, join
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset('"\\/bfnrt')

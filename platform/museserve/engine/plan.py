@@ -1,0 +1,118 @@
+"""What crosses from the engine's policy to the device and back: one step's plan, how each of
+its rows is sampled, and the tokens that come back. Plain values, no tensors.
+
+This is the leaf both sides import: `engine/` (scheduler, block manager, the loop) builds
+plans; `runner/` and `parallel/` run them behind the `Executor` and `StepRunner` protocols.
+
+Overlap: the engine plans step N+1 while step N still runs, so a decode in N+1 may compute a
+token that N has not sampled yet. Its id in the plan is `PENDING`; the runner, which ran N
+before N+1 on one thread, fills it in with the token N sampled for that request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from museserve.messages import PreparedRequest
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+PENDING = -1  # the token an earlier, still running step samples for this request
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSlice:
+    """Rows of one media segment that fall in one step: `num_rows` float16 rows of `feature_dim`
+    (row-major in `rows`), for the step's tokens `offset .. offset + num_rows - 1` (counted
+    from the step's first token of this sequence)."""
+
+    kind: str
+    offset: int
+    num_rows: int
+    feature_dim: int
+    rows: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSequence:
+    request_id: str
+    first_position: int  # position of the first token computed this step
+    token_ids: tuple[int, ...]  # the tokens computed this step, from first_position on; may end in PENDING
+    block_ids: tuple[int, ...]
+    samples: bool  # the step reaches the last known token, so it yields the next one
+    media: tuple[MediaSlice, ...] = ()  # feature rows of the media placeholders among token_ids
+
+    @property
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerPlan:
+    sequences: tuple[ScheduledSequence, ...]
+    preempted: tuple[str, ...]
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.sequences)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.sequences
+
+
+@dataclass(frozen=True, slots=True)
+class RowSampling:
+    """How one row of the step's logits becomes a token; fixed when the step is planned."""
+
+    request_id: str
+    logits_row: int  # its row in the executor's logits
+    sampler: object  # the runner's per-request state (`StepRunner.prepare`), opaque to the engine
+    token_ids: Sequence[int]  # the sequence's known tokens; only appended to
+    num_prompt_tokens: int
+    num_known_tokens: int  # len(token_ids) when the step was planned
+    num_pending: int  # tokens an earlier step samples first (0 or 1): the output's true tail
+    forced_token: int | None  # taken instead of sampling, unless it is the pending token itself
+
+
+@dataclass(frozen=True, slots=True)
+class RowToken:
+    token: int
+    logprob: float | None = None  # the chosen token's, when the request asked for log probabilities
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log probability), most likely first
+    steered: bool = False  # a grammar is closing the answer to fit its budget (finish: LENGTH)
+
+
+class Executor(Protocol):
+    """Runs the model over a plan: in this process (`runner.ModelRunner`) or across workers."""
+
+    num_blocks: int  # KV blocks each worker's pool holds; the block manager hands out these ids
+    # Media kind -> feature values per token the model projects; executors of text-only models may omit it.
+    media_feature_dims: Mapping[str, int]
+
+    def execute(self, plan: SchedulerPlan) -> Tensor:
+        """Runs the plan (no PENDING left in it); returns float32 logits [num_sampling_sequences,
+        vocab], already computed."""
+        ...
+
+
+class StepRunner(Protocol):
+    """The device side of an engine: runs each step's model and sampling on one thread, in order."""
+
+    num_blocks: int
+    media_feature_dims: Mapping[str, int]
+
+    async def prepare(self, request: PreparedRequest) -> object:
+        """A request's sampling state (generator, penalties, grammar): the `sampler` of its rows.
+        Raises InvalidArgument for an output shape its budget cannot hold."""
+        ...
+
+    def submit(self, plan: SchedulerPlan, rows: list[RowSampling]) -> Future[list[RowToken]]:
+        """Queues a step behind the ones submitted before; one token per entry of `rows`."""
+        ...
+
+    def shutdown(self, wait: bool = False) -> None: ...

@@ -1,0 +1,43 @@
+"""A model replica's parts, assembled: the pool's executor (in this process, or across Ray
+workers when the pool asks for tensor or pipeline parallelism), the device runner that steps
+it, and the engine whose policy drives them. The Serve deployment and tests build engines
+here; the engine itself imports no executor."""
+
+from __future__ import annotations
+
+from museserve.config import MediaLimits, PoolConfig
+from museserve.engine.engine import MuseEngine
+from museserve.engine.plan import Executor
+from museserve.metrics import MetricsRecorder
+from museserve.preprocess.chat_format import ChatFormat
+from museserve.runner.device import DeviceRunner
+from museserve.runner.loading import local_runner, pool_architecture
+
+
+def build_engine(
+    pool: PoolConfig,
+    chat_format: ChatFormat,
+    *,
+    media: MediaLimits | None = None,
+    metrics: MetricsRecorder | None = None,
+    executor: Executor | None = None,
+) -> MuseEngine:
+    """A pool's engine over its executor (`pool_executor`, built on the device thread), or over
+    `executor` when one is given. `media`: the preprocess tier's limits; a dummy model then gets
+    projectors of their feature dims, a checkpoint's are checked against them. None: a
+    text-only dummy model."""
+    vocab_size = chat_format.tokenizer.vocab_size
+
+    def build() -> Executor:
+        return executor if executor is not None else pool_executor(pool, vocab_size, media)
+
+    return MuseEngine(pool, chat_format, DeviceRunner(build, chat_format, pool.name), metrics)
+
+
+def pool_executor(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> Executor:
+    """The pool's model in this process, or across Ray workers when `pool.parallel` asks for them."""
+    if pool.parallel.world_size == 1:
+        return local_runner(pool, vocab_size, media)
+    from museserve.parallel.executor import RayExecutor  # imports Ray only for parallel pools
+
+    return RayExecutor(pool, pool_architecture(pool, vocab_size, media))

@@ -1,0 +1,68 @@
+"""`DeviceRunner`: the engine's `StepRunner` in a model replica.
+
+One thread, the device thread, builds the executor and runs every step on it: the model,
+then sampling, in submission order. So a step planned while the previous one ran finds that
+step's tokens sampled when it starts, and fills its `PENDING` ids with them
+(`resolve_pending`). No other thread of the replica enters torch's thread pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from museserve.engine.plan import PENDING, Executor, RowSampling, RowToken, SchedulerPlan
+from museserve.messages import PreparedRequest
+from museserve.preprocess.chat_format import ChatFormat
+from museserve.runner.request_sampler import RequestSampler
+from museserve.runner.sampling import sample_rows
+from museserve.structured.constraint_factory import ConstraintFactory
+
+
+class DeviceRunner:
+    def __init__(self, build: Callable[[], Executor], chat_format: ChatFormat, name: str):
+        """`build` runs on the device thread: the executor's torch state belongs to it."""
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        try:
+            self.executor = self._thread.submit(build).result()
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            raise
+        self.num_blocks = self.executor.num_blocks
+        # Executors of text-only models may not declare it.
+        self.media_feature_dims: dict[str, int] = dict(getattr(self.executor, "media_feature_dims", {}))
+        self.constraints = ConstraintFactory(chat_format.tokenizer, chat_format.markers)
+
+    async def prepare(self, request: PreparedRequest) -> RequestSampler:
+        constraint = await self.constraints.build(request)  # compiles off the loop; InvalidArgument
+        return RequestSampler.for_request(request, constraint)
+
+    def submit(self, plan: SchedulerPlan, rows: list[RowSampling]) -> Future[list[RowToken]]:
+        return self._thread.submit(self._step, plan, rows)
+
+    def _step(self, plan: SchedulerPlan, rows: list[RowSampling]) -> list[RowToken]:
+        return sample_rows(rows, self.executor.execute(resolve_pending(plan, rows)))
+
+    def shutdown(self, wait: bool = False) -> None:
+        """`wait`: return only once the device thread has ended (after the step it is running)."""
+        self._thread.shutdown(wait=wait, cancel_futures=True)
+        self.constraints.close()
+        close = getattr(self.executor, "shutdown", None)  # executors with workers of their own
+        if close is not None:
+            close()
+
+
+def resolve_pending(plan: SchedulerPlan, rows: list[RowSampling]) -> SchedulerPlan:
+    """The plan with each PENDING id replaced by the token its request's previous step sampled.
+    A PENDING id is always a sampling sequence's last token, so its row is in `rows`."""
+    if not any(PENDING in item.token_ids for item in plan.sequences):
+        return plan
+    last = {row.request_id: row.sampler.last_token for row in rows}
+    resolved = tuple(
+        dataclasses.replace(item, token_ids=tuple(last[item.request_id] if t == PENDING else t for t in item.token_ids))
+        if PENDING in item.token_ids
+        else item
+        for item in plan.sequences
+    )
+    return dataclasses.replace(plan, sequences=resolved)

@@ -1,0 +1,28 @@
+"""A request's sampling state on the device side: built once when the request arrives, used
+by every row of it (`RowSampling.sampler`), touched only by the device thread after that."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from museserve.domain import SamplingParams
+from museserve.messages import PreparedRequest
+from museserve.runner.logits_processors import LogitsProcessor, processors_for
+from museserve.runner.sampler import make_generator
+from museserve.structured.constraint import OutputConstraint
+
+
+@dataclass(eq=False)
+class RequestSampler:
+    params: SamplingParams  # resolved: no field None
+    generator: torch.Generator
+    processors: tuple[LogitsProcessor, ...]  # penalties, then the grammar constraint
+    constraint: OutputConstraint | None
+    last_token: int = 0  # the token this request's latest row sampled (fills PENDING)
+
+    @staticmethod
+    def for_request(request: PreparedRequest, constraint: OutputConstraint | None) -> RequestSampler:
+        params = request.sampling
+        return RequestSampler(params, make_generator(params.seed), processors_for(request, constraint), constraint)
