@@ -49,10 +49,6 @@ class Contemplation:
         self._config = config
         self._passes: dict[str, list[str]] = {}  # request id -> engine request ids of its passes
 
-    def running_passes(self, request_id: str) -> list[str]:
-        """The engine requests (agents, synthesis) of a contemplation in progress."""
-        return list(self._passes.get(request_id, ()))
-
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         if request.contemplation is None:
             raise Internal("a contemplating request came without its passes' prompts")

@@ -1,11 +1,11 @@
 """A gRPC server inside each gateway replica: ChatService, grpc.health.v1 and reflection on
 `server.direct_grpc_port`, with no Ray Serve proxy in between.
 
-Why: the proxy hop costs milliseconds per call, passes only a code and a message for
-stream errors, and loses some stream cancels. Here the replica's own `GrpcChatApi` gets
-real grpc.aio contexts, so stream errors keep their rich details and a client cancel
-cancels the handler task, whose cleanup (`HandlePoolClient` + `CancelSignal`) stops the
-pool. The proxy path keeps serving the same API beside it.
+Why: the proxy hop costs milliseconds per call (p50 11.3 ms here against 16.5 ms through
+Ray's gRPC proxy, docs/serve-layer.md) and passes only a code and a message for stream
+errors. Here the replica's own `GrpcChatApi` gets real grpc.aio contexts, so stream errors
+keep their rich details and a client cancel cancels the handler task, whose cleanup
+(`HandlePoolClient`) cancels the pool call. The proxy path keeps serving the same API beside it.
 
 The server lives on the replica's event loop: the gateway starts it from its async
 `__init__` (so it serves before any request reaches the replica) and stops it from its

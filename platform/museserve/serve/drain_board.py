@@ -20,12 +20,22 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import ray
+from ray import serve
 from ray.actor import ActorHandle
 from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 logger = logging.getLogger(__name__)
 
 DRAIN_NAMESPACE = "museserve"
+
+
+def current_app_name() -> str | None:
+    """The Serve app of the calling replica; None outside one (`_local_testing_mode` included)."""
+    try:
+        return serve.get_replica_context().app_name
+    except RayServeException:
+        return None
 
 
 def drain_board_name(app_name: str) -> str:

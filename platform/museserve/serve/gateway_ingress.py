@@ -27,9 +27,8 @@ from museserve.api.openai.schemas import ChatCompletionRequest
 from museserve.config import MuseServeConfig
 from museserve.gateway.factory import build_gateway
 from museserve.logs import setup_logging
-from museserve.serve.cancel_board import CancelSignal, current_app_name
 from museserve.serve.direct_ingress import DirectGrpcIngress
-from museserve.serve.drain_board import watch_for_drain
+from museserve.serve.drain_board import current_app_name, watch_for_drain
 from museserve.serve.gateway_metrics import GatewayMetrics
 from museserve.serve.handles import HandlePoolClient, HandlePreprocessClient
 from museserve.v1 import chat_pb2 as pb
@@ -51,8 +50,7 @@ class GatewayIngress:
     ):
         setup_logging(log_level)
         http_app.state.max_request_bytes = config.server.max_request_bytes
-        cancels = CancelSignal.for_this_replica()
-        pool_clients = {name: HandlePoolClient(handle, name, cancels) for name, handle in pools.items()}
+        pool_clients = {name: HandlePoolClient(handle, name) for name, handle in pools.items()}
         preprocess_client = HandlePreprocessClient(preprocess, config.preprocess.call_timeout_s)
         self._gateway = build_gateway(config, preprocess_client, pool_clients, GatewayMetrics())
         self._api = GrpcChatApi(self._gateway)

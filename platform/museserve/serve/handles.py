@@ -20,7 +20,6 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from museserve.domain import ChatRequest
 from museserve.errors import Internal, MuseError, ResourceExhausted, Unavailable
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
-from museserve.serve.cancel_board import CancelSignal, new_cancel_key
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +69,12 @@ class HandlePreprocessClient:
 
 
 class HandlePoolClient:
-    def __init__(self, handle: DeploymentHandle, pool: str, cancel_signal: CancelSignal | None = None):
+    def __init__(self, handle: DeploymentHandle, pool: str):
         self._handle = handle.options(stream=True)
         self._tier = f"model pool {pool}"
-        self._cancel_signal = cancel_signal
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
-        cancel_key = new_cancel_key(request.request_id) if self._cancel_signal is not None else None
-        responses = self._handle.generate.remote(request, cancel_key)
+        responses = self._handle.generate.remote(request)
         finished = False
         try:
             async for chunk in responses:
@@ -91,8 +88,6 @@ class HandlePoolClient:
         finally:
             if not finished:
                 # The caller went away (client cancel, deadline) or the stream failed:
-                # stop the replica's generation instead of letting it run to the end.
-                # Ray loses some stream cancellations: the cancel board does not.
+                # stop the replica's generation instead of letting it run to the end. Every
+                # cancel that reached a gateway stopped its request (docs/serve-layer.md).
                 responses.cancel()
-                if self._cancel_signal is not None:
-                    self._cancel_signal.send(cancel_key)

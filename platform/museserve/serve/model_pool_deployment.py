@@ -14,7 +14,6 @@ from museserve.metrics import EngineMetrics
 from museserve.modes.contemplating import Contemplation
 from museserve.preprocess.pool_model import pool_model
 from museserve.replica import build_engine
-from museserve.serve.cancel_board import CancelWatcher, current_app_name
 
 
 @serve.deployment
@@ -26,28 +25,18 @@ class ModelPoolDeployment:
         chat_format = pool_model(pool, media, tokenizer_path).chat_format
         self.engine = build_engine(pool, chat_format, media=media, metrics=EngineMetrics(pool.name))
         self.contemplation = Contemplation(self.engine, chat_format.tokenizer, pool.contemplating)
-        self.cancels = CancelWatcher(current_app_name(), self._abort)
 
-    async def generate(self, request: PreparedRequest, cancel_key: str | None = None) -> AsyncIterator[GenerationChunk]:
-        """`cancel_key`: the key under which the gateway may cancel this call through the
-        cancel board (see `cancel_board`), whether or not Ray delivers its cancellation."""
-        # Started here, not in __init__: the watcher must run on the loop the engine runs on.
-        self.cancels.start()
-        with self.cancels.holding(cancel_key, request.request_id):
-            contemplating = request.mode is Mode.CONTEMPLATING
-            chunks = self.contemplation.generate(request) if contemplating else self.engine.generate(request)
-            async for chunk in chunks:
-                yield chunk
-
-    def _abort(self, request_id: str) -> None:
-        self.engine.abort(request_id)
-        for sub_request in self.contemplation.running_passes(request_id):
-            self.engine.abort(sub_request)
+    async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+        """A gateway that stops reading cancels this call (Ray cancels the task); the stream's
+        cleanup ends the request in the engine at once and frees its blocks."""
+        contemplating = request.mode is Mode.CONTEMPLATING
+        chunks = self.contemplation.generate(request) if contemplating else self.engine.generate(request)
+        async for chunk in chunks:
+            yield chunk
 
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""
-        return self.engine.stats.snapshot() | {"cancel_watcher_running": self.cancels.running}
+        return self.engine.stats.snapshot()
 
     def __del__(self) -> None:
-        self.cancels.stop()
         self.engine.shutdown()
