@@ -8,7 +8,7 @@ on a fresh engine after a short warm-up; an untimed round of 8 requests comes fi
 neither side pays the process's one-time costs. Reported per model:
 
 - `overlap_speedup`: median output tokens/s with overlap over the median without.
-- `loop_fraction_without_overlap`: the share of wall time the device was idle (the loop's
+- X
   scheduling, sampling bookkeeping, detokenizing and streaming) when steps do not overlap:
   the most overlap can win back.
 - `identical_outputs`: every request's text and token count were the same in every round.
@@ -103,7 +103,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     return {
         "overlap_speedup": rate[True] / rate[False],
         "output_tokens_per_s": {"overlap": rate[True], "one_step_at_a_time": rate[False]},
-        "loop_fraction_without_overlap": 1 - statistics.median(r["device_busy_fraction"] for r in runs[False]),
+        "model_idle_fraction_without_overlap": 1 - statistics.median(r["device_busy_fraction"] for r in runs[False]),
         "identical_outputs": identical,
         "rounds": {
             ("overlap" if overlap else "one_step_at_a_time"): [
