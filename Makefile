@@ -74,6 +74,7 @@ bench: install redis
 	$(PY) -m tests.bench.bench_engine --out .bench/engine.json
 	$(PY) -m tests.bench.bench_overlap --out .bench/overlap.json
 	$(PY) -m tests.bench.bench_gateway --out .bench/gateway.json
+	$(PY) -m tests.bench.bench_ingress --out .bench/ingress.json
 	$(PY) -m tests.bench.bench_modes --out .bench/modes.json
 	$(PY) -m tests.bench.bench_kernels --out .bench/kernels.json  # GPU only: says so and exits 0 without CUDA
 	$(PY) -m tests.bench.bench_parallel --out .bench/parallel.json
