@@ -46,9 +46,7 @@ from museserve.config import MuseServeConfig, parse_config
 from museserve.domain import ChatRequest, Identity, Message, Role, SamplingParams, TextPart
 from museserve.gateway.identity import key_digest
 from museserve.messages import PreparedRequest
-from museserve.preprocess.pool_model import PoolModel
 from museserve.preprocess.preprocessor import Preprocessor
-from museserve.preprocess.tokenizer import MuseTokenizer
 from museserve.v1 import chat_pb2 as pb
 from tests.bench.machine import machine
 from tests.redis_server import RedisServer
@@ -211,12 +209,7 @@ def domain_request() -> ChatRequest:
 
 
 def prepared_once(config: MuseServeConfig) -> PreparedRequest:
-    pool = config.pool(PLAIN)
-    tokenizer = MuseTokenizer.load(config.tokenizer_for(pool))
-    pre = Preprocessor(
-        PoolModel.muse(tokenizer), config.preprocess.media, config.server.request_timeout_s, config.gateway.priority_of
-    )
-    return pre.prepare(domain_request(), pool)
+    return Preprocessor.for_pools(config)[PLAIN].prepare(domain_request(), config.pool(PLAIN))
 
 
 def bench_overhead(
@@ -229,7 +222,7 @@ def bench_overhead(
     preprocess = serve.get_deployment_handle("preprocess", app_name=config.app_name)
     prepared = prepared_once(config)
     served = preprocess.prepare.remote(domain_request(), PLAIN).result()
-    same = ("prompt_token_ids", "tenant", "priority", "max_output_tokens", "temperature", "mode")
+    same = ("prompt_token_ids", "tenant", "priority", "sampling", "mode")
     assert all(getattr(served, f) == getattr(prepared, f) for f in same), "direct and served requests differ"
 
     def full() -> None:

@@ -59,7 +59,7 @@ def pool_config(model: dict, device: str, overlap: bool, concurrency: int) -> Po
             "block_size": 16,
             "kv_cache_bytes": 1280 << 20,
             "stream_interval_ms": 0,
-            "overlap_scheduling": overlap,
+            "overlap_scheduling": "on" if overlap else "off",
         },
     )
 

@@ -24,7 +24,7 @@ from tests.support import prepared_request
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}, "required": ["n"]}
 
 
-def pool_config(overlap: bool, kv_cache_bytes: int) -> PoolConfig:
+def pool_config(overlap: bool | str, kv_cache_bytes: int) -> PoolConfig:
     engine = {
         "context_length": 4096,
         "max_output_tokens": 256,
@@ -35,7 +35,7 @@ def pool_config(overlap: bool, kv_cache_bytes: int) -> PoolConfig:
         "block_size": 4,
         "kv_cache_bytes": kv_cache_bytes,
         "stream_interval_ms": 0,
-        "overlap_scheduling": overlap,
+        "overlap_scheduling": overlap if isinstance(overlap, str) else ("on" if overlap else "off"),
     }
     return PoolConfig(name="muse-test", model={"device": "cpu"}, engine=engine)
 
@@ -141,3 +141,15 @@ async def test_a_request_id_in_use_is_refused_until_its_request_ends(tokenizer) 
         assert finish is not None
     finally:
         engine.shutdown()
+
+
+def test_auto_overlaps_only_where_the_model_runs_on_a_gpu(tokenizer) -> None:
+    pool = pool_config("auto", 1 << 20)
+    on_cpu = build_engine(pool, MuseFormat(tokenizer))
+    try:
+        assert not on_cpu.runner.on_accelerator and not on_cpu.overlap
+        on_cpu.runner.on_accelerator = True  # as a runner whose executor computes on a GPU reports
+        assert MuseEngine(pool, MuseFormat(tokenizer), on_cpu.runner).overlap
+        assert not MuseEngine(pool_config("off", 1 << 20), MuseFormat(tokenizer), on_cpu.runner).overlap
+    finally:
+        on_cpu.shutdown()

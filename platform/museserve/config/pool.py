@@ -57,10 +57,10 @@ class EngineConfig(Section):
     stream_interval_ms: float = Field(
         15.0, ge=0, description="Deltas produced within this window are sent as one message (first token never waits)."
     )
-    overlap_scheduling: bool = Field(
-        True,
-        description="Plan step N+1 and stream step N's tokens while the device computes step N+1 "
-        "(same outputs; off: one step at a time).",
+    overlap_scheduling: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Plan step N+1 and stream step N's tokens while the device computes step N+1 (same "
+        "outputs). auto: on where the model runs on a GPU; on a CPU the loop and the model share the cores.",
     )
 
     @model_validator(mode="after")

@@ -8,7 +8,8 @@ Policy only: no tensors. The device side (model, KV pool, sampling) is the injec
 With overlap scheduling, step N+1 is planned and queued before step N's tokens are back, and
 step N's tokens are detokenized and streamed while the device computes step N+1 (the runner
 fills in the tokens N+1 decodes that N sampled). Without it, each step is planned after the
-previous one ended. Outputs are the same token for token.
+previous one ended. Outputs are the same token for token. `auto` overlaps where the model
+runs on a GPU: on a CPU the loop's work takes cores from the model's, and measured no gain.
 
 Each request has its own stream of chunks; leaving it (client cancel, deadline, error) ends
 the request at once and frees its blocks. A failed step fails the requests in that step,
@@ -81,6 +82,9 @@ class MuseEngine:
         self.scheduler = Scheduler(limits, self.blocks)
         self.stats = EngineStats()
         self.requests: dict[str, Request] = {}
+        self.overlap = engine.overlap_scheduling == "on" or (
+            engine.overlap_scheduling == "auto" and runner.on_accelerator
+        )
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
@@ -177,7 +181,7 @@ class MuseEngine:
             self._fail(request, Internal("the model replica's engine failed"))
 
     async def _run(self) -> None:
-        overlap = self.pool.engine.overlap_scheduling
+        overlap = self.overlap
         in_flight: Step | None = None
         while True:
             if in_flight is None and not self.scheduler.has_work():

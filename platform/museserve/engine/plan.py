@@ -93,6 +93,7 @@ class Executor(Protocol):
     num_blocks: int  # KV blocks each worker's pool holds; the block manager hands out these ids
     # Media kind -> feature values per token the model projects; executors of text-only models may omit it.
     media_feature_dims: Mapping[str, int]
+    on_accelerator: bool  # the model computes on a GPU, apart from the host's cores; may be omitted (False)
 
     def execute(self, plan: SchedulerPlan) -> Tensor:
         """Runs the plan (no PENDING left in it); returns float32 logits [num_sampling_sequences,
@@ -105,6 +106,7 @@ class StepRunner(Protocol):
 
     num_blocks: int
     media_feature_dims: Mapping[str, int]
+    on_accelerator: bool  # its executor's: host work overlapped with a step then runs beside it, not on its cores
 
     async def prepare(self, request: PreparedRequest) -> object:
         """A request's sampling state (generator, penalties, grammar): the `sampler` of its rows.

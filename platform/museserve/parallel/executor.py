@@ -75,6 +75,7 @@ class RayExecutor:
             raise ValueError(f"pool {pool.name}: engine.kv_cache_bytes holds no KV block of this model")
         self.media_feature_dims = arch.media_feature_dims
         self.num_microbatches = 2 if self.config.pipeline > 1 else 1
+        self.on_accelerator = self._wants_cuda()
         self.builds = 0  # replicas started so far; > 1 after a rebuild
         self._lock = threading.Lock()
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rebuild-{pool.name}")

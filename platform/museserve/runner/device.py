@@ -32,6 +32,7 @@ class DeviceRunner:
         self.num_blocks = self.executor.num_blocks
         # Executors of text-only models may not declare it.
         self.media_feature_dims: dict[str, int] = dict(getattr(self.executor, "media_feature_dims", {}))
+        self.on_accelerator = bool(getattr(self.executor, "on_accelerator", False))
         self.constraints = ConstraintFactory(chat_format.tokenizer, chat_format.markers)
 
     async def prepare(self, request: PreparedRequest) -> RequestSampler:

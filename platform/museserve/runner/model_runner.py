@@ -33,6 +33,7 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.num_blocks = pool.num_blocks
         self.media_feature_dims = model.config.media_feature_dims
+        self.on_accelerator = self.device.type == "cuda"
         self.decode_group = CPU_DECODE_GROUP if self.device.type == "cpu" else GPU_DECODE_GROUP
         self.graphs = DecodeGraphs(model, pool) if cuda_graphs and self.device.type == "cuda" else None
 
