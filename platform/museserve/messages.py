@@ -57,6 +57,10 @@ class ContemplationPrompts:
     synthesis_thinking_budget: int  # the synthesis pass's reasoning tokens; its prompt opens the segment if > 0
 
 
+# SamplingParams fields that may be None in a client's request and never in a prepared one.
+RESOLVED_SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty", "max_output_tokens")
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
     request_id: str
@@ -78,15 +82,18 @@ class PreparedRequest:
     contemplation: ContemplationPrompts | None = None  # CONTEMPLATING: every pass's prompt
     ignore_eos: bool = False  # generate past the format's stop ids (benchmarks): only budgets and stops end it
 
+    def __post_init__(self) -> None:
+        unset = [name for name in RESOLVED_SAMPLING if getattr(self.sampling, name) is None]
+        if unset:
+            raise ValueError(f"a prepared request needs resolved sampling; unset: {', '.join(unset)}")
+
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
 
     @property
     def max_output_tokens(self) -> int:
-        budget = self.sampling.max_output_tokens
-        assert budget is not None, "a prepared request's sampling is resolved"
-        return budget
+        return self.sampling.max_output_tokens  # type: ignore[return-value]  # set: __post_init__
 
 
 @dataclass(frozen=True, slots=True)

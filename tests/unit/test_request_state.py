@@ -32,7 +32,9 @@ def prepared(
         prompt_token_ids=tuple(prompt),
         mode=Mode.THINKING if thinking_budget else Mode.INSTANT,
         thinking_budget=thinking_budget,
-        sampling=SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_output_tokens=max_output_tokens, stop=stop),
+        sampling=SamplingParams(
+            temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_output_tokens=max_output_tokens, stop=stop
+        ),
         deadline_unix_s=0.0,
     )
 
@@ -341,3 +343,17 @@ def test_appending_after_end_for_length_is_refused(tok: MuseTokenizer) -> None:
     state.end_for_length()
     with pytest.raises(AssertionError):
         state.append(tok.eos_id)
+
+
+def test_a_prepared_request_with_unresolved_sampling_is_refused_where_it_is_built() -> None:
+    with pytest.raises(ValueError, match="temperature, repetition_penalty"):
+        PreparedRequest(
+            request_id="r",
+            tenant="t",
+            pool="p",
+            prompt_token_ids=(1, 2),
+            mode=Mode.INSTANT,
+            thinking_budget=0,
+            sampling=SamplingParams(top_p=1.0, top_k=0, max_output_tokens=4),
+            deadline_unix_s=0.0,
+        )

@@ -92,6 +92,7 @@ class MuseEngine:
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         self._ensure_loop()
+        self._check_id_free(prepared.request_id)
         check_request_media(prepared, self.runner.media_feature_dims, self.pool.name)
         sampler = await self.runner.prepare(prepared)  # compiles a grammar off the loop; InvalidArgument
         request = self._admit(prepared, sampler)
@@ -106,9 +107,12 @@ class MuseEngine:
         finally:
             self._finish(request, RequestPhase.CANCELLED)  # a client that left; no-op once ended
 
+    def _check_id_free(self, request_id: str) -> None:
+        if request_id in self.requests:
+            raise InvalidArgument(f"request id {request_id!r} is already in use", field="request_id")
+
     def _admit(self, prepared: PreparedRequest, sampler: object) -> Request:
-        if prepared.request_id in self.requests:
-            raise InvalidArgument(f"request id {prepared.request_id!r} is already in use", field="request_id")
+        self._check_id_free(prepared.request_id)  # again: another may have come during `prepare`
         reasoning = prepared.thinking_budget + 1 if prepared.thinking_budget else 0
         seq = Sequence(
             prepared.request_id,

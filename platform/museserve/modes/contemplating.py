@@ -47,14 +47,11 @@ class Contemplation:
         self._engine = engine
         self._tokenizer = tokenizer
         self._config = config
-        self._passes: dict[str, list[str]] = {}  # request id -> engine request ids of its passes
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         if request.contemplation is None:
             raise Internal("a contemplating request came without its passes' prompts")
         agents = [self._agent(request, i) for i in range(len(request.contemplation.agents))]
-        passes = [a.request.request_id for a in agents] + [f"{request.request_id}#synthesis"]
-        self._passes[request.request_id] = passes
         updates: asyncio.Queue[int | None] = asyncio.Queue()
         first_prefilled = asyncio.Event()
         tasks = [asyncio.ensure_future(self._run(agents[0], 0, updates, first_prefilled))]
@@ -73,7 +70,6 @@ class Contemplation:
             async for chunk in self._synthesize(request, agents):
                 yield chunk
         finally:
-            self._passes.pop(request.request_id, None)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -132,7 +128,7 @@ class Contemplation:
         answers = ["".join(a.answer) for a in answered]
         synthesis = dataclasses.replace(
             request,
-            request_id=self._passes[request.request_id][-1],
+            request_id=f"{request.request_id}#synthesis",
             prompt_token_ids=synthesis_prompt(prompts, answers, self._tokenizer, self._config.agent_answer_tokens),
             mode=Mode.THINKING if budget > 0 else Mode.INSTANT,
             thinking_budget=budget,

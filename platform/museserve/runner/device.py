@@ -56,13 +56,14 @@ class DeviceRunner:
 
 def resolve_pending(plan: SchedulerPlan, rows: list[RowSampling]) -> SchedulerPlan:
     """The plan with each PENDING id replaced by the token its request's previous step sampled.
-    A PENDING id is always a sampling sequence's last token, so its row is in `rows`."""
-    if not any(PENDING in item.token_ids for item in plan.sequences):
+    A PENDING id is only ever a sampling sequence's last token (the scheduler plans at most one
+    step ahead), so its row is in `rows`."""
+    if not any(item.token_ids[-1] == PENDING for item in plan.sequences):
         return plan
     last = {row.request_id: row.sampler.last_token for row in rows}
     resolved = tuple(
-        dataclasses.replace(item, token_ids=tuple(last[item.request_id] if t == PENDING else t for t in item.token_ids))
-        if PENDING in item.token_ids
+        dataclasses.replace(item, token_ids=(*item.token_ids[:-1], last[item.request_id]))
+        if item.token_ids[-1] == PENDING
         else item
         for item in plan.sequences
     )
