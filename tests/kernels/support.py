@@ -24,6 +24,28 @@ def assert_close(
     torch.testing.assert_close(actual.float(), expected.float(), rtol=tol, atol=tol)
 
 
+def scattered_paged_cache(
+    lengths: list[int], kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype, width: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(key_cache, value_cache, block_tables [N, width]) of random values: each sequence holds
+    distinct shuffled blocks, and its table is padded past them with ids far past the cache (a
+    kernel must never read them). At least 64 blocks; `width` defaults to the longest + 1."""
+    own = [-(-n // block_size) for n in lengths]
+    num_blocks = max(64, sum(own))
+    key_cache, value_cache = torch.randn(2, num_blocks * block_size, kv_heads, head_dim).to(dtype)
+    tables = torch.full((len(lengths), width or max(own, default=0) + 1), 10_000_000)
+    order, used = torch.randperm(num_blocks), 0
+    for row, k in enumerate(own):
+        tables[row, :k] = order[used : used + k]
+        used += k
+    return key_cache, value_cache, tables
+
+
+def readable(tables: Tensor, key_cache: Tensor, block_size: int) -> Tensor:
+    """The tables with their padding ids replaced by block 0, for references that gather the whole width."""
+    return tables.masked_fill(tables >= key_cache.shape[0] // block_size, 0)
+
+
 def teacher_forced_plans(
     prompt_lens: list[int], decode_steps: int, block_size: int, vocab: int, seed: int = 0
 ) -> tuple[list[SchedulerPlan], int]:

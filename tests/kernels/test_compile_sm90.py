@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from museserve_kernels import activation, cache_write, norm, paged_attention, rope
+from museserve_kernels import activation, cache_write, norm, paged_attention, paged_prefill, rope
 from tests.kernels.conftest import INTERPRETING
 from tests.kernels.launches import Launch, compile_for_h100, recorded
 
@@ -41,6 +41,19 @@ def launches_of(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> list[Lau
             tables, lengths = empty(128, 512, of=torch.int32), empty(128, of=torch.int32)
             cache = empty(65536, 8, 128)
             paged_attention.paged_decode(empty(128, q_heads, 128), cache, cache, tables, lengths, block_size)
+        # Split-K: 4 long rows over a 262,144-token table width, 32/8 heads.
+        tables, lengths = empty(4, 262_144 // 16, of=torch.int32), empty(4, of=torch.int32)
+        cache = empty(1 << 20, 8, 128)
+        paged_attention.paged_decode(empty(4, 32, 128), cache, cache, tables, lengths, 16)
+    assert sum(launch.args.get("SPLIT", False) for launch in launches) == 1
+    out += launches
+    with recorded(monkeypatch, paged_prefill) as launches:
+        # GQA 4 over chunks of up to 2048 new tokens (tiles of 128 rows); GQA 8 over 1 (16 rows).
+        for q_heads, max_query_len in ((32, 2048), (64, 1)):
+            tables, cache = empty(16, 8192, of=torch.int32), empty(1 << 20, 8, 128)
+            starts, lengths = empty(17, of=torch.int32), empty(16, of=torch.int32)
+            q = empty(4096, q_heads, 128)
+            paged_prefill.paged_prefill(q, cache, cache, tables, starts, lengths, 16, max_query_len)
     out += launches
     return out
 
@@ -50,6 +63,7 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     launches = launches_of(dtype, monkeypatch)
     assert {launch.kernel.__name__ for launch in launches} == {
         "add_rmsnorm_kernel", "rotary_kernel", "silu_mul_kernel", "kv_write_kernel", "paged_decode_kernel",
+        "merge_splits_kernel", "paged_prefill_kernel",
     }  # fmt: skip
     for launch in launches:
         compiled = compile_for_h100(launch)

@@ -1,5 +1,6 @@
-"""On a GPU (skipped without one): the compiled kernels against their references on device, and
-the tiny model's logits with the kernels (eager and CUDA graphs) against the torch path."""
+"""On a GPU (skipped without one): the compiled kernels against their references on device (split-K
+decode also replayed from a CUDA graph), and the tiny model's logits with the kernels (eager and
+CUDA graphs) against the torch path."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from museserve.model.config import MuseConfig
 from museserve.model.loader import build_model
 from museserve.runner.kv_pool import PagedKVPool
 from museserve.runner.model_runner import ModelRunner
-from museserve_kernels import activation, cache_write, norm, paged_attention, rope
+from museserve_kernels import activation, cache_write, norm, paged_attention, paged_prefill, rope, split_k
 from tests.kernels.conftest import INTERPRETING
-from tests.kernels.support import assert_close, teacher_forced_plans
+from tests.kernels.support import assert_close, readable, scattered_paged_cache, teacher_forced_plans
 
 pytestmark = [
     pytest.mark.gpu,
@@ -67,6 +68,49 @@ def test_paged_decode_on_device(dtype: torch.dtype, group: int, block_size: int)
     out = paged_attention.paged_decode(q, keys, values, tables, lengths, block_size)
     expected = paged_attention.paged_decode_reference(q, keys, values, tables, lengths, block_size)
     assert_close(out, expected, interpreted=False)
+
+
+def paged_cache_on_device(
+    lengths: list[int], kv_heads: int, block_size: int, dtype: torch.dtype, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    keys, values, tables = scattered_paged_cache(lengths, kv_heads, 128, block_size, torch.float32, width)
+    return keys.to(CUDA, dtype), values.to(CUDA, dtype), tables.to(CUDA, torch.int32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_paged_prefill_on_device(dtype: torch.dtype, group: int) -> None:
+    kv_heads, block_size = 4, 16
+    contexts, num_new = [1000, 2048, 300, 17, 5000], [1000, 100, 1, 17, 513]
+    keys, values, tables = paged_cache_on_device(contexts, kv_heads, block_size, dtype)
+    q = torch.randn(sum(num_new), kv_heads * group, 128, device=CUDA).to(dtype)
+    starts = torch.tensor([0, *torch.tensor(num_new).cumsum(0).tolist()], device=CUDA, dtype=torch.int32)
+    args = (keys, values, tables, starts, torch.tensor(contexts, device=CUDA), block_size)
+    out = paged_prefill.paged_prefill(q, *args, max(num_new))
+    assert_close(out, paged_prefill.paged_prefill_reference(q, *args), interpreted=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_decode_on_device_and_in_a_cuda_graph(dtype: torch.dtype) -> None:
+    kv_heads, block_size, width = 8, 16, 65536
+    lengths = [1, 700, 20000, width]
+    assert split_k.decode_splits(4, kv_heads, width, split_k.sm_count(CUDA)) > 1
+    keys, values, tables = paged_cache_on_device(lengths, kv_heads, block_size, dtype, width // block_size)
+    q = torch.randn(4, kv_heads * 4, 128, device=CUDA).to(dtype)
+    context_lens = torch.tensor(lengths, device=CUDA)
+    safe = readable(tables, keys, block_size)
+
+    def expected() -> torch.Tensor:
+        return paged_attention.paged_decode_reference(q, keys, values, safe, context_lens, block_size)
+
+    out = paged_attention.paged_decode(q, keys, values, tables, context_lens, block_size)  # compiles, outside capture
+    assert_close(out, expected(), interpreted=False)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = paged_attention.paged_decode(q, keys, values, tables, context_lens, block_size)
+    context_lens.copy_(torch.tensor([16, 1, 3000, 20000]))  # new lengths (within each row's blocks), read by the replay
+    graph.replay()
+    assert_close(captured, expected(), interpreted=False)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])

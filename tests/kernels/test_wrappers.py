@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from museserve.model import ops
-from museserve_kernels import activation, cache_write, norm, paged_attention, rope
+from museserve_kernels import activation, cache_write, norm, paged_attention, paged_prefill, rope, split_k
 from tests.kernels.conftest import INTERPRETING
 
 
@@ -63,6 +63,47 @@ def test_paged_decode_arguments() -> None:
         paged_attention.paged_decode(q, cache, cache, tables, lens[:1], 16)
     with pytest.raises(ValueError, match="block_tables must be one of"):
         paged_attention.paged_decode(q, cache, cache, tables.float(), lens, 16)
+
+
+def test_paged_decode_splits_from_static_shapes_only() -> None:
+    splits = split_k.decode_splits
+    assert splits(1, 8, 1023, 132) == 1  # tables under 2 * SPLIT_MIN_KEYS: the single kernel
+    assert splits(264, 1, 262_144, 132) == 1  # two programs per SM already
+    assert splits(1, 8, 262_144, 132) == 33  # 8 programs -> 264
+    assert splits(1, 1, 262_144, 132) == split_k.MAX_SPLITS
+    assert splits(4, 8, 4096, 132) == 4096 // split_k.SPLIT_MIN_KEYS
+    assert splits(0, 8, 262_144, 132) >= 1
+
+
+def test_paged_prefill_arguments() -> None:
+    q, cache = torch.randn(5, 8, 16), torch.randn(64, 4, 16)
+    tables, starts, lens = torch.zeros(2, 4, dtype=torch.int32), torch.tensor([0, 3, 5]), torch.tensor([3, 9])
+    prefill = paged_prefill.paged_prefill
+    with pytest.raises(ValueError, match=r"q_heads \(6\) must be a multiple of kv_heads \(4\)"):
+        prefill(torch.randn(5, 6, 16), cache, cache, tables, starts, lens, 16, 3)
+    with pytest.raises(ValueError, match="value_cache must have q's dtype"):
+        prefill(q, cache, cache.half(), tables, starts, lens, 16, 3)
+    with pytest.raises(ValueError, match=r"key_cache must be \[\*, \*, 16\]"):
+        prefill(q, torch.randn(64, 4, 8), cache, tables, starts, lens, 16, 3)
+    with pytest.raises(ValueError, match=r"query_starts must be \[3\]"):
+        prefill(q, cache, cache, tables, starts[:2], lens, 16, 3)
+    with pytest.raises(ValueError, match=r"context_lens must be \[2\]"):
+        prefill(q, cache, cache, tables, starts, lens[:1], 16, 3)
+    with pytest.raises(ValueError, match="query_starts must be one of"):
+        prefill(q, cache, cache, tables, starts.float(), lens, 16, 3)
+    with pytest.raises(ValueError, match="block_tables must be one of"):
+        prefill(q, cache, cache, tables.float(), starts, lens, 16, 3)
+    with pytest.raises(ValueError, match="block_size must be a power of two"):
+        prefill(q, cache, cache, tables, starts, lens, 12, 3)
+    for bad in (0, -1, 3.0, torch.tensor(3)):
+        with pytest.raises(ValueError, match="max_query_len must be a host int"):
+            prefill(q, cache, cache, tables, starts, lens, 16, bad)
+    with pytest.raises(ValueError, match="context_lens needs a unit stride"):
+        prefill(q, cache, cache, tables, starts, torch.tensor([3, 0, 9, 0])[::2], 16, 3)
+    with pytest.raises(ValueError, match="one device"):
+        prefill(q, cache, cache, tables, starts.to("meta"), lens, 16, 3)
+    empty = prefill(q[:0], cache, cache, tables[:0], starts[:1], lens[:0], 16, 0)  # no tokens: nothing launched
+    assert empty.shape == (0, 8, 16)
 
 
 @pytest.mark.skipif(INTERPRETING, reason="CPU tensors are valid kernel inputs under the interpreter")

@@ -7,8 +7,8 @@ import torch
 
 from museserve.model.layers import causal_attention
 from museserve.runner.kv_pool import BatchLayout
-from museserve_kernels import cache_write, paged_attention
-from tests.kernels.support import assert_close
+from museserve_kernels import cache_write, paged_attention, split_k
+from tests.kernels.support import assert_close, readable, scattered_paged_cache
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -36,36 +36,47 @@ def test_kv_write_takes_int32_slots_and_strided_rows() -> None:
     assert torch.equal(cache[3], k[0]) and torch.equal(values[9], v[1]) and cache.count_nonzero() == 32
 
 
-def random_paged_cache(
-    lengths: list[int], kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Caches of 64 blocks and, per sequence, a table of distinct shuffled blocks padded with
-    garbage ids past its own (the kernel must never read them)."""
-    num_blocks = 64
-    caches = torch.randn(2, num_blocks * block_size, kv_heads, head_dim).to(dtype)
-    width = max(-(-n // block_size) for n in lengths) + 1
-    order = torch.randperm(num_blocks)
-    tables = torch.full((len(lengths), width), 10_000_000)
-    used = 0
-    for row, n in enumerate(lengths):
-        k = -(-n // block_size)
-        tables[row, :k] = order[used : used + k]
-        used += k
-    return caches[0], caches[1], tables
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("block_size", [4, 16])
 def test_paged_decode(dtype: torch.dtype, group: int, block_size: int) -> None:
     kv_heads, head_dim = 2, 40  # head_dim padded to 64 inside
     lengths = [1, 37, block_size, 130]  # not multiples of the block size, one of exactly one block
-    keys, values, tables = random_paged_cache(lengths, kv_heads, head_dim, block_size, dtype)
+    keys, values, tables = scattered_paged_cache(lengths, kv_heads, head_dim, block_size, dtype)
     q = torch.randn(len(lengths), kv_heads * group, head_dim).to(dtype)
     context_lens = torch.tensor(lengths, dtype=torch.int32)
+    assert split_k.decode_splits(len(lengths), kv_heads, tables.shape[1] * block_size, 132) == 1
     out = paged_attention.paged_decode(q, keys, values, tables, context_lens, block_size)
-    safe = tables.masked_fill(tables >= 64, 0)  # the reference gathers the whole width, masked
+    safe = readable(tables, keys, block_size)  # the reference gathers the whole width, masked
     assert_close(out, paged_attention.paged_decode_reference(q, keys, values, safe, context_lens, block_size))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group, block_size, width", [(1, 4, 2048), (4, 16, 4096)])
+def test_split_decode_over_wide_tables(dtype: torch.dtype, group: int, block_size: int, width: int) -> None:
+    """Tables far wider than the rows select several splits; a row's keys are shared among them by
+    its own length, so short rows leave most splits empty and the merge must ignore those."""
+    kv_heads, head_dim = 2, 40
+    lengths = [1, 37, 700, 1500]  # one key; 37, all in split 0; several tiles per split
+    keys, values, tables = scattered_paged_cache(lengths, kv_heads, head_dim, block_size, dtype, width // block_size)
+    splits = split_k.decode_splits(len(lengths), kv_heads, width, 132)
+    assert splits == width // split_k.SPLIT_MIN_KEYS > 1  # 4 and 8 splits
+    q = torch.randn(len(lengths), kv_heads * group, head_dim).to(dtype)
+    context_lens = torch.tensor(lengths)
+    out = paged_attention.paged_decode(q, keys, values, tables, context_lens, block_size)
+    safe = readable(tables, keys, block_size)
+    assert_close(out, paged_attention.paged_decode_reference(q, keys, values, safe, context_lens, block_size))
+
+
+@pytest.mark.parametrize("width", [64, 8192], ids=["one-kernel", "split"])
+def test_paged_decode_of_a_row_of_no_keys_is_zeros(width: int) -> None:
+    """Padding rows of a captured batch (length 0) give zeros, not NaN, on both paths, beside a real row."""
+    keys, values, tables = scattered_paged_cache([50, 0], 1, 16, 16, torch.float32, width // 16)
+    q = torch.randn(2, 2, 16)
+    out = paged_attention.paged_decode(q, keys, values, tables, torch.tensor([50, 0]), 16)
+    assert torch.equal(out[1], torch.zeros(2, 16))
+    expected = paged_attention.paged_decode_reference(q[:1], keys, values, tables[:1, :4], torch.tensor([50]), 16)
+    assert_close(out[:1], expected)
 
 
 def test_paged_decode_over_a_batch_layout_equals_causal_attention_per_sequence() -> None:
