@@ -90,14 +90,19 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _pool_summary(config) -> list[str]:
-    """A line per pool: what it serves, from what, and in which modes."""
+    """A line per pool: what it serves, from what, its context window and what sets it, its modes."""
+    from museserve.preprocess.pool_model import pool_windows  # deferred: reads each pool's checkpoint
+
+    windows = pool_windows(config)
     lines = []
     for pool in config.pools:
         m = pool.model
         source = f"dummy {m.size} weights" if m.load_format == "dummy" else f"{m.load_format} {m.path}"
         default = " (default)" if pool is config.default_pool else ""
         modes = ", ".join(pool.modes or ())
-        lines.append(f"{pool.name}{default}: {source}, {m.dtype}; context {pool.engine.context_length}; modes {modes}")
+        window = windows[pool.name]
+        context = f"context {window.tokens} (set by {window.bound}; KV cache {window.kv_tokens} tokens)"
+        lines.append(f"{pool.name}{default}: {source}, {m.dtype}; {context}; modes {modes}")
     return lines
 
 

@@ -244,6 +244,6 @@ class ChatResult:
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     name: str
-    context_length: int
-    max_output_tokens: int
+    context_length: int  # the pool's context window (`config.context_window`), not just the configured length
+    max_output_tokens: int  # the configured cap, clamped below the window
     modes: tuple[Mode, ...]

@@ -110,6 +110,11 @@ class MetricsRecorder(Protocol):
         """A request ended: arrival to end, and its finish reason (or cancelled / failed)."""
         ...
 
+    def kv_tier(self, hit_tokens: int, saved_blocks: int, loaded_blocks: int) -> None:
+        """A step copies blocks to and from the second KV tier: prompt tokens first admissions found
+        there (a part of the prefix-cache hits), blocks saved to it and blocks loaded back."""
+        ...
+
 
 class BucketCounts:
     """A histogram in memory: counts per upper bound (Prometheus `le` buckets, +Inf last)."""
@@ -138,6 +143,9 @@ class InMemoryMetrics:
         self.generation_tokens = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.kv_tier_hits = 0
+        self.kv_tier_saves = 0
+        self.kv_tier_loads = 0
         self.finished: collections.Counter[str] = collections.Counter()  # by finish reason
         self.running = 0
         self.waiting = 0
@@ -159,6 +167,11 @@ class InMemoryMetrics:
     def ended(self, e2e_s: float, reason: str) -> None:
         self.e2e.observe(e2e_s)
         self.finished[reason] += 1
+
+    def kv_tier(self, hit_tokens: int, saved_blocks: int, loaded_blocks: int) -> None:
+        self.kv_tier_hits += hit_tokens
+        self.kv_tier_saves += saved_blocks
+        self.kv_tier_loads += loaded_blocks
 
 
 class EngineMetrics:
@@ -189,6 +202,17 @@ class EngineMetrics:
         self.prefix_hits = Counter(
             "museserve_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", _MODEL
         )
+        self.kv_tier_hits = Counter(
+            "museserve_kv_tier_hits_total",
+            "Prompt tokens found in the second KV tier (host or disk), a part of the prefix cache hits.",
+            _MODEL,
+        )
+        self.kv_tier_saves = Counter(
+            "museserve_kv_tier_saved_blocks_total", "KV blocks copied from the device cache to its second tier.", _MODEL
+        )
+        self.kv_tier_loads = Counter(
+            "museserve_kv_tier_loaded_blocks_total", "KV blocks copied back from the second tier.", _MODEL
+        )
 
     def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
         self.queue.observe(queue_s, self._tags)
@@ -211,3 +235,12 @@ class EngineMetrics:
     def ended(self, e2e_s: float, reason: str) -> None:
         self.e2e.observe(e2e_s, self._tags)
         self.finished.inc(1, {**self._tags, "finished_reason": reason})
+
+    def kv_tier(self, hit_tokens: int, saved_blocks: int, loaded_blocks: int) -> None:
+        for counter, n in (
+            (self.kv_tier_hits, hit_tokens),
+            (self.kv_tier_saves, saved_blocks),
+            (self.kv_tier_loads, loaded_blocks),
+        ):
+            if n:  # Ray's Counter refuses 0
+                counter.inc(n, self._tags)

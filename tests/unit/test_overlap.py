@@ -34,6 +34,7 @@ def pool_config(overlap: bool | str, kv_cache_bytes: int) -> PoolConfig:
         "max_prefill_chunk": 16,
         "block_size": 4,
         "kv_cache_bytes": kv_cache_bytes,
+        "min_context_per_request": 64,  # the preempting cache holds 80 tokens
         "stream_interval_ms": 0,
         "overlap_scheduling": overlap if isinstance(overlap, str) else ("on" if overlap else "off"),
     }

@@ -42,8 +42,35 @@ class ModelConfig(Section):
         return self
 
 
+DEFAULT_MIN_CONTEXT = 4096  # tokens a replica's KV cache holds for one request, unless configured
+
+
+class KVTierConfig(Section):
+    """A second KV-cache tier per replica: prefix blocks evicted from the device's KV cache are
+    copied here and copied back on a later prefix hit instead of being recomputed."""
+
+    bytes: int = Field(
+        0,
+        ge=0,
+        description="Size of the tier; it holds bytes // (KV bytes per block, in the KV cache's dtype) blocks. "
+        "0: off (evicted prefix blocks are dropped).",
+    )
+    path: str | None = Field(
+        None,
+        description="null: the tier is host memory (pinned beside a GPU). A directory: the tier is a file of "
+        "`bytes` there, one per replica, reserved at start and removed at once (it never outlives the process); "
+        "a disk tier for CPU replicas.",
+    )
+
+
 class EngineConfig(Section):
-    context_length: int = Field(262_144, ge=16, description="Prompt plus output tokens per request.")
+    context_length: int = Field(
+        262_144,
+        ge=16,
+        description="Prompt plus output tokens per request, at most. The window served is the smallest of this, "
+        "the positions the checkpoint supports and the tokens kv_cache_bytes holds (logged at start, reported "
+        "by ListModels and /v1/models).",
+    )
     max_output_tokens: int = Field(32_768, ge=1, description="Largest max_output_tokens a request may ask for.")
     default_max_output_tokens: int = Field(512, ge=1, description="Used when a request sets none.")
     default_thinking_budget: int = Field(1024, ge=0, description="Reasoning tokens when a request sets none.")
@@ -51,9 +78,30 @@ class EngineConfig(Section):
     max_waiting_requests: int = Field(256, ge=0, description="Requests queued per replica beyond the running ones.")
     max_batched_tokens: int = Field(2048, ge=1, description="Token budget of one step: prefill chunks plus decodes.")
     max_prefill_chunk: int = Field(512, ge=1, description="Most prompt tokens one request computes in one step.")
+    max_prefill_attention: int = Field(
+        1 << 23,
+        ge=1,
+        description="While other requests run: most (new token x earlier position) pairs one prefill chunk attends "
+        "in a step. A chunk deep into a long prompt shrinks to fit (to no less than block_size tokens), so a huge "
+        "prefill takes a fair share of each step and decodes keep their pace.",
+    )
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
     kv_cache_bytes: int = Field(256 << 20, ge=1, description="Memory for the KV cache per replica; sets its blocks.")
+    kv_cache_dtype: Literal["model", "bfloat16", "float16"] = Field(
+        "model",
+        description="Element type of the KV cache: the model's dtype, or bfloat16/float16 (half the bytes of a "
+        "float32 model's, so twice the tokens in kv_cache_bytes; attention then runs in that type).",
+    )
+    min_context_per_request: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens the KV cache must hold for one request, or the replica refuses to start. "
+        f"Unset: {DEFAULT_MIN_CONTEXT} or context_length, whichever is smaller; set: at most context_length.",
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of equal prefixes (per tenant).")
+    kv_tier: KVTierConfig = Field(
+        KVTierConfig(), description="Host-memory or disk tier for prefix blocks evicted from the KV cache."
+    )
     stream_interval_ms: float = Field(
         15.0, ge=0, description="Deltas produced within this window are sent as one message (first token never waits)."
     )
@@ -71,7 +119,19 @@ class EngineConfig(Section):
             raise ValueError("max_output_tokens must be below context_length")
         if self.max_prefill_chunk > self.max_batched_tokens:
             raise ValueError("max_prefill_chunk exceeds max_batched_tokens")
+        if self.min_context_per_request is not None and self.min_context_per_request > self.context_length:
+            raise ValueError(
+                f"min_context_per_request ({self.min_context_per_request}) exceeds context_length "
+                f"({self.context_length})"
+            )
         return self
+
+    @property
+    def min_context_tokens(self) -> int:
+        """What the KV cache must hold for one request: `min_context_per_request` resolved."""
+        if self.min_context_per_request is not None:
+            return self.min_context_per_request
+        return min(DEFAULT_MIN_CONTEXT, self.context_length)
 
 
 class ContemplatingConfig(Section):
@@ -130,6 +190,9 @@ class ParallelConfig(Section):
         return self.tensor * self.pipeline
 
 
+_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 class PoolConfig(Section):
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name clients ask for.")
     modes: tuple[Mode, ...] | None = Field(
@@ -149,6 +212,15 @@ class PoolConfig(Section):
     ab: ABSplit | None = Field(None, description="A/B split to a candidate pool.")
     mirror: MirrorConfig | None = Field(None, description="Shadow mirroring to a candidate pool.")
 
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV cache's element type, a torch dtype name: `engine.kv_cache_dtype` resolved."""
+        return self.model.dtype if self.engine.kv_cache_dtype == "model" else self.engine.kv_cache_dtype
+
+    @property
+    def kv_element_bytes(self) -> int:
+        return _ELEMENT_BYTES[self.kv_cache_dtype]
+
     @model_validator(mode="after")
     def _parallel_fits_model(self) -> PoolConfig:
         # Dummy shapes are known here; a checkpoint's are checked when its config.json is read.
@@ -156,4 +228,12 @@ class PoolConfig(Section):
             check_parallel(
                 MuseConfig.named(self.model.size, vocab_size=1), self.parallel.tensor, self.parallel.pipeline
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kv_tier_supported(self) -> PoolConfig:
+        if self.engine.kv_tier.bytes and self.parallel.world_size > 1:
+            raise ValueError("engine.kv_tier is not supported with parallel workers (parallel.tensor x pipeline > 1)")
+        if self.engine.kv_tier.bytes and not self.engine.enable_prefix_caching:
+            raise ValueError("engine.kv_tier keeps prefix-cache blocks: it needs engine.enable_prefix_caching")
         return self

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from museserve.config import PoolConfig
 from museserve.engine.block_manager import BlockManager
+from museserve.engine.kv_tier_index import TierIndex
 from museserve.engine.media import check_request_media
 from museserve.engine.plan import RowSampling, RowToken, SchedulerPlan, StepRunner
 from museserve.engine.request import Request, position_logprobs
@@ -59,25 +60,43 @@ class Step:
 
 class MuseEngine:
     def __init__(
-        self, pool: PoolConfig, chat_format: ChatFormat, runner: StepRunner, metrics: MetricsRecorder | None = None
+        self,
+        pool: PoolConfig,
+        chat_format: ChatFormat,
+        runner: StepRunner,
+        metrics: MetricsRecorder | None = None,
+        *,
+        context_window: int | None = None,
     ):
         """`chat_format`: the pool's (`pool_model`): its tokenizer detokenizes, its markers say
         where reasoning ends, what stops a request and how calls are written. `runner`: the
-        device side (`runner.build_engine` makes both)."""
+        device side (`runner.build_engine` makes both). `context_window`: the pool's
+        (`config.context_window`, what the preprocess tier checked against); None: context_length
+        or what the runner's blocks hold, whichever is smaller."""
         self.pool = pool
         self.runner = runner
+        engine = pool.engine
+        if context_window is None:
+            context_window = min(engine.context_length, runner.num_blocks * engine.block_size)
+        self.context_window = context_window
         self.metrics = metrics if metrics is not None else InMemoryMetrics()
         self.tokenizer = chat_format.tokenizer
         self.markers = chat_format.markers
-        engine = pool.engine
+        tier_slots = getattr(runner, "kv_tier_slots", 0)  # the runner's tier storage sets the index's size
         self.blocks = BlockManager(
-            runner.num_blocks, engine.block_size, enable_prefix_caching=engine.enable_prefix_caching
+            runner.num_blocks,
+            engine.block_size,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            tier=TierIndex(tier_slots) if tier_slots else None,
         )
+        self._tier_hits_reported = 0  # blocks.tier_hits already passed to the metrics
         limits = SchedulerLimits(
             max_running=engine.max_running_requests,
             max_waiting=engine.max_waiting_requests,
             max_batched_tokens=engine.max_batched_tokens,
             max_prefill_chunk=engine.max_prefill_chunk,
+            max_prefill_attention=engine.max_prefill_attention,
+            min_prefill_chunk=engine.block_size,
         )
         self.scheduler = Scheduler(limits, self.blocks)
         self.stats = EngineStats()
@@ -113,6 +132,12 @@ class MuseEngine:
 
     def _admit(self, prepared: PreparedRequest, sampler: object) -> Request:
         self._check_id_free(prepared.request_id)  # again: another may have come during `prepare`
+        if prepared.num_prompt_tokens >= self.context_window:  # the preprocess tier refuses these first
+            raise InvalidArgument(
+                f"the prompt is {prepared.num_prompt_tokens} tokens; model {self.pool.name} reads at most "
+                f"{self.context_window - 1} prompt tokens (context window of {self.context_window})",
+                field="messages",
+            )
         reasoning = prepared.thinking_budget + 1 if prepared.thinking_budget else 0
         seq = Sequence(
             prepared.request_id,
@@ -121,7 +146,7 @@ class MuseEngine:
             priority=prepared.priority,
             max_num_tokens=min(
                 prepared.num_prompt_tokens + reasoning + prepared.max_output_tokens,
-                self.pool.engine.context_length,
+                self.context_window,
             ),
             media=prepared.media,
         )
@@ -205,6 +230,11 @@ class MuseEngine:
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return None
+        if plan.kv_saves or plan.kv_loads:  # a tier hit always loads: its tokens are counted here
+            self.metrics.kv_tier(
+                self.blocks.tier_hits - self._tier_hits_reported, len(plan.kv_saves), len(plan.kv_loads)
+            )
+            self._tier_hits_reported = self.blocks.tier_hits
         requests = [self.requests[item.request_id] for item in plan.sequences]
         rows = []
         for item, request in zip(plan.sequences, requests, strict=True):
@@ -254,7 +284,7 @@ class MuseEngine:
         first = request.last_token_at is None
         self.metrics.token(now - (request.arrival if first else request.last_token_at), first)
         request.last_token_at = now
-        if output.finish is None and output.num_tokens >= self.pool.engine.context_length:
+        if output.finish is None and output.num_tokens >= self.context_window:
             output.end_for_length()
         interval = self.pool.engine.stream_interval_ms / 1000
         if output.finish is not None or request.last_sent is None or now - request.last_sent >= interval:

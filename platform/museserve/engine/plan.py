@@ -55,6 +55,10 @@ class ScheduledSequence:
 class SchedulerPlan:
     sequences: tuple[ScheduledSequence, ...]
     preempted: tuple[str, ...]
+    # Copies between the KV pool and its second tier, run before the step: all saves, then all
+    # loads (`engine.block_manager` says why that order is safe). Empty without a tier.
+    kv_saves: tuple[tuple[int, int], ...] = ()  # (block id, tier slot): an evicted cached block kept
+    kv_loads: tuple[tuple[int, int], ...] = ()  # (tier slot, block id): a prefix block brought back
 
     @property
     def num_batched_tokens(self) -> int:
@@ -94,10 +98,11 @@ class Executor(Protocol):
     # Media kind -> feature values per token the model projects; executors of text-only models may omit it.
     media_feature_dims: Mapping[str, int]
     on_accelerator: bool  # the model computes on a GPU, apart from the host's cores; may be omitted (False)
+    kv_tier_slots: int  # blocks its second KV tier holds (the plan's kv_saves/kv_loads slots); may be omitted (0)
 
     def execute(self, plan: SchedulerPlan) -> Tensor:
-        """Runs the plan (no PENDING left in it); returns float32 logits [num_sampling_sequences,
-        vocab], already computed."""
+        """Runs the plan (no PENDING left in it): its tier copies, then its step. Returns float32
+        logits [num_sampling_sequences, vocab], already computed."""
         ...
 
 
@@ -107,6 +112,7 @@ class StepRunner(Protocol):
     num_blocks: int
     media_feature_dims: Mapping[str, int]
     on_accelerator: bool  # its executor's: host work overlapped with a step then runs beside it, not on its cores
+    kv_tier_slots: int  # its executor's; may be omitted (0: no second tier)
 
     async def prepare(self, request: PreparedRequest) -> object:
         """A request's sampling state (generator, penalties, grammar): the `sampler` of its rows.

@@ -32,6 +32,11 @@ class SchedulerLimits:
     max_waiting: int  # queued beyond the running ones; more: RESOURCE_EXHAUSTED
     max_batched_tokens: int  # token budget of one step (prefill chunks + decodes)
     max_prefill_chunk: int  # most prompt tokens one sequence computes in one step
+    # While other sequences run: most (new token x earlier position) pairs one prefill chunk
+    # attends in a step. A chunk deep into a long prompt shrinks to fit (to no less than
+    # `min_prefill_chunk`), so a huge prefill takes a fair share of each step, not all of it.
+    max_prefill_attention: int = 1 << 62
+    min_prefill_chunk: int = 16
 
 
 class Scheduler:
@@ -106,26 +111,38 @@ class Scheduler:
             if seq.num_pending:
                 break  # preempted while its last step ran: its tokens are not all known yet
             cached = self.blocks.cached_prefix(seq)
-            cached_tokens = len(cached) * self.blocks.block_size
+            from_tier = self.blocks.tier_prefix(seq, len(cached))  # loaded by this plan, before its step
+            cached_tokens = (len(cached) + len(from_tier)) * self.blocks.block_size
             num_new = min(seq.num_tokens - cached_tokens, budget, self.limits.max_prefill_chunk)
-            if not self.blocks.can_admit(seq, cached, num_new):
+            if not self.blocks.can_admit(seq, cached, num_new, from_tier):
                 break
             heapq.heappop(self._waiting)
-            self.blocks.admit(seq, cached, num_new)
+            self.blocks.admit(seq, cached, num_new, from_tier)
             seq.status = SequenceStatus.RUNNING
             self._insert_running(seq)
             planned.append((seq, num_new))
             budget -= num_new
 
-        return SchedulerPlan(tuple(self._scheduled(seq, n) for seq, n in planned), tuple(preempted))
+        # Tier copies are recorded only where a sequence is planned (grow, admit), so they always
+        # ride on a plan that runs; an empty plan is never submitted.
+        saves, loads = self.blocks.take_transfers() if planned else ((), ())
+        sequences = tuple(self._scheduled(seq, n) for seq, n in planned)
+        return SchedulerPlan(sequences, tuple(preempted), kv_saves=saves, kv_loads=loads)
 
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         if seq.num_pending and seq.num_tokens >= seq.max_num_tokens:
             return 0  # the pending token is its last: computing it would sample past the end
         remaining = seq.num_uncomputed_tokens
         if remaining > 1:  # still in prefill (a decode has exactly one uncomputed token)
-            remaining = min(remaining, self.limits.max_prefill_chunk)
+            remaining = min(remaining, self._prefill_chunk(seq))
         return min(remaining, budget)
+
+    def _prefill_chunk(self, seq: Sequence) -> int:
+        limits = self.limits
+        if len(self.running) < 2 or seq.num_computed_tokens == 0:
+            return limits.max_prefill_chunk  # alone, or at the start: the whole chunk
+        fair = limits.max_prefill_attention // seq.num_computed_tokens
+        return max(min(limits.min_prefill_chunk, limits.max_prefill_chunk), min(fair, limits.max_prefill_chunk))
 
     def _scheduled(self, seq: Sequence, num_new: int) -> ScheduledSequence:
         """The step's share of `seq`; from here on its computed tokens include the step's."""

@@ -5,6 +5,11 @@ rate limit (one decision, prompt tokens charged) -> stream from the pool -> sett
 output tokens (also when the stream is cut short) -> hand the primary's answer to the
 mirror when the request was sampled.
 
+Every limit is checked before the charge: validation caps max_output_tokens below each pool's
+context window, and `prepare` refuses a prompt plus output over it (INVALID_ARGUMENT), so a
+refused request costs the caller no quota. The windows (`pool_model.pool_windows`) are what
+ListModels reports.
+
 It talks to the other tiers through two small protocols, so tests build it with the
 preprocess and engine objects directly, and the Serve deployment with Ray handles.
 """
@@ -16,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
-from museserve.config import MuseServeConfig
+from museserve.config import MuseServeConfig, PoolConfig
 from museserve.domain import (
     ChatRequest,
     ChatResult,
@@ -43,7 +48,7 @@ from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.routing import Router
 from museserve.gateway.validation import validate_request
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
-from museserve.preprocess.pool_model import check_pools
+from museserve.preprocess.pool_model import check_pools, pool_windows
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,13 @@ class Gateway:
             raise ValueError(f"no client for pools: {', '.join(sorted(missing))}")
         config = check_pools(config)  # each pool's modes, from its checkpoint
         self.config = config
+        self.windows = pool_windows(config)
+        for pool in config.pools:
+            window = self.windows[pool.name]
+            logger.info("pool %s: %s", pool.name, window.describe())
+            if window.max_output_tokens < pool.engine.max_output_tokens:
+                logger.warning("pool %s: engine.max_output_tokens %d is clamped to %d, below its context window",
+                               pool.name, pool.engine.max_output_tokens, window.max_output_tokens)  # fmt: skip
         self._preprocess = preprocess
         self._pools = pools
         self.router = Router(config)
@@ -91,8 +103,9 @@ class Gateway:
     def list_models(self) -> list[tuple[ModelInfo, bool]]:
         default = self.config.default_pool.name
         pools = sorted(self.config.pools, key=lambda p: p.name != default)
+        windows = self.windows
         return [
-            (ModelInfo(p.name, p.engine.context_length, p.engine.max_output_tokens, p.modes), p.name == default)
+            (ModelInfo(p.name, windows[p.name].tokens, windows[p.name].max_output_tokens, p.modes), p.name == default)
             for p in pools
         ]
 
@@ -105,18 +118,18 @@ class Gateway:
 
     async def count_tokens(self, request: ChatRequest) -> PromptCount:
         route = self.router.route(request)
-        validate_request(request, route.pool, self.config.gateway.limits)
+        self._validate(request, route.pool)
         return await self._preprocess.count(request, route.pool.name)
 
     async def stream(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> AsyncIterator[StreamEvent]:
         """Events in order: deltas, then one Usage, then one Finish. Errors are MuseErrors."""
         route = self.router.route(request)
         pool = route.pool.name
-        validate_request(request, route.pool, self.config.gateway.limits)
+        self._validate(request, route.pool)
         identity = request.identity
         with self._admitted(pool, identity.tier):
-            prepared = await self._preprocess.prepare(request, pool)
-            metadata = await self._charge(identity, prepared.num_prompt_tokens)
+            prepared = await self._preprocess.prepare(request, pool)  # refuses what exceeds the window
+            metadata = await self._charge(identity, prepared.num_prompt_tokens)  # only after every check
             if on_metadata is not None:
                 on_metadata((("x-served-by", pool), *metadata))
             ticket = self.mirror.start(request, pool, route.mirror) if self.mirror and route.mirror else None
@@ -177,6 +190,10 @@ class Gateway:
         if self.mirror is not None:
             await self.mirror.close()
         await self.quota.close()
+
+    def _validate(self, request: ChatRequest, pool: PoolConfig) -> None:
+        cap = self.windows[pool.name].max_output_tokens
+        validate_request(request, pool, self.config.gateway.limits, max_output_tokens=cap)
 
     def _admitted(self, pool: str, tier: str):
         try:

@@ -2,7 +2,8 @@
 
 Every refusal is an `InvalidArgument` naming the field by its path in the API
 (`messages[2].content`, `sampling.top_p`), so a client can fix exactly that field.
-Prompt length is checked later, by the preprocess tier, once the prompt is tokenized.
+Prompt length against the pool's context window is checked next, by the preprocess tier once
+the prompt is tokenized; both before the gateway charges any rate limit.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ MAX_STOP_TOKEN_IDS = 16
 MAX_TOP_LOGPROBS = 20
 
 
-def validate_request(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
+def validate_request(
+    request: ChatRequest, pool: PoolConfig, limits: RequestLimits, *, max_output_tokens: int | None = None
+) -> None:
+    """`max_output_tokens`: the pool's cap within its context window (`ContextWindow.max_output_tokens`);
+    None: `engine.max_output_tokens`."""
+    cap = pool.engine.max_output_tokens if max_output_tokens is None else max_output_tokens
     _check_messages(request.messages, limits)
     _check_tools(request, limits)
     _check_response_format(request)
-    _check_sampling(request, pool, limits)
-    _check_mode(request, pool)
+    _check_sampling(request, pool, limits, cap)
+    _check_mode(request, pool, cap)
 
 
 def _check_messages(messages: tuple[Message, ...], limits: RequestLimits) -> None:
@@ -125,7 +131,7 @@ def _json_schema(text: str, where: str) -> dict:
     return schema
 
 
-def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimits) -> None:
+def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimits, cap: int) -> None:
     s = request.sampling
     if s.temperature is not None and not 0.0 <= s.temperature <= 2.0:
         raise InvalidArgument("must be between 0 and 2", field="sampling.temperature")
@@ -133,7 +139,6 @@ def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimit
         raise InvalidArgument("must be in (0, 1]", field="sampling.top_p")
     if s.top_k is not None and s.top_k < 0:
         raise InvalidArgument("must not be negative", field="sampling.top_k")
-    cap = pool.engine.max_output_tokens
     if s.max_output_tokens is not None and not 1 <= s.max_output_tokens <= cap:
         raise InvalidArgument(f"must be between 1 and {cap} for model {pool.name}", field="sampling.max_output_tokens")
     if len(s.stop) > limits.max_stop_strings:
@@ -161,7 +166,7 @@ def _check_sampling(request: ChatRequest, pool: PoolConfig, limits: RequestLimit
             )
 
 
-def _check_mode(request: ChatRequest, pool: PoolConfig) -> None:
+def _check_mode(request: ChatRequest, pool: PoolConfig, cap: int) -> None:
     """`pool.modes` is resolved against the pool's checkpoint at start-up (`pool_model.check_pools`)."""
     m = request.mode
     if pool.modes is not None and m.mode not in pool.modes:
@@ -172,10 +177,8 @@ def _check_mode(request: ChatRequest, pool: PoolConfig) -> None:
     if m.thinking_budget is not None:
         if m.mode is Mode.INSTANT:
             raise InvalidArgument("only THINKING and CONTEMPLATING take a budget", field="mode.thinking_budget")
-        if not 0 <= m.thinking_budget <= pool.engine.max_output_tokens:
-            raise InvalidArgument(
-                f"must be between 0 and {pool.engine.max_output_tokens}", field="mode.thinking_budget"
-            )
+        if not 0 <= m.thinking_budget <= cap:
+            raise InvalidArgument(f"must be between 0 and {cap}", field="mode.thinking_budget")
     if m.num_agents is not None:
         if m.mode is not Mode.CONTEMPLATING:
             raise InvalidArgument("only CONTEMPLATING takes a number of agents", field="mode.num_agents")

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 
 from torch import Tensor
 
-from museserve_kernels import activation, cache_write, norm, paged_attention, rope
+from museserve_kernels import activation, cache_write, norm, paged_attention, paged_prefill, rope
 
 _reference_only: ContextVar[bool] = ContextVar("museserve_reference_only", default=False)
 
@@ -86,6 +86,27 @@ def paged_decode(
     return paged_attention.paged_decode_reference(
         q, key_cache, value_cache, block_tables, context_lens, block_size, gather=gather
     )
+
+
+def paged_prefill_chunks(
+    q: Tensor,
+    key_cache: Tensor,
+    value_cache: Tensor,
+    block_tables: Tensor,
+    query_starts: Tensor,
+    context_lens: Tensor,
+    block_size: int,
+    max_query_len: int,
+) -> Tensor:
+    """Packed chunks, q [T, heads, d]: chunk i's rows query_starts[i]..query_starts[i + 1] - 1 are
+    the last positions of its context_lens[i], attended causally over keys read through
+    block_tables [N, max_blocks] (the chunk's own k/v already written); returns [T, heads, d].
+    The reference reads the lengths on the host; on a CPU the engine attends chunks in place
+    (`runner.cpu_attention`) instead."""
+    args = (q, key_cache, value_cache, block_tables, query_starts, context_lens, block_size)
+    if _fused(q):
+        return paged_prefill.paged_prefill(*args, max_query_len)
+    return paged_prefill.paged_prefill_reference(*args)
 
 
 def decode_gather(

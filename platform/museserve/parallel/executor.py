@@ -35,7 +35,7 @@ from museserve.errors import Unavailable
 from museserve.model.config import MuseConfig
 from museserve.parallel.plan import replica_workers, split_plan
 from museserve.parallel.worker import StageWorker
-from museserve.runner.kv_pool import kv_bytes_per_block
+from museserve.runner.loading import kv_pool_blocks, start_window
 
 logger = logging.getLogger(__name__)
 LOST = (RayActorError, ObjectLostError, NodeDiedError, GetTimeoutError)
@@ -67,12 +67,12 @@ class RayExecutor:
         self.arch = arch
         self.config = pool.parallel
         self.specs = replica_workers(arch, self.config.tensor, self.config.pipeline)  # ValueError if it cannot split
-        engine = pool.engine
-        self.num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(
-            arch, engine.block_size, getattr(torch, pool.model.dtype)
-        )
-        if self.num_blocks < 1:
-            raise ValueError(f"pool {pool.name}: engine.kv_cache_bytes holds no KV block of this model")
+        # kv_cache_bytes is the replica's: every worker holds these blocks of its own layers and
+        # KV heads (`shard_architecture`), together the whole model's blocks (`context_window`).
+        self.window = start_window(pool, arch)  # ValueError when the cache is too small
+        self.num_blocks = kv_pool_blocks(pool, self.window, arch, getattr(torch, pool.kv_cache_dtype))
+        logger.info("pool %s: %d x %d workers, %s", pool.name, self.config.pipeline, self.config.tensor,
+                    self.window.describe())  # fmt: skip
         self.media_feature_dims = arch.media_feature_dims
         self.num_microbatches = 2 if self.config.pipeline > 1 else 1
         self.on_accelerator = self._wants_cuda()
@@ -150,7 +150,14 @@ class RayExecutor:
                             scheduling_strategy=PlacementGroupSchedulingStrategy(
                                 group, placement_group_bundle_index=rank
                             ),
-                        ).remote(spec, self.arch, self.pool.model, self.num_blocks, self.pool.engine.block_size)
+                        ).remote(
+                            spec,
+                            self.arch,
+                            self.pool.model,
+                            self.num_blocks,
+                            self.pool.engine.block_size,
+                            self.pool.kv_cache_dtype,
+                        )
                         for rank, spec in enumerate(stage)
                     ]
                 )

@@ -19,7 +19,8 @@ from museserve.model.layers import TiedLMHead
 from museserve.model.loader import build_model
 from museserve.model.muse import MuseForCausalLM
 from museserve.parallel.plan import WorkerSpec, shard_architecture
-from museserve.runner.kv_pool import SDPA_BACKENDS, PagedKVPool, PagedStep
+from museserve.runner.kv_pool import SDPA_BACKENDS, PagedKVPool
+from museserve.runner.paged_step import PagedStep
 from museserve.runner.step_inputs import media_inputs, step_inputs
 
 
@@ -56,14 +57,24 @@ class StageStep:
 
 
 class StageRunner:
-    def __init__(self, spec: WorkerSpec, model: MuseForCausalLM, arch: MuseConfig, num_blocks: int, block_size: int):
-        """`model`: already pruned to the stage (and sharded when spec.tensor > 1); `arch`: the whole model's."""
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        model: MuseForCausalLM,
+        arch: MuseConfig,
+        num_blocks: int,
+        block_size: int,
+        *,
+        kv_dtype: torch.dtype | None = None,
+    ):
+        """`model`: already pruned to the stage (and sharded when spec.tensor > 1); `arch`: the whole
+        model's. `kv_dtype`: the pool's `kv_cache_dtype` (None: the model's dtype)."""
         self.spec = spec
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         shard = shard_architecture(arch, spec.tensor, spec.layers)
-        self.pool = PagedKVPool(shard, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.pool = PagedKVPool(shard, num_blocks, block_size, dtype=kv_dtype or self.dtype, device=self.device)
         self.decode_group = 8 if self.device.type == "cpu" else 1024
 
     @torch.inference_mode()

@@ -25,12 +25,22 @@ from museserve.parallel.stage import StageRunner, build_stage_model
 
 
 class StageWorker:
-    def __init__(self, spec: WorkerSpec, arch: MuseConfig, model: ModelConfig, num_blocks: int, block_size: int):
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        arch: MuseConfig,
+        model: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        kv_cache_dtype: str | None = None,
+    ):
+        """`kv_cache_dtype`: the pool's (`PoolConfig.kv_cache_dtype`); None: the model's dtype."""
         self.spec = spec
         self.arch = arch
         self.model_config = model
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.kv_cache_dtype = kv_cache_dtype or model.dtype
         self.runner: StageRunner | None = None
 
     def address(self) -> tuple[str, int]:
@@ -60,7 +70,8 @@ class StageWorker:
         )
         if spec.tensor > 1:
             model = tp.shard_model(model, spec.tensor, dtype)
-        self.runner = StageRunner(spec, model, self.arch, self.num_blocks, self.block_size)
+        kv_dtype = getattr(torch, self.kv_cache_dtype)
+        self.runner = StageRunner(spec, model, self.arch, self.num_blocks, self.block_size, kv_dtype=kv_dtype)
         return self.memory()
 
     def forward(self, plan: SchedulerPlan, hidden: Tensor | None) -> Tensor | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from museserve.config import PoolConfig
+from museserve.config.context_window import ContextWindow
 from museserve.domain import Message, Role, TextPart, ToolSpec
 from museserve.errors import InvalidArgument
 from museserve.messages import ContemplationPrompts
@@ -92,11 +93,11 @@ def synthesis_prompt_bound(prompts: ContemplationPrompts, num_agents: int, agent
 
 
 def check_contemplating_fits(
-    prompts: ContemplationPrompts, agent_budget: int, max_output: int, pool: PoolConfig
+    prompts: ContemplationPrompts, agent_budget: int, max_output: int, pool: PoolConfig, window: ContextWindow
 ) -> None:
-    """Every agent's pass and the synthesis pass must fit the context window; this is known
-    before any of them runs (agent answers are capped, see `synthesis_prompt`)."""
-    config, context = pool.contemplating, pool.engine.context_length
+    """Every agent's pass and the synthesis pass must fit the pool's context window; this is
+    known before any of them runs (agent answers are capped, see `synthesis_prompt`)."""
+    config, context = pool.contemplating, window.tokens
     longest_agent = len(prompts.shared) + max(len(a) for a in prompts.agents)
     agent = longest_agent + _reasoning_positions(agent_budget) + min(max_output, config.agent_answer_tokens)
     synthesis = (
@@ -107,7 +108,8 @@ def check_contemplating_fits(
     if max(agent, synthesis) > context:
         raise InvalidArgument(
             f"contemplating with {len(prompts.agents)} agents needs up to {max(agent, synthesis)} positions "
-            f"(prompt, agents' answers, synthesis); model {pool.name} has {context}",
+            f"(prompt, agents' answers, synthesis); the context window of model {pool.name} is {context} "
+            f"tokens {window.limit}",
             field="mode.num_agents",
         )
 

@@ -1,13 +1,15 @@
 """What the serving tiers know of a pool's model before any weight is loaded.
 
 Each pool's checkpoint is read once per process (metadata only): its chat format (tokenizer,
-template, stop ids, reasoning markers), the positions it supports, the media it has
-projectors for, and its default sampling. Dummy weights serve the Muse format with the
-bundled tokenizer (or `preprocess.tokenizer`), every mode, both media kinds.
+template, stop ids, reasoning markers), its architecture (the positions it supports, its KV
+shape), the media it has projectors for, and its default sampling. Dummy weights serve the
+Muse format with the bundled tokenizer (or `preprocess.tokenizer`), every mode, both media
+kinds, in the shape `model.size` names.
 
-`check_pools` is what a pool can do against what the config asks of it, at start-up, with
-errors that name the key: a listed mode the checkpoint cannot serve, a context window
-beyond its positions, a route to a pool that cannot serve the mode. It returns the config
+`PoolModel.window` is the pool's context window (`config.context_window`), the same figure the
+model replica derives from the same architecture. `check_pools` is what a pool can do against
+what the config asks of it, at start-up, with errors that name the key: a listed mode the
+checkpoint cannot serve, a route to a pool that cannot serve the mode. It returns the config
 with every pool's `modes` spelled out, which the gateway then routes and validates by.
 """
 
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 from museserve.checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
 from museserve.checkpoint.hf_directory import EOS_KEYS
 from museserve.config import MediaLimits, MuseServeConfig, PoolConfig
+from museserve.config.context_window import ContextWindow, context_window
 from museserve.config.tree import ConfigError
 from museserve.domain import Mode
-from museserve.model.config import AUDIO_FEATURE_DIM_KEY, IMAGE_FEATURE_DIM_KEY, LONG_CONTEXT
+from museserve.model.config import AUDIO_FEATURE_DIM_KEY, IMAGE_FEATURE_DIM_KEY, LONG_CONTEXT, MuseConfig
 from museserve.preprocess.chat_format import ChatFormat
 from museserve.preprocess.jinja_format import JinjaFormat
 from museserve.preprocess.media import ALL_KINDS
@@ -39,11 +42,19 @@ class PoolModel:
     max_positions: int  # positions the model supports (its RoPE, its scaling)
     media_kinds: frozenset[str]  # media it has projectors for and its format can place
     sampling_defaults: Mapping[str, float] = field(default_factory=dict)  # for fields a request leaves unset
+    architecture: MuseConfig | None = None  # a checkpoint's config; None: dummy weights of the pool's `model.size`
 
     @classmethod
     def muse(cls, tokenizer: MuseTokenizer, media_kinds: frozenset[str] = ALL_KINDS) -> PoolModel:
         """The Muse format with this tokenizer: what dummy weights serve."""
         return cls(MuseFormat(tokenizer), LONG_CONTEXT, media_kinds)
+
+    def window(self, pool: PoolConfig) -> ContextWindow:
+        """The pool's context window over this model (pure arithmetic; cheap per call)."""
+        arch = self.architecture
+        if arch is None:  # only the KV shape and positions matter here, not the vocabulary
+            arch = MuseConfig.named(pool.model.size, vocab_size=self.chat_format.tokenizer.vocab_size)
+        return context_window(pool, arch)
 
     @property
     def modes(self) -> tuple[Mode, ...]:
@@ -74,11 +85,11 @@ def _read(load_format: str, path: str | None, tokenizer: str | None, image_dim: 
                 f"preprocess.media produces {expected[kind]}"
             )
     kinds = frozenset(k for k, dim in projectors.items() if dim) & chat_format.media_kinds
-    positions = int(config.get("max_position_embeddings") or LONG_CONTEXT)
+    arch = MuseConfig.from_hf_dict(config)  # as the model replica reads it: the same positions and KV shape
     logger.info("%s: %s chat format, %d positions, stop ids %s, reasoning %s",
-                info.source, chat_format.name, positions, sorted(chat_format.markers.stop_ids),
+                info.source, chat_format.name, arch.max_position_embeddings, sorted(chat_format.markers.stop_ids),
                 "yes" if chat_format.can_reason else "no")  # fmt: skip
-    return PoolModel(chat_format, positions, kinds, dict(info.generation_defaults))
+    return PoolModel(chat_format, arch.max_position_embeddings, kinds, dict(info.generation_defaults), arch)
 
 
 def _chat_format(info: CheckpointInfo, fallback_tokenizer: str | None) -> ChatFormat:
@@ -118,11 +129,6 @@ def check_pools(config: MuseServeConfig) -> MuseServeConfig:
                     f"  pools[{i}].modes: {pool.name} cannot serve {mode}: its checkpoint has no reasoning markers "
                     "(<think> and </think> in its vocabulary); route thinking to another pool (gateway.routes)"
                 )
-        if pool.engine.context_length > model.max_positions:
-            problems.append(
-                f"  pools[{i}].engine.context_length: {pool.engine.context_length} exceeds the "
-                f"{model.max_positions} positions the checkpoint of {pool.name} supports"
-            )
         pools.append(pool.model_copy(update={"modes": tuple(m for m in modes if m in model.modes)}))
     resolved = config.model_copy(update={"pools": tuple(pools)})
     for mode, name in config.gateway.routes.items():
@@ -131,3 +137,10 @@ def check_pools(config: MuseServeConfig) -> MuseServeConfig:
     if problems:
         raise ConfigError("the pools cannot serve this config:\n" + "\n".join(problems))
     return resolved
+
+
+def pool_windows(config: MuseServeConfig) -> dict[str, ContextWindow]:
+    """Each pool's context window, by pool name. Call after `check_pools`, which turns an
+    unreadable checkpoint into a ConfigError naming the pool."""
+    media, tokenizer = config.preprocess.media, config.preprocess.tokenizer
+    return {pool.name: pool_model(pool, media, tokenizer).window(pool) for pool in config.pools}

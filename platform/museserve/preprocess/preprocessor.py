@@ -1,10 +1,12 @@
 """Turns a validated `ChatRequest` into a `PreparedRequest` for one pool.
 
 Everything that needs the pool's chat format is decided here, before a model pool sees the
-request: the prompt's token count against the context window, the output budget that
-still fits, the reasoning budget of the mode, the sampling defaults of the checkpoint, and
-for Contemplating every pass's prompt. Images and audio become feature rows and
-placeholder runs here too (`media`); their tokens count like any other prompt token.
+request and before the gateway charges its rate limits: the prompt's token count against the
+pool's context window (`PoolModel.window`: the smallest of context_length, the checkpoint's
+positions and what its KV cache holds), the output budget that still fits, the reasoning
+budget of the mode, the sampling defaults of the checkpoint, and for Contemplating every
+pass's prompt. Images and audio become feature rows and placeholder runs here too (`media`);
+their tokens count like any other prompt token.
 
 `fetch_media` (async, image URLs) runs on the event loop; `count` and `prepare` are CPU work
 for a worker thread and take what it fetched.
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from museserve.config import MediaLimits, MuseServeConfig, PoolConfig
+from museserve.config.context_window import ContextWindow
 from museserve.domain import ChatRequest, Mode, SamplingParams, ToolChoiceKind, ToolSpec
 from museserve.errors import FailedPrecondition, InvalidArgument
 from museserve.messages import ContemplationPrompts, PreparedRequest, PromptCount
@@ -69,21 +72,22 @@ class Preprocessor:
         """The prompt's size, also when it exceeds the context window (so a client can trim)."""
         media = self._encode(request, pool, fetched)
         ids = self._render(request, self._requested_budget(request, pool) > 0, media)
-        return PromptCount(len(ids), pool.engine.context_length, pool.name)
+        return PromptCount(len(ids), self.model.window(pool).tokens, pool.name)
 
     def prepare(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None = None) -> PreparedRequest:
-        """Positions used: prompt + reasoning (budget + its closing marker) + output <= context."""
-        context_length = pool.engine.context_length
+        """Positions used: prompt + reasoning (budget + its closing marker) + output <= the window."""
+        window = self.model.window(pool)
         budget = self._requested_budget(request, pool)
         media = self._encode(request, pool, fetched)
         ids = self._render(request, budget > 0, media)
-        room = _room_after_prompt(ids, pool)
+        room = _room_after_prompt(ids, window)
         requested = request.sampling.max_output_tokens
         if requested is not None:
             if _reasoning_positions(budget) + requested > room:
+                reasoning = f" plus reasoning budget {budget}" if budget else ""
                 raise InvalidArgument(
-                    f"prompt ({len(ids)}) + reasoning budget ({budget}) + {requested} output tokens "
-                    f"exceed the context window of {context_length}",
+                    f"prompt of {len(ids)} tokens{reasoning} plus max_output_tokens {requested} exceeds the "
+                    f"context window of {window.tokens} tokens of model {pool.name} {window.limit}",
                     field="sampling.max_output_tokens",
                 )
             max_output = requested
@@ -93,13 +97,13 @@ class Preprocessor:
                 if budget <= 0:
                     budget = 0
                     ids = self._render(request, False, media)  # closes the segment
-                    room = _room_after_prompt(ids, pool)
+                    room = _room_after_prompt(ids, window)
             max_output = min(pool.engine.default_max_output_tokens, room - _reasoning_positions(budget))
         num_agents, contemplation = 0, None
         if request.mode.mode is Mode.CONTEMPLATING:
             num_agents = request.mode.num_agents or pool.contemplating.default_agents
             contemplation = self._contemplation(request, pool, num_agents, budget, media)
-            check_contemplating_fits(contemplation, budget, max_output, pool)
+            check_contemplating_fits(contemplation, budget, max_output, pool, window)
         self._check_stop_token_ids(request.sampling.stop_token_ids)
         return PreparedRequest(
             request_id=request.request_id,
@@ -175,13 +179,13 @@ def _reasoning_positions(budget: int) -> int:
     return budget + 1 if budget > 0 else 0
 
 
-def _room_after_prompt(ids: list[int], pool: PoolConfig) -> int:
+def _room_after_prompt(ids: list[int], window: ContextWindow) -> int:
     """Positions left for generation; at least one, or the prompt is refused."""
-    room = pool.engine.context_length - len(ids)
+    room = window.tokens - len(ids)
     if room < 1:
         raise InvalidArgument(
-            f"the prompt is {len(ids)} tokens; model {pool.name} reads at most "
-            f"{pool.engine.context_length - 1} prompt tokens",
+            f"the prompt is {len(ids)} tokens; model {window.pool} reads at most {window.tokens - 1} prompt "
+            f"tokens: its context window is {window.tokens} tokens {window.limit}",
             field="messages",
         )
     return room

@@ -19,7 +19,8 @@ from torch.nn.attention import sdpa_kernel
 
 from museserve.engine.plan import SchedulerPlan
 from museserve.model.muse import MuseForCausalLM
-from museserve.runner.kv_pool import SDPA_BACKENDS, BatchLayout, DecodeBatch, PagedKVPool, PagedStep
+from museserve.runner.kv_pool import SDPA_BACKENDS, BatchLayout, DecodeBatch, PagedKVPool
+from museserve.runner.paged_step import PagedStep
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 MIN_WIDTH = 64
@@ -87,7 +88,7 @@ class DecodeGraphs:
         tables = inputs[4 * batch :].view(batch, -1)
         decode = DecodeBatch(torch.arange(batch, device=self.device), tables, lengths)
         # Only the decode group is read: no sequence is chunked, so per-sequence fields stay empty.
-        layout = BatchLayout(new_slots, new_slots[:0], (), (), (), decode=(decode,), chunked=())
+        layout = BatchLayout(new_slots, (), (), (), self.pool.block_size, decode=(decode,))
         with sdpa_kernel(SDPA_BACKENDS):
             hidden = self.model(self.model.embed(ids), positions, PagedStep(self.pool, layout))
         return self.model.compute_logits(hidden)

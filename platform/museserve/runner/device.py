@@ -33,6 +33,7 @@ class DeviceRunner:
         # Executors of text-only models may not declare it.
         self.media_feature_dims: dict[str, int] = dict(getattr(self.executor, "media_feature_dims", {}))
         self.on_accelerator = bool(getattr(self.executor, "on_accelerator", False))
+        self.kv_tier_slots = int(getattr(self.executor, "kv_tier_slots", 0))
         self.constraints = ConstraintFactory(chat_format.tokenizer, chat_format.markers)
 
     async def prepare(self, request: PreparedRequest) -> RequestSampler:

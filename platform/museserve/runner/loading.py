@@ -1,5 +1,6 @@
 """Builds a pool's model and the runner that executes it in this process, on the pool's
-device, its KV pool sized from the pool's memory budget."""
+device, its KV pool sized from the pool's memory budget: exactly the blocks its context
+window (`config.context_window`) counts, in `kv_cache_dtype`."""
 
 from __future__ import annotations
 
@@ -10,41 +11,60 @@ import torch
 
 from museserve.checkpoint import read_checkpoint
 from museserve.config import MediaLimits, PoolConfig
+from museserve.config.context_window import ContextWindow, check_min_context, context_window
 from museserve.model.config import MuseConfig
 from museserve.model.loader import build_model, check_media_dims, resolve_device
 from museserve.model.muse import MuseForCausalLM
 from museserve.runner.kv_pool import PagedKVPool, kv_bytes_per_block
+from museserve.runner.kv_tier import build_kv_tier
 from museserve.runner.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
 
 def local_runner(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> ModelRunner:
-    """A runner in this process on the pool's device, its KV pool sized from the pool's memory budget."""
-    engine = pool.engine
-    model = load_pool_model(pool, vocab_size, media)
-    dtype = getattr(torch, pool.model.dtype)
+    """A runner in this process on the pool's device, its KV pool sized from the pool's memory
+    budget. ValueError, before any weight loads, when the cache cannot hold
+    `engine.min_context_per_request` tokens."""
+    arch = pool_architecture(pool, vocab_size, media)
+    window = start_window(pool, arch)
+    model = build_pool_model(pool, arch)
+    dtype = getattr(torch, pool.kv_cache_dtype)
     device = next(model.parameters()).device
-    num_blocks = engine.kv_cache_bytes // kv_bytes_per_block(model.config, engine.block_size, dtype)
-    if num_blocks < 1:
-        raise ValueError(f"pool {pool.name}: engine.kv_cache_bytes holds no KV block of this model")
-    kv_pool = PagedKVPool(model.config, num_blocks, engine.block_size, dtype=dtype, device=device)
+    num_blocks = kv_pool_blocks(pool, window, model.config, dtype)
+    kv_pool = PagedKVPool(model.config, num_blocks, pool.engine.block_size, dtype=dtype, device=device)
     logger.info(
-        "pool %s on %s: KV cache of %d blocks x %d tokens = %d tokens (%.1f MiB)",
-        pool.name,
-        device,
-        num_blocks,
-        engine.block_size,
-        num_blocks * engine.block_size,
-        kv_pool.num_bytes / 2**20,
+        "pool %s on %s: %s; %.1f MiB allocated", pool.name, device, window.describe(), kv_pool.num_bytes / 2**20
     )
-    return ModelRunner(model, kv_pool)
+    return ModelRunner(model, kv_pool, kv_tier=build_kv_tier(kv_pool, pool.engine.kv_tier, pool.name))
+
+
+def start_window(pool: PoolConfig, arch: MuseConfig) -> ContextWindow:
+    """The pool's context window at replica start; ValueError when the KV cache is too small."""
+    window = context_window(pool, arch)
+    check_min_context(pool, window)
+    return window
+
+
+def kv_pool_blocks(pool: PoolConfig, window: ContextWindow, arch: MuseConfig, dtype: torch.dtype) -> int:
+    """The blocks to allocate: the window's, which must be what torch's sizes give."""
+    per_block = kv_bytes_per_block(arch, pool.engine.block_size, dtype)
+    if pool.engine.kv_cache_bytes // per_block != window.num_blocks:
+        raise AssertionError(
+            f"pool {pool.name}: the window counts {window.num_blocks} KV blocks, torch's {dtype} sizes give "
+            f"{pool.engine.kv_cache_bytes // per_block}"
+        )
+    return window.num_blocks
 
 
 def load_pool_model(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> MuseForCausalLM:
+    return build_pool_model(pool, pool_architecture(pool, vocab_size, media))
+
+
+def build_pool_model(pool: PoolConfig, arch: MuseConfig) -> MuseForCausalLM:
     spec = pool.model
     return build_model(
-        pool_architecture(pool, vocab_size, media),
+        arch,
         load_format=spec.load_format,
         seed=spec.seed,
         dtype=getattr(torch, spec.dtype),

@@ -15,7 +15,9 @@ from torch.nn.attention import sdpa_kernel
 from museserve.engine.plan import SchedulerPlan
 from museserve.model.muse import MuseForCausalLM
 from museserve.runner.decode_graphs import DecodeGraphs
-from museserve.runner.kv_pool import SDPA_BACKENDS, PagedKVPool, PagedStep
+from museserve.runner.kv_pool import SDPA_BACKENDS, PagedKVPool
+from museserve.runner.kv_tier import KVTier
+from museserve.runner.paged_step import PagedStep
 from museserve.runner.step_inputs import media_inputs, step_inputs
 
 # Decode sequences per batched attention call. On a CPU the padding to the group's longest
@@ -26,10 +28,15 @@ GPU_DECODE_GROUP = 1024
 
 
 class ModelRunner:
-    def __init__(self, model: MuseForCausalLM, pool: PagedKVPool, *, cuda_graphs: bool = True):
-        """`cuda_graphs`: on a GPU, replay captured graphs for decode steps (`DecodeGraphs`)."""
+    def __init__(
+        self, model: MuseForCausalLM, pool: PagedKVPool, *, cuda_graphs: bool = True, kv_tier: KVTier | None = None
+    ):
+        """`cuda_graphs`: on a GPU, replay captured graphs for decode steps (`DecodeGraphs`).
+        `kv_tier`: the pool's second tier, which plans' kv_saves/kv_loads copy to and from."""
         self.model = model
         self.pool = pool
+        self.kv_tier = kv_tier
+        self.kv_tier_slots = kv_tier.num_slots if kv_tier is not None else 0
         self.device = next(model.parameters()).device
         self.num_blocks = pool.num_blocks
         self.media_feature_dims = model.config.media_feature_dims
@@ -39,6 +46,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerPlan) -> Tensor:
+        if plan.kv_saves or plan.kv_loads:
+            # Before the step, eager or replayed: it may overwrite the saved blocks and reads the loaded ones.
+            self.kv_tier.apply(plan.kv_saves, plan.kv_loads)
         bucket = self.graphs.bucket(plan) if self.graphs is not None else None
         logits = self._eager(plan) if bucket is None else self.graphs.replay(plan, bucket)
         if logits.is_cuda:

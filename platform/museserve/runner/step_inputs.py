@@ -38,6 +38,7 @@ def step_inputs(plan: SchedulerPlan, block_size: int, decode_group: int, device:
         [item.num_new_tokens for item in sequences],
         block_size,
         decode_group,
+        pack_prefill=device.type != "cpu",
     ).to(device)
     packed = torch.tensor(token_ids + token_positions + sample_rows, dtype=torch.long).to(device)
     ids, positions, rows = packed.split((len(token_ids), len(token_positions), len(sample_rows)))

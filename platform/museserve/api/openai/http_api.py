@@ -129,6 +129,7 @@ def model_json(info: ModelInfo, is_default: bool) -> dict[str, Any]:
         "created": 0,
         "owned_by": "museserve",
         "context_length": info.context_length,
+        "max_model_len": info.context_length,  # vLLM's name for the same window
         "max_output_tokens": info.max_output_tokens,
         "modes": [str(m) for m in info.modes],
         "is_default": is_default,

@@ -112,6 +112,7 @@ class Model(BaseModel):
     created: int
     owned_by: str
     context_length: int
+    max_model_len: int
     max_output_tokens: int
     modes: list[Literal["instant", "thinking", "contemplating"]]
     is_default: bool
