@@ -73,6 +73,8 @@ bench: install redis
 	$(PY) -m tests.bench.bench_stream_path --out .bench/stream_path.json
 	$(PY) -m tests.bench.bench_engine --out .bench/engine.json
 	$(PY) -m tests.bench.bench_overlap --out .bench/overlap.json
+	$(PY) -m tests.bench.bench_long_context --out .bench/long_context.json
+	$(PY) -m tests.bench.bench_kv_dtype --out .bench/kv_dtype.json
 	$(PY) -m tests.bench.bench_gateway --out .bench/gateway.json
 	$(PY) -m tests.bench.bench_ingress --out .bench/ingress.json
 	$(PY) -m tests.bench.bench_modes --out .bench/modes.json
