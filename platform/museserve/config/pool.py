@@ -29,6 +29,12 @@ class ModelConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where weights, KV cache and sampling live; auto: cuda when PyTorch sees a GPU, else cpu."
     )
+    cpu_threads: int = Field(
+        0,
+        ge=0,
+        description="On a CPU: threads of the model's kernels. 0: every core this process may run on (Ray starts "
+        "replica processes with OMP_NUM_THREADS=1, which would leave all but one core idle).",
+    )
     cpu_gemm: Literal["onednn", "torch"] = Field(
         "onednn",
         description="On a CPU: linear layers on oneDNN with weights packed once at load (float32, or bfloat16 "

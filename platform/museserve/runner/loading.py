@@ -5,6 +5,7 @@ window (`config.context_window`) counts, in `kv_cache_dtype`."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 
 import torch
@@ -31,10 +32,17 @@ def local_runner(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = 
     model = build_pool_model(pool, arch)
     dtype = getattr(torch, pool.kv_cache_dtype)
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        torch.set_num_threads(pool.model.cpu_threads or len(os.sched_getaffinity(0)))
     num_blocks = kv_pool_blocks(pool, window, model.config, dtype)
     kv_pool = PagedKVPool(model.config, num_blocks, pool.engine.block_size, dtype=dtype, device=device)
     logger.info(
-        "pool %s on %s: %s; %.1f MiB allocated", pool.name, device, window.describe(), kv_pool.num_bytes / 2**20
+        "pool %s on %s (%d threads): %s; %.1f MiB allocated",
+        pool.name,
+        device,
+        torch.get_num_threads(),
+        window.describe(),
+        kv_pool.num_bytes / 2**20,
     )
     return ModelRunner(model, kv_pool, kv_tier=build_kv_tier(kv_pool, pool.engine.kv_tier, pool.name))
 
