@@ -65,6 +65,28 @@ FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INDICES = (torch.int32, torch.int64)
 
 
+def check_paged_attention(
+    op: str, q: Tensor, key_cache: Tensor, value_cache: Tensor, block_size: int
+) -> tuple[int, int, int, int]:
+    """The checks every paged attention wrapper shares: q [rows, q_heads, head_dim] of a float dtype,
+    caches [num_slots, kv_heads, head_dim] of q's dtype with kv_heads dividing q_heads, and a
+    power-of-two block size. Returns (rows, q_heads, head_dim, kv_heads)."""
+    check_dtype(op, "q", q, FLOATS)
+    check_shape(op, "q", q, (None, None, None))
+    rows, q_heads, head_dim = q.shape
+    check_shape(op, "key_cache", key_cache, (None, None, head_dim))
+    check_shape(op, "value_cache", value_cache, tuple(key_cache.shape))
+    kv_heads = key_cache.shape[1]
+    if kv_heads == 0 or q_heads % kv_heads:
+        raise ValueError(f"{op}: q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
+    for name, t in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"{op}: block_size must be a power of two, got {block_size}")
+    return rows, q_heads, head_dim, kv_heads
+
+
 def next_power_of_2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 

@@ -21,9 +21,9 @@ import triton.language as tl
 from torch import Tensor
 
 from museserve_kernels._launch import (
-    FLOATS,
     INDICES,
     check_dtype,
+    check_paged_attention,
     check_shape,
     check_unit_stride,
     is_interpreted,
@@ -212,23 +212,11 @@ def paged_decode(
     """A new [B, q_heads, head_dim] tensor. context_lens are not range-checked (that would need a
     host sync): lengths past the table read whatever slots the table's padding names."""
     op = "paged_decode"
-    check_dtype(op, "q", q, FLOATS)
-    check_shape(op, "q", q, (None, None, None))
-    batch, q_heads, head_dim = q.shape
-    check_shape(op, "key_cache", key_cache, (None, None, head_dim))
-    check_shape(op, "value_cache", value_cache, tuple(key_cache.shape))
-    kv_heads = key_cache.shape[1]
-    if kv_heads == 0 or q_heads % kv_heads:
-        raise ValueError(f"{op}: q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
-    for name, t in (("key_cache", key_cache), ("value_cache", value_cache)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    batch, q_heads, head_dim, kv_heads = check_paged_attention(op, q, key_cache, value_cache, block_size)
     check_dtype(op, "block_tables", block_tables, INDICES)
     check_shape(op, "block_tables", block_tables, (batch, None))
     check_dtype(op, "context_lens", context_lens, INDICES)
     check_shape(op, "context_lens", context_lens, (batch,))
-    if block_size < 1 or block_size & (block_size - 1):
-        raise ValueError(f"{op}: block_size must be a power of two, got {block_size}")
     for name, t in (
         ("q", q), ("key_cache", key_cache), ("value_cache", value_cache), ("block_tables", block_tables),
         ("context_lens", context_lens),

@@ -21,9 +21,9 @@ import triton.language as tl
 from torch import Tensor
 
 from museserve_kernels._launch import (
-    FLOATS,
     INDICES,
     check_dtype,
+    check_paged_attention,
     check_shape,
     check_unit_stride,
     is_interpreted,
@@ -145,17 +145,7 @@ def paged_prefill(
     (a host int, so the grid needs no sync); rows of a sequence past it are left unwritten.
     query_starts and context_lens are not range-checked (that would need a host sync)."""
     op = "paged_prefill"
-    check_dtype(op, "q", q, FLOATS)
-    check_shape(op, "q", q, (None, None, None))
-    tokens, q_heads, head_dim = q.shape
-    check_shape(op, "key_cache", key_cache, (None, None, head_dim))
-    check_shape(op, "value_cache", value_cache, tuple(key_cache.shape))
-    kv_heads = key_cache.shape[1]
-    if kv_heads == 0 or q_heads % kv_heads:
-        raise ValueError(f"{op}: q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
-    for name, t in (("key_cache", key_cache), ("value_cache", value_cache)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    tokens, q_heads, head_dim, kv_heads = check_paged_attention(op, q, key_cache, value_cache, block_size)
     check_dtype(op, "block_tables", block_tables, INDICES)
     check_shape(op, "block_tables", block_tables, (None, None))
     num_seqs = block_tables.shape[0]
@@ -163,8 +153,6 @@ def paged_prefill(
     check_shape(op, "query_starts", query_starts, (num_seqs + 1,))
     check_dtype(op, "context_lens", context_lens, INDICES)
     check_shape(op, "context_lens", context_lens, (num_seqs,))
-    if block_size < 1 or block_size & (block_size - 1):
-        raise ValueError(f"{op}: block_size must be a power of two, got {block_size}")
     if isinstance(max_query_len, bool) or not isinstance(max_query_len, int) or max_query_len < int(tokens > 0):
         raise ValueError(f"{op}: max_query_len must be a host int >= 1 (0 for no tokens), got {max_query_len!r}")
     for name, t in (
