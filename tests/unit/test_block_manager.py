@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from museserve.engine.block_manager import BlockManager, chain_hash, root_hash
+from museserve.engine.block_hashes import chain_hash, root_hash
+from museserve.engine.block_manager import BlockManager
 from museserve.engine.sequence import Sequence
 
 _ids = itertools.count()

@@ -1,11 +1,8 @@
 """Logical KV blocks: integer ids, reference counts and the prefix cache. No tensors.
 
-A full block is identified by a hash chained over its parent's hash, the sequence's
-cache salt (one per tenant), its own token ids and, where it holds media placeholders, the
-media's digests and offsets (`media.block_media_keys`), so two blocks share a hash only when
-the whole prefix up to and including them is equal *for the same tenant*: one tenant's
-prompt never reuses, or times, another tenant's cache, and one image's KV never stands in
-for another's.
+A full block is keyed by its chain hash (`block_hashes`): the tenant, every token up to it
+and its media, so one tenant's prompt never reuses, or times, another tenant's cache, and one
+image's KV never stands in for another's.
 
 Free blocks (ref count 0) sit in one LRU order: blocks without cached content first,
 then cached ones by last use. Allocation takes from the front, so the least recently
@@ -31,28 +28,14 @@ plan, then all loads, then runs its step, steps in plan order on one thread. So:
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 
+from museserve.engine.block_hashes import BlockHash, extend_chain
+from museserve.engine.kv_events import KVEventLog
 from museserve.engine.kv_tier_index import TierIndex
 from museserve.engine.media import block_media_keys
 from museserve.engine.sequence import Sequence
-
-BlockHash = bytes
-
-
-def chain_hash(parent: BlockHash, token_ids: Seq[int], extra: bytes = b"") -> BlockHash:
-    """`extra`: what else the block's KV depends on (its media); after the fixed-size token bytes."""
-    digest = hashlib.blake2b(parent, digest_size=16)
-    digest.update(b"".join(t.to_bytes(4, "little", signed=False) for t in token_ids))
-    if extra:
-        digest.update(extra)
-    return digest.digest()
-
-
-def root_hash(cache_salt: str) -> BlockHash:
-    return hashlib.blake2b(cache_salt.encode("utf-8"), digest_size=16, person=b"museserve-kv").digest()
 
 
 class BlockManager:
@@ -75,6 +58,7 @@ class BlockManager:
         self.tier_hits = 0  # prompt tokens of first admissions found in the tier (a part of prefix_hits)
         self.tier_saves = 0  # blocks copied to the tier
         self.tier_loads = 0  # blocks copied back from it
+        self.kv_events = KVEventLog()  # hashes this replica starts or stops holding, for routers
         # Copies for the plan being built: (block id, slot) and (slot, block id); their slots pinned.
         self._saves: list[tuple[int, int]] = []
         self._loads: list[tuple[int, int]] = []
@@ -185,6 +169,7 @@ class BlockManager:
             if self._hashes[block_id] is None and block_hash not in self._cached:
                 self._hashes[block_id] = block_hash
                 self._cached[block_hash] = block_id
+                self.kv_events.stored(block_hash)
 
     # -- leaving: finish, abort, preemption ---------------------------------------------
 
@@ -208,18 +193,14 @@ class BlockManager:
         if self.tier is not None:  # the tier's storage lives with the executor's workers
             self.tier.clear()
         self.take_transfers()
+        self.kv_events.reset()
 
     # -- internals ----------------------------------------------------------------------
 
     def _chain_for(self, seq: Sequence, num_full_blocks: int) -> list[BlockHash]:
         chain = seq.block_hashes
-        parent = chain[-1] if chain else root_hash(seq.cache_salt)
-        bs = self.block_size
-        extra = self._media_keys_of(seq) if len(chain) < num_full_blocks else {}
-        for index in range(len(chain), num_full_blocks):
-            parent = chain_hash(parent, seq.token_ids[index * bs : (index + 1) * bs], extra.get(index, b""))
-            chain.append(parent)
-        return chain[:num_full_blocks]
+        media = self._media_keys_of(seq) if len(chain) < num_full_blocks else {}
+        return extend_chain(chain, seq.token_ids, seq.cache_salt, media, self.block_size, num_full_blocks)
 
     def _media_keys_of(self, seq: Sequence) -> dict[int, bytes]:
         if not seq.media:
@@ -247,15 +228,22 @@ class BlockManager:
         del self._cached[block_hash]
         self._hashes[block_id] = None
         if self.tier is None:
+            self.kv_events.removed(block_hash)
             return
         if self.tier.lookup(block_hash) is not None:
             self.tier.touch(block_hash)
             return
-        slot = self.tier.reserve(block_hash, self._pinned_slots)
-        if slot is not None:  # None: every slot has a copy pending in this plan; the content is dropped
-            self._saves.append((block_id, slot))
-            self._pinned_slots.add(slot)
-            self.tier_saves += 1
+        slot = self.tier.reserve(block_hash, self._pinned_slots, self._dropped_from_tier)
+        if slot is None:  # every slot has a copy pending in this plan; the content is dropped
+            self.kv_events.removed(block_hash)
+            return
+        self._saves.append((block_id, slot))
+        self._pinned_slots.add(slot)
+        self.tier_saves += 1
+
+    def _dropped_from_tier(self, block_hash: BlockHash) -> None:
+        if block_hash not in self._cached:  # still on the device: still held
+            self.kv_events.removed(block_hash)
 
     def _load_from_tier(self, seq: Sequence, tier_slots: Seq[int]) -> None:
         # Pinned before any allocation: evicting blocks for the loads saves to the tier, and

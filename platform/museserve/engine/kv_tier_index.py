@@ -13,9 +13,9 @@ entry stays valid until it is replaced or the index is cleared.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Callable, Container
 
-BlockHash = bytes
+from museserve.engine.block_hashes import BlockHash
 
 
 class TierIndex:
@@ -37,9 +37,15 @@ class TierIndex:
         """Marks the entry most recently used (it was just hit, or its content seen again)."""
         self._slots.move_to_end(block_hash)
 
-    def reserve(self, block_hash: BlockHash, pinned: Container[int] = ()) -> int | None:
+    def reserve(
+        self,
+        block_hash: BlockHash,
+        pinned: Container[int] = (),
+        on_replace: Callable[[BlockHash], None] | None = None,
+    ) -> int | None:
         """A slot for `block_hash` (not in the index yet): an unused one, else the least recently
-        used entry's, except slots in `pinned`. None when every slot is pinned."""
+        used entry's, except slots in `pinned` (`on_replace` is told the hash it drops). None
+        when every slot is pinned."""
         assert block_hash not in self._slots, "reserve a hash only once; touch it when seen again"
         if self._unused:
             slot = self._unused.pop()
@@ -48,6 +54,8 @@ class TierIndex:
             if victim is None:
                 return None
             slot = self._slots.pop(victim)
+            if on_replace is not None:
+                on_replace(victim)
         self._slots[block_hash] = slot
         return slot
 
