@@ -36,6 +36,7 @@ RULES: dict[str, set[str]] = {
     "parallel": {"config", "engine", "model", "runner"},
     "replica": {"config", "engine", "parallel", "preprocess", "runner"},
     "modes": {"config", "preprocess"},
+    "routing": {"engine"},  # the engine's block hashes and KV events only: no torch
     "gateway": {"config", "preprocess"},
     "api": {"config", "gateway", "v1"},
     "mirror_report": {"gateway"},
@@ -47,7 +48,7 @@ RULES: dict[str, set[str]] = {
 
 # Modules that must import neither torch nor the engine, runner or model code.
 LIGHT = ["museserve.config", "museserve.domain", "museserve.messages", "museserve.engine.plan"]
-LIGHT_PACKAGES = ["gateway", "preprocess", "api", "modes"]
+LIGHT_PACKAGES = ["gateway", "preprocess", "api", "modes", "routing"]
 HEAVY = ("torch", "museserve.runner", "museserve.parallel", "museserve.structured", "museserve.model.muse")
 TORCH_BY_DESIGN = {"museserve.preprocess.audio_dsp"}  # log-mel frames, loaded with the first audio clip
 
