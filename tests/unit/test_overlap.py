@@ -150,7 +150,9 @@ def test_auto_overlaps_only_where_the_model_runs_on_a_gpu(tokenizer) -> None:
     try:
         assert not on_cpu.runner.on_accelerator and not on_cpu.overlap
         on_cpu.runner.on_accelerator = True  # as a runner whose executor computes on a GPU reports
-        assert MuseEngine(pool, MuseFormat(tokenizer), on_cpu.runner).overlap
-        assert not MuseEngine(pool_config("off", 1 << 20), MuseFormat(tokenizer), on_cpu.runner).overlap
+        window = on_cpu.context_window
+        assert MuseEngine(pool, MuseFormat(tokenizer), on_cpu.runner, context_window=window).overlap
+        off = pool_config("off", 1 << 20)
+        assert not MuseEngine(off, MuseFormat(tokenizer), on_cpu.runner, context_window=window).overlap
     finally:
         on_cpu.shutdown()

@@ -66,18 +66,15 @@ class MuseEngine:
         runner: StepRunner,
         metrics: MetricsRecorder | None = None,
         *,
-        context_window: int | None = None,
+        context_window: int,
     ):
         """`chat_format`: the pool's (`pool_model`): its tokenizer detokenizes, its markers say
         where reasoning ends, what stops a request and how calls are written. `runner`: the
         device side (`runner.build_engine` makes both). `context_window`: the pool's
-        (`config.context_window`, what the preprocess tier checked against); None: context_length
-        or what the runner's blocks hold, whichever is smaller."""
+        (`config.context_window`, what the preprocess tier checked against)."""
         self.pool = pool
         self.runner = runner
         engine = pool.engine
-        if context_window is None:
-            context_window = min(engine.context_length, runner.num_blocks * engine.block_size)
         self.context_window = context_window
         self.metrics = metrics if metrics is not None else InMemoryMetrics()
         self.tokenizer = chat_format.tokenizer

@@ -50,11 +50,9 @@ class PoolModel:
         return cls(MuseFormat(tokenizer), LONG_CONTEXT, media_kinds)
 
     def window(self, pool: PoolConfig) -> ContextWindow:
-        """The pool's context window over this model (pure arithmetic; cheap per call)."""
-        arch = self.architecture
-        if arch is None:  # only the KV shape and positions matter here, not the vocabulary
-            arch = MuseConfig.named(pool.model.size, vocab_size=self.chat_format.tokenizer.vocab_size)
-        return context_window(pool, arch)
+        """The pool's context window over this model: derived once per pool, then looked up
+        (every request's prompt is checked against it)."""
+        return _window(pool, self.architecture, self.chat_format.tokenizer.vocab_size)
 
     @property
     def modes(self) -> tuple[Mode, ...]:
@@ -90,6 +88,13 @@ def _read(load_format: str, path: str | None, tokenizer: str | None, image_dim: 
                 info.source, chat_format.name, arch.max_position_embeddings, sorted(chat_format.markers.stop_ids),
                 "yes" if chat_format.can_reason else "no")  # fmt: skip
     return PoolModel(chat_format, arch.max_position_embeddings, kinds, dict(info.generation_defaults), arch)
+
+
+@functools.lru_cache(maxsize=64)
+def _window(pool: PoolConfig, architecture: MuseConfig | None, vocab_size: int) -> ContextWindow:
+    # Dummy weights (no architecture): the named shape; only its KV shape and positions matter.
+    arch = architecture if architecture is not None else MuseConfig.named(pool.model.size, vocab_size=vocab_size)
+    return context_window(pool, arch)
 
 
 def _chat_format(info: CheckpointInfo, fallback_tokenizer: str | None) -> ChatFormat:
