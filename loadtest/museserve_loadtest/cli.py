@@ -15,6 +15,7 @@ from .arrivals import ARRIVALS, gamma_shape_for_cv
 from .capacity_report import add_capacity_parser
 from .compare import compare_files
 from .harness import Target, execute, raw_latencies
+from .multiturn import execute_conversations, format_conversation_summary
 from .runner import RunConfig
 from .stats import parse_slo
 from .sweep import find_knee, sweep_rates
@@ -40,7 +41,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--workload",
         required=True,
         type=Path,
-        help="a workload YAML, or a shipped one by name (chat, long-context, ...)",
+        help="a workload YAML, or a shipped one by name (chat, long-context, multiturn, ...)",
     )
     p.add_argument("--target", default=None, help="gRPC host:port or HTTP base URL; default: loopback")
     p.add_argument("--transport", choices=("grpc", "http"), default="grpc")
@@ -57,7 +58,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     shape.add_argument("--gamma-shape", type=float, help="gamma arrivals: shape k (CV = 1/sqrt(k))")
     shape.add_argument("--cv", type=float, help="gamma arrivals: coefficient of variation of the gaps")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of dispatch (warm-up included)")
-    p.add_argument("--max-requests", type=int, help="stop dispatching after this many (whichever bound first)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        help="stop dispatching after this many (whichever bound first); conversations, for a multi-turn workload",
+    )
     p.add_argument("--concurrency", type=int, help="cap on requests in flight; the rest wait, and it counts")
     p.add_argument("--warmup", type=float, default=0.0, help="seconds at the start excluded from the stats")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="after the duration; then cancel the rest")
@@ -98,8 +103,9 @@ def _one_run(args: argparse.Namespace, rate: float, plots_stem: Path | None) -> 
     workload = load_workload(args.workload)
     if args.model is not None:
         workload = workload.model_copy(update={"model": args.model})
-    report, result = execute(_target(args), workload, _config(args, rate), parse_slo(args.slo),
-                             default_key=default_key, quiet=args.quiet)  # fmt: skip
+    run = execute if workload.conversation is None else execute_conversations
+    report, result = run(_target(args), workload, _config(args, rate), parse_slo(args.slo),
+                         default_key=default_key, quiet=args.quiet)  # fmt: skip
     if plots_stem is not None:
         from . import plots
 
@@ -122,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ttft = report["latency_s"]["ttft"]["p50"]
     print(f"ok {r['ok']}/{r['scheduled']}  errors {r['errors_by_code']}  cancelled {r['cancelled']}  "
           f"ttft p50 {'-' if ttft is None else f'{ttft:.3f}s'}  goodput {report['goodput']['fraction']:.3f}")  # fmt: skip
+    if "conversations" in report:
+        print(format_conversation_summary(report))
     return 0
 
 
@@ -150,11 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one open-loop run at one rate")
     _add_run_options(run)
-    run.add_argument("--rate", type=float, required=True, help="target requests per second")
+    run.add_argument(
+        "--rate",
+        type=float,
+        required=True,
+        help="target requests per second; new conversations per second for a multi-turn workload (e.g. multiturn)",
+    )
     run.set_defaults(func=cmd_run)
     sweep = sub.add_parser("sweep", help="runs at increasing rates; finds the knee")
     _add_run_options(sweep)
-    sweep.add_argument("--rates", help="comma-separated rates, e.g. 1,2,4,8")
+    sweep.add_argument("--rates", help="comma-separated rates, e.g. 1,2,4,8 (conversations/s when multi-turn)")
     sweep.add_argument("--start", type=float)
     sweep.add_argument("--stop", type=float)
     sweep.add_argument("--steps", type=int)

@@ -15,11 +15,19 @@ from museserve.v1 import chat_pb2_grpc
 from .plan import RequestSpec
 from .records import Clock, Sample
 
+ROLES = {"system": pb.ROLE_SYSTEM, "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT}
 
-def to_proto(spec: RequestSpec) -> pb.ChatRequest:
+
+def _messages(spec: RequestSpec) -> list[pb.Message]:
+    if spec.messages:
+        return [pb.Message(role=ROLES[m.role], content=[pb.ContentPart(text=m.text)]) for m in spec.messages]
     parts = [pb.ContentPart(text=spec.prompt)]
     parts += [pb.ContentPart(image=pb.Image(data=png, mime_type="image/png")) for png in spec.images]
     parts += [pb.ContentPart(audio=pb.Audio(data=wav, format="wav")) for wav in spec.audio]
+    return [pb.Message(role=pb.ROLE_USER, content=parts)]
+
+
+def to_proto(spec: RequestSpec) -> pb.ChatRequest:
     sampling = pb.SamplingParams(max_output_tokens=spec.max_output_tokens)
     if spec.temperature is not None:
         sampling.temperature = spec.temperature
@@ -28,8 +36,7 @@ def to_proto(spec: RequestSpec) -> pb.ChatRequest:
         mode.thinking_budget = spec.thinking_budget
     if spec.num_agents is not None:
         mode.num_agents = spec.num_agents
-    message = pb.Message(role=pb.ROLE_USER, content=parts)
-    return pb.ChatRequest(model=spec.model, messages=[message], sampling=sampling, mode=mode)
+    return pb.ChatRequest(model=spec.model, messages=_messages(spec), sampling=sampling, mode=mode)
 
 
 class GrpcTransport:
@@ -68,6 +75,8 @@ class GrpcTransport:
                 kind = event.WhichOneof("event")
                 if kind in ("text_delta", "reasoning_delta"):
                     sample.token_times.append(clock())
+                    if kind == "text_delta" and sample.answer_parts is not None:
+                        sample.answer_parts.append(event.text_delta)
                 elif kind == "usage":
                     u = event.usage
                     sample.input_tokens, sample.cached_tokens = u.prompt_tokens, u.cached_tokens

@@ -60,6 +60,23 @@ class Target:
                 and self.address.startswith("https"), "metadata_keys": [k for k, _ in self.metadata]}  # fmt: skip
 
 
+def config_section(config: RunConfig, slo: Mapping[str, float]) -> dict:
+    """The report's `config` key."""
+    return {
+        "rate": config.rate,
+        "arrival": config.arrival,
+        "duration_s": config.duration_s,
+        "concurrency": config.concurrency,
+        "warmup_s": config.warmup_s,
+        "slo": dict(slo),
+        **{
+            k: v
+            for k, v in asdict(config).items()
+            if k in ("gamma_shape", "max_requests", "seed", "drain_timeout_s", "request_timeout_s")
+        },
+    }
+
+
 def build_report(result: RunResult, target: Target, workload: Workload, slo: Mapping[str, float]) -> dict:
     config = result.config
     measured = [s for s in result.samples if not s.warmup]
@@ -71,19 +88,7 @@ def build_report(result: RunResult, target: Target, workload: Workload, slo: Map
         "version": REPORT_VERSION,
         "target": target.describe(),
         "workload": workload.model_dump(mode="json"),
-        "config": {
-            "rate": config.rate,
-            "arrival": config.arrival,
-            "duration_s": config.duration_s,
-            "concurrency": config.concurrency,
-            "warmup_s": config.warmup_s,
-            "slo": dict(slo),
-            **{
-                k: v
-                for k, v in asdict(config).items()
-                if k in ("gamma_shape", "max_requests", "seed", "drain_timeout_s", "request_timeout_s")
-            },
-        },  # fmt: skip
+        "config": config_section(config, slo),
         "offered_rps": len(measured) / max(dispatch_end - config.warmup_s, 1e-9),
         **summary,
     }

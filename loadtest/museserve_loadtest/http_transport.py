@@ -12,7 +12,9 @@ from .plan import RequestSpec
 from .records import Clock, Sample
 
 
-def to_openai(spec: RequestSpec) -> dict:
+def _messages(spec: RequestSpec) -> list[dict]:
+    if spec.messages:
+        return [{"role": m.role, "content": m.text} for m in spec.messages]
     content: list[dict] = [{"type": "text", "text": spec.prompt}]
     for png in spec.images:
         url = "data:image/png;base64," + base64.b64encode(png).decode()
@@ -21,9 +23,13 @@ def to_openai(spec: RequestSpec) -> dict:
         content.append(
             {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
         )
+    return [{"role": "user", "content": content}]
+
+
+def to_openai(spec: RequestSpec) -> dict:
     body: dict = {
         "model": spec.model,
-        "messages": [{"role": "user", "content": content}],
+        "messages": _messages(spec),
         "max_completion_tokens": spec.max_output_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -49,6 +55,8 @@ def record_chunk(chunk: dict, sample: Sample, now: float) -> None:
         delta = choice.get("delta") or {}
         if delta.get("content") or delta.get("reasoning_content"):
             sample.token_times.append(now)
+        if delta.get("content") and sample.answer_parts is not None:
+            sample.answer_parts.append(delta["content"])
     usage = chunk.get("usage")
     if usage:
         reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -23,8 +24,17 @@ VOCABULARY = (
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One text message of a multi-turn history."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
 class RequestSpec:
-    """One request as the transports send it; media are encoded bytes."""
+    """One request as the transports send it; media are encoded bytes. With `messages` the
+    request is that history (text only) and `prompt` is not sent."""
 
     index: int
     prompt: str
@@ -41,6 +51,7 @@ class RequestSpec:
     user: str = "loadtest"
     prompt_words: int = 0
     shared_prefix: int | None = None  # which shared prefix it starts with, if any
+    messages: tuple[ChatMessage, ...] = ()
 
 
 def _words(rng: np.random.Generator, n: int) -> str:

@@ -32,6 +32,13 @@ class Sample:
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     error: str = ""
+    conversation: int | None = None  # multi-turn runs: which conversation, and which turn of it (0-based)
+    turn: int | None = None
+    answer_parts: list[str] | None = None  # a list: the transport appends each answer text delta to it
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts or ())
 
     @property
     def ok(self) -> bool:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from .plan import RequestSpec
 from .progress import Progress
@@ -41,10 +42,11 @@ class RunResult:
     wall_s: float  # from the start to the last completion (or the hard stop)
 
 
-async def _one(
+async def send_one(
     spec: RequestSpec, sample: Sample, transport: Transport, clock: Callable[[], float],
     cap: asyncio.Semaphore | None, timeout_s: float | None,
 ) -> None:  # fmt: skip
+    """Sends `spec` and fills in `sample`, end and status always set; raises only CancelledError."""
     try:
         if cap is not None:
             await cap.acquire()
@@ -83,17 +85,29 @@ async def run_open_loop(
     samples = [Sample(i, float(t), warmup=t < config.warmup_s) for i, t in enumerate(offsets)]
     if observe is not None:
         observe(samples)
+    jobs = (
+        (sample.scheduled, partial(send_one, spec, sample, transport, clock, cap, config.request_timeout_s))
+        for sample, spec in zip(samples, specs, strict=False)
+    )
+    return await run_jobs(jobs, samples, clock, config, progress)
+
+
+async def run_jobs(
+    jobs: Iterable[tuple[float, Callable[[], Awaitable[None]]]], samples: list[Sample], clock: Callable[[], float],
+    config: RunConfig, progress: Progress | None,
+) -> RunResult:  # fmt: skip
+    """Starts each job at its time, in order (none at or after `duration_s`); at `duration_s +
+    drain_timeout_s` cancels those still running. `samples`: what the jobs fill in."""
     tasks: list[asyncio.Task] = []
     ticker = asyncio.create_task(progress.tick_every_second(samples, clock)) if progress else None
     hard_stop = config.duration_s + config.drain_timeout_s
     try:
-        for sample, spec in zip(samples, specs, strict=False):
-            if sample.scheduled >= config.duration_s:
+        for start_s, job in jobs:
+            if start_s >= config.duration_s:
                 break
-            delay = sample.scheduled - clock()
-            if delay > 0:
+            if (delay := start_s - clock()) > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(spec, sample, transport, clock, cap, config.request_timeout_s)))
+            tasks.append(asyncio.create_task(job()))
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(hard_stop - clock(), 0.0))
             for task in pending:

@@ -1,7 +1,9 @@
 """Workload files: YAML validated by pydantic; every error names the offending key.
 
 A workload says *what* requests look like (modes, modalities, prompt and output lengths,
-shared prefixes, tenants, model); the command line says *how fast* they are sent.
+shared prefixes, tenants, model); the command line says *how fast* they are sent. A workload
+with a `conversation` section is multi-turn: the rate is then of conversations, and the
+prompts are the growing histories of `conversation.user_words` turns (`prompt_words` unused).
 Lengths are in words of a fixed vocabulary, roughly one token each for the Muse tokenizers.
 Keys are never written in a workload: `tenants[].key_env` names an environment variable.
 """
@@ -16,7 +18,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class WorkloadError(ValueError):
@@ -105,6 +107,34 @@ class SharedPrefix(_Strict):
     words: int = Field(ge=1, le=200_000)
 
 
+class SecondsRange(_Strict):
+    """Uniform in [min, max] seconds."""
+
+    min: float = Field(ge=0, le=3600)
+    max: float = Field(ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SecondsRange:
+        if self.max < self.min:
+            raise ValueError("max must be >= min")
+        return self
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.uniform(self.min, self.max, size=n)
+
+
+class Conversation(_Strict):
+    """Multi-turn conversations. Each tenant entry gets its own system prompt of
+    `system_prompt_words` words; a conversation has `turns` user turns of `user_words` words,
+    each sent `think_time_s` after the previous answer has fully arrived, with the whole
+    history (system prompt, earlier turns, the answers as received). Answers are `output_tokens`."""
+
+    turns: Length = Uniform(dist="uniform", min=3, max=6)
+    system_prompt_words: Length = Uniform(dist="uniform", min=1000, max=1800)
+    user_words: Length = Uniform(dist="uniform", min=20, max=80)
+    think_time_s: SecondsRange = SecondsRange(min=0.1, max=0.5)
+
+
 class Tenant(_Strict):
     name: str = Field(min_length=1)
     key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="env var holding the API key")
@@ -123,6 +153,21 @@ class Workload(_Strict):
     output_tokens: Length = Fixed(value=32)
     shared_prefix: SharedPrefix | None = None
     tenants: list[Tenant] = Field(default_factory=lambda: [Tenant(name="default")], min_length=1)
+    conversation: Conversation | None = None  # declared last: its check reads the fields above
+
+    @field_validator("conversation")
+    @classmethod
+    def _conversation_is_text_only(cls, value: Conversation | None, info: ValidationInfo) -> Conversation | None:
+        if value is None:
+            return value
+        if any(m.kind != "text" for m in info.data.get("modalities", [])):
+            raise ValueError("a conversation workload is text only: modalities must all be text")
+        if info.data.get("shared_prefix") is not None:
+            raise ValueError("a conversation workload shares its tenants' system prompts: drop shared_prefix")
+        names = [t.name for t in info.data.get("tenants", [])]
+        if len(set(names)) != len(names):
+            raise ValueError("each tenant entry has its own system prompt: tenant names must be distinct")
+        return value
 
     def keys(self, environ: Mapping[str, str], default_key: str | None = None) -> dict[str, str | None]:
         """tenant name -> API key, read now (never at import). A named variable that is unset

@@ -10,6 +10,7 @@ from PIL import Image
 
 from museserve.config import MuseServeConfig
 from museserve_loadtest.cli import main
+from museserve_loadtest.multiturn import run_conversations_blocking
 
 from .conftest import REAL_POOL, TEST_KEY
 
@@ -91,3 +92,44 @@ output_tokens: {dist: fixed, value: 4}
 tenants:
   - {name: tester, key_env: LOADTEST_LIVE_KEY}
 """
+
+
+MULTITURN = """
+name: live-multiturn
+model: muse-tiny
+temperature: 0
+output_tokens: {dist: fixed, value: 4}
+tenants:
+  - {name: first, key_env: LOADTEST_LIVE_KEY}
+  - {name: second, key_env: LOADTEST_LIVE_KEY}
+conversation:
+  turns: {dist: uniform, min: 2, max: 3}
+  system_prompt_words: {dist: fixed, value: 64}
+  user_words: {dist: uniform, min: 4, max: 8}
+  think_time_s: {min: 0.05, max: 0.2}
+"""
+
+
+def test_multiturn_turns_find_their_history_cached(
+    app_config: MuseServeConfig, grpc_address: str, tmp_path: Path, monkeypatch
+):
+    """A few short conversations, over gRPC through the CLI and over HTTP through the API: every
+    turn succeeds, and with one replica each later turn finds its history in the prefix cache."""
+    monkeypatch.setenv("LOADTEST_LIVE_KEY", TEST_KEY)
+    workload = tmp_path / "multiturn.yaml"
+    workload.write_text(MULTITURN)
+    out = tmp_path / "multiturn.json"
+    argv = ["run", "--workload", str(workload), "--target", grpc_address, "--rate", "4", "--duration", "2",
+            "--max-requests", "3", "--drain-timeout", "15", "--deadline", "15", "--out", str(out), "--quiet",
+            "--no-plots"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    r, c = report["requests"], report["conversations"]
+    assert r["ok"] == r["scheduled"] > c["started"] > 0 and r["errors_by_code"] == {} and r["cancelled"] == 0
+    assert c["per_turn"]["1"]["ok"] == c["started"] and c["per_turn"]["1"]["cached_token_share"] > 0
+
+    http = f"http://127.0.0.1:{app_config.server.http_port}"
+    samples = run_conversations_blocking(http, workload, 4, 2, 1, TEST_KEY, "http",
+                                         max_conversations=3, drain_timeout_s=15, salt="over http ")  # fmt: skip
+    assert samples and all(s.ok for s in samples) and {s.turn for s in samples} >= {0, 1}
+    assert all(s.cached_tokens > 0 for s in samples if s.turn > 0)
