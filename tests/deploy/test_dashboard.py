@@ -26,6 +26,11 @@ REQUIRED_PANELS = (
     "Mirror outcomes",
     "Mirror lag p50 / p99",
     "Redis errors",
+    "Routing decisions by reason",
+    "Prefix routing hit-rate gain",
+    "Router KV-event staleness p50 / p90",
+    "Router decision time p99",
+    "Router KV-feed resyncs and index size",
 )
 
 
