@@ -227,3 +227,17 @@ def test_model_replicas_do_not_see_traffic_settings() -> None:
     assert pool.ab is not None and pool.mirror is not None
     assert view.ab is None and view.mirror is None
     assert view.model_copy(update={"ab": pool.ab, "mirror": pool.mirror}) == pool
+
+
+def test_every_pool_the_candidates_included_gets_a_router_of_its_own() -> None:
+    from museserve.serve.app import PREFIX_ROUTER, pool_router_config
+
+    cfg = config()
+    for name in ("main", "main-next", "shadow"):
+        router = pool_router_config(cfg.pool(name))
+        assert router.request_router_class == PREFIX_ROUTER
+        assert router.request_router_kwargs["pool"] == name
+        assert router.request_routing_stats_period_s == cfg.pool(name).routing.stats_period_s
+    default = pool_router_config(cfg.pool("main").model_copy(update={"routing": cfg.pool("main").routing.model_copy(
+        update={"policy": "power_of_two"})}))  # fmt: skip
+    assert "PowerOfTwo" in str(default.request_router_class)

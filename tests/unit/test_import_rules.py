@@ -42,7 +42,7 @@ RULES: dict[str, set[str]] = {
     "mirror_report": {"gateway"},
     "client": {"v1"},
     "ops": set(),
-    "serve": {"api", "config", "gateway", "modes", "preprocess", "replica", "v1"},
+    "serve": {"api", "config", "gateway", "modes", "preprocess", "replica", "routing", "v1"},
     "cli": {"client", "config", "gateway", "mirror_report", "ops", "preprocess", "serve", "v1"},
 }
 

@@ -15,6 +15,7 @@ BS = 4
 
 def test_a_new_log_says_reset_once_and_keeps_only_each_hashs_last_change() -> None:
     log = KVEventLog()
+    log.start()
     log.stored(b"a")
     log.stored(b"b")
     log.removed(b"a")
@@ -26,8 +27,18 @@ def test_a_new_log_says_reset_once_and_keeps_only_each_hashs_last_change() -> No
     assert log.take().stored == (b"b",)
 
 
+def test_a_log_nobody_reads_records_nothing() -> None:
+    log = KVEventLog()
+    log.stored(b"a")
+    log.removed(b"b")
+    log.start()
+    events = log.take()
+    assert events.reset and not events.stored and not events.removed
+
+
 def test_registered_blocks_are_stored_and_device_evictions_removed() -> None:
     bm = BlockManager(4, BS)
+    bm.kv_events.start()
     bm.kv_events.take()
     seq = make_seq(range(9))  # two full blocks and one token
     run_prompt(bm, seq)
@@ -40,6 +51,7 @@ def test_registered_blocks_are_stored_and_device_evictions_removed() -> None:
 
 def test_a_block_evicted_to_the_tier_is_still_held_until_the_tier_drops_it() -> None:
     bm = BlockManager(4, BS, tier=TierIndex(2))
+    bm.kv_events.start()
     first, second = make_seq(range(9)), make_seq(range(100, 109), salt="tenant-b")
     for seq in (first, second):
         run_prompt(bm, seq)
@@ -54,6 +66,7 @@ def test_a_block_evicted_to_the_tier_is_still_held_until_the_tier_drops_it() -> 
 
 def test_losing_the_cache_resets() -> None:
     bm = BlockManager(4, BS)
+    bm.kv_events.start()
     bm.kv_events.take()
     run_prompt(bm, make_seq(range(8)))
     bm.drop_prefix_cache()

@@ -18,6 +18,7 @@ BS = 4
 def held_by(index: PrefixIndex, replica: str, tokens: list[int], tenant: str) -> list[bytes]:
     """Runs `tokens` through a block manager like `replica`'s and applies its events."""
     bm = BlockManager(64, BS)
+    bm.kv_events.start()
     seq = make_seq(tokens, salt=tenant)
     run_prompt(bm, seq)
     index.apply(replica, bm.kv_events.take())

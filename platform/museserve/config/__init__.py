@@ -12,6 +12,7 @@ from museserve.config.pool import (
     PoolConfig,
 )
 from museserve.config.preprocess import MediaLimits, PreprocessConfig
+from museserve.config.routing import RoutingConfig
 from museserve.config.tree import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -42,6 +43,7 @@ __all__ = [
     "RateSpec",
     "RedisConfig",
     "RequestLimits",
+    "RoutingConfig",
     "Section",
     "ServerConfig",
     "TierConfig",

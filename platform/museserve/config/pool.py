@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from museserve.config.base import DeploymentConfig, Section
+from museserve.config.routing import RoutingConfig
 from museserve.domain import Mode
 from museserve.model.config import MuseConfig, check_parallel
 
@@ -210,6 +211,7 @@ class PoolConfig(Section):
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=128)
+    routing: RoutingConfig = Field(RoutingConfig(), description="How a replica is chosen for each request.")
     max_in_flight: int = Field(
         256, ge=1, description="Requests a gateway replica lets into this pool at once; beyond: shed."
     )

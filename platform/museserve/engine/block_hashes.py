@@ -7,6 +7,7 @@ prefix cache by these; a router hashing a prompt the same way finds the replica 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from collections.abc import Sequence as Seq
 
@@ -16,7 +17,7 @@ BlockHash = bytes
 def chain_hash(parent: BlockHash, token_ids: Seq[int], extra: bytes = b"") -> BlockHash:
     """`extra`: what else the block's KV depends on (its media); after the fixed-size token bytes."""
     digest = hashlib.blake2b(parent, digest_size=16)
-    digest.update(b"".join(t.to_bytes(4, "little", signed=False) for t in token_ids))
+    digest.update(struct.pack(f"<{len(token_ids)}I", *token_ids))  # 4 bytes each, little-endian
     if extra:
         digest.update(extra)
     return digest.digest()

@@ -73,6 +73,11 @@ class BlockManager:
         """Fraction of blocks held by running sequences."""
         return 1.0 - len(self._free) / self.num_blocks
 
+    def held_hashes(self) -> list[BlockHash]:
+        """Every hash whose KV this replica holds, on the device or in the tier (`kv_events`' set)."""
+        in_tier = [h for h in self.tier.hashes() if h not in self._cached] if self.tier is not None else []
+        return [*self._cached, *in_tier]
+
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 

@@ -25,15 +25,26 @@ class KVEvents:
 
 
 class KVEventLog:
+    """Records nothing until `start()`: an engine nobody routes by (a benchmark, a test, a pool
+    on power-of-two) must not keep every hash it ever saw."""
+
     def __init__(self) -> None:
         self._changes: dict[BlockHash, bool] = {}  # hash -> held after its last change
         self._reset = True  # a new replica holds nothing, whatever a router knew of its id
+        self.recording = False
+
+    def start(self) -> None:
+        """From now on, until the reader's first `take`: a reset, then every change."""
+        self.recording = True
+        self.reset()
 
     def stored(self, block_hash: BlockHash) -> None:
-        self._changes[block_hash] = True
+        if self.recording:
+            self._changes[block_hash] = True
 
     def removed(self, block_hash: BlockHash) -> None:
-        self._changes[block_hash] = False
+        if self.recording:
+            self._changes[block_hash] = False
 
     def reset(self) -> None:
         self._changes.clear()

@@ -29,6 +29,9 @@ class TierIndex:
     def __len__(self) -> int:
         return len(self._slots)
 
+    def hashes(self) -> list[BlockHash]:
+        return list(self._slots)
+
     def lookup(self, block_hash: BlockHash) -> int | None:
         """The slot holding this hash's KV, or None. Leaves the LRU order as it is."""
         return self._slots.get(block_hash)

@@ -18,8 +18,16 @@ class PrefixIndex:
     def replicas(self) -> list[str]:
         return list(self._held)
 
+    @property
+    def num_blocks(self) -> int:
+        """Distinct hashes some replica holds."""
+        return len(self._holders)
+
     def num_held(self, replica: str) -> int:
         return len(self._held.get(replica, ()))
+
+    def held(self, replica: str) -> frozenset[BlockHash]:
+        return frozenset(self._held.get(replica, ()))
 
     def apply(self, replica: str, events: KVEvents) -> None:
         """One batch of a replica's events, in the order they were taken."""

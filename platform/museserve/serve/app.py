@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig, ServerConfig
 from museserve.preprocess.pool_model import check_pools
@@ -72,6 +73,29 @@ def _options(name: str, d: DeploymentConfig, server: ServerConfig) -> dict:
     }
 
 
+PREFIX_ROUTER = "museserve.serve.prefix_router.PrefixCacheRouter"
+
+
+def pool_router_config(pool: PoolConfig) -> RequestRouterConfig:
+    """How every handle to the pool picks a replica (`pool.routing`); the A/B candidate and
+    mirror pools are pools of their own, each with its own router."""
+    routing = pool.routing
+    if routing.policy == "power_of_two" or not pool.engine.enable_prefix_caching:
+        return RequestRouterConfig()
+    return RequestRouterConfig(
+        request_router_class=PREFIX_ROUTER,
+        request_router_kwargs={
+            "pool": pool.name,
+            "block_size": pool.engine.block_size,
+            "min_hit_tokens": routing.min_hit_tokens,
+            "max_load_gap": routing.max_load_gap,
+            "kv_saturation": routing.kv_saturation,
+        },
+        request_routing_stats_period_s=routing.stats_period_s,
+        request_routing_stats_timeout_s=max(routing.stats_period_s * 5, 5.0),
+    )
+
+
 def replica_view(pool: PoolConfig) -> PoolConfig:
     """What a model replica is given: its pool without the traffic settings only the gateway
     reads (A/B split, mirroring), so moving a canary share does not roll the pool's replicas."""
@@ -84,7 +108,8 @@ def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
     config = check_pools(config)
     pools = {
         pool.name: ModelPoolDeployment.options(
-            **_options(pool_deployment_name(pool), pool.deployment, config.server)
+            **_options(pool_deployment_name(pool), pool.deployment, config.server),
+            request_router_config=pool_router_config(pool),
         ).bind(replica_view(pool), config.preprocess.media, config.preprocess.tokenizer, log_level)
         for pool in config.pools
     }

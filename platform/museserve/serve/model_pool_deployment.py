@@ -14,6 +14,8 @@ from museserve.metrics import EngineMetrics
 from museserve.modes.contemplating import Contemplation
 from museserve.preprocess.pool_model import pool_model
 from museserve.replica import build_engine
+from museserve.routing.feed import ROUTING_STATS_KEY, ReplicaLoad
+from museserve.routing.publisher import KVFeedPublisher
 
 
 @serve.deployment
@@ -25,6 +27,16 @@ class ModelPoolDeployment:
         chat_format = pool_model(pool, media, tokenizer_path).chat_format
         self.engine = build_engine(pool, chat_format, media=media, metrics=EngineMetrics(pool.name))
         self.contemplation = Contemplation(self.engine, chat_format.tokenizer, pool.contemplating)
+        blocks = self.engine.blocks
+        self.kv_feed = None
+        if pool.routing.policy == "prefix" and pool.engine.enable_prefix_caching:
+            blocks.kv_events.start()
+            self.kv_feed = KVFeedPublisher(
+                blocks.kv_events,
+                blocks.held_hashes,
+                event_batches=pool.routing.event_batches,
+                snapshot_every=pool.routing.snapshot_every,
+            )
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         """A gateway that stops reading cancels this call (Ray cancels the task); the stream's
@@ -33,6 +45,15 @@ class ModelPoolDeployment:
         chunks = self.contemplation.generate(request) if contemplating else self.engine.generate(request)
         async for chunk in chunks:
             yield chunk
+
+    def record_routing_stats(self) -> dict:
+        """Pulled by Serve's controller every `routing.stats_period_s` and pushed to every handle's
+        router (`serve.prefix_router`): this replica's KV events and load."""
+        if self.kv_feed is None:
+            return {}
+        engine = self.engine
+        load = ReplicaLoad(engine.scheduler.num_running, engine.scheduler.num_waiting, engine.blocks.usage)
+        return {ROUTING_STATS_KEY: self.kv_feed.publish(load)}
 
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""

@@ -1,0 +1,118 @@
+"""The model pools' request router on Ray Serve's request-router API: each request goes to the
+replica whose KV cache holds the longest prefix of its prompt, within a load gap; otherwise,
+as Serve's default does, to the less busy of two replicas drawn at random.
+
+Serve builds one per handle to a pool deployment (each gateway replica holds one per pool,
+the A/B candidate and mirror pools included), from the pool's `RequestRouterConfig`
+(`serve.app.pool_router_config`). Replicas' feeds arrive with the replica set Serve's
+controller pushes (`update_replicas`, every `routing.stats_period_s`). The decisions live in
+`routing.PrefixRouting`, which tests build without Ray.
+
+Requests are matched to replicas by their own id (no FIFO reassignment, unlike Serve's
+power-of-two router): a replica chosen for one prompt's prefix must serve that prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+
+from ray.serve._private.common import ReplicaID
+from ray.serve._private.request_router.common import PendingRequest
+from ray.serve._private.request_router.replica_wrapper import RunningReplica
+from ray.serve._private.request_router.request_router import RequestRouter
+
+from museserve.messages import PreparedRequest
+from museserve.routing.choice import Reason
+from museserve.routing.feed import ROUTING_STATS_KEY, KVFeed
+from museserve.routing.prefix_routing import Decision, PrefixRouting, RoutingSettings
+from museserve.serve.router_metrics import RouterMetrics
+
+logger = logging.getLogger(__name__)
+
+MAX_REMEMBERED = 4096  # decisions awaiting their request's send (a cancelled one never is)
+
+
+class PrefixCacheRouter(RequestRouter):
+    def initialize_state(
+        self, *, pool: str, block_size: int, min_hit_tokens: int, max_load_gap: int, kv_saturation: float
+    ) -> None:
+        self.routing = PrefixRouting(RoutingSettings(block_size, min_hit_tokens, max_load_gap, kv_saturation))
+        self.metrics = RouterMetrics(pool)
+        self._decisions: OrderedDict[str, tuple[Decision, float]] = OrderedDict()  # request id -> (decision, s)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        running = set()
+        for replica in replicas:
+            replica_id = replica.replica_id.unique_id
+            running.add(replica_id)
+            feed = replica.routing_stats.get(ROUTING_STATS_KEY)
+            if isinstance(feed, KVFeed):
+                applied = self.routing.observe(replica_id, feed)
+                if applied.staleness_s or applied.resynced:
+                    self.metrics.applied(list(applied.staleness_s), applied.resynced, self.routing.index.num_blocks)
+        self.routing.keep_only(running)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.routing.forget(replica_id.unique_id)
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        """Ranks: the chosen holder first (Serve moves on to the next rank when it is full),
+        then two replicas at random."""
+        if not candidate_replicas:
+            return []
+        request = pending_request.args[0] if pending_request is not None and pending_request.args else None
+        if not isinstance(request, PreparedRequest):
+            return [self._power_of_two(candidate_replicas)]
+        started = time.perf_counter()
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        decision = self.routing.decide(request, {rid: self._in_flight(r) for rid, r in by_id.items()})
+        self._remember(pending_request.metadata.internal_request_id, decision, time.perf_counter() - started)
+        chosen = by_id.get(decision.choice.replica) if decision.choice.replica is not None else None
+        if chosen is None:
+            return [self._power_of_two(candidate_replicas)]
+        others = [r for r in candidate_replicas if r is not chosen]
+        return [[chosen], self._power_of_two(others)] if others else [[chosen]]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: object) -> None:
+        remembered = self._decisions.pop(pending_request.metadata.internal_request_id, None)
+        if remembered is None:
+            return
+        decision, seconds = remembered
+        reason = decision.choice.reason
+        if reason is Reason.PREFIX_HIT and decision.choice.replica != replica_id.unique_id:
+            reason = Reason.LOAD_FALLBACK  # the holder was full when Serve asked it
+        held = decision.held_by(replica_id.unique_id)
+        self.metrics.routed(reason, decision.prompt_blocks, held, decision.random_held, seconds)
+        logger.debug("request %s -> replica %s: %s, %d of %d blocks held", pending_request.metadata.request_id,
+                     replica_id.unique_id, reason.value, held, decision.prompt_blocks)  # fmt: skip
+
+    def _power_of_two(self, replicas: list[RunningReplica]) -> list[RunningReplica]:
+        """Two at random, the emptier cache first: Serve takes the one with fewer requests in
+        flight, and on a tie the first, so a prefix nobody holds yet goes where it evicts least
+        and new prefixes spread over the replicas instead of piling onto one by chance."""
+        pair = random.sample(replicas, 2) if len(replicas) > 2 else list(replicas)
+        return sorted(pair, key=lambda r: self.routing.index.num_held(r.replica_id.unique_id))
+
+    def _in_flight(self, replica: RunningReplica) -> int:
+        """Serve's own count where it has a fresh one (it counts this router's sends at once),
+        else what the replica last published."""
+        queue_len = self.replica_queue_len_cache.get(replica.replica_id)
+        if queue_len is not None:
+            return queue_len
+        load = self.routing.loads.get(replica.replica_id.unique_id)
+        return load.requests if load is not None else 0
+
+    def _remember(self, request_id: str, decision: Decision, seconds: float) -> None:
+        first = self._decisions.pop(request_id, None)
+        # A retry re-decides on fresher loads; the time is that of the first decision.
+        self._decisions[request_id] = (decision, first[1] if first is not None else seconds)
+        while len(self._decisions) > MAX_REMEMBERED:
+            self._decisions.popitem(last=False)
+
