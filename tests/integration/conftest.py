@@ -27,6 +27,8 @@ DIRECT_LIMITED_KEY = "sk-test-direct-limited"  # tenant "direct-limited", tier "
 AB_POOL, CANDIDATE_POOL = "muse-ab", "muse-cand"
 REAL_POOL = "smollm2-135m"  # the shipped config's real model (tests/integration/test_real_model.py)
 AB_SHARE, MIRROR_FRACTION = 0.5, 0.3
+ROUTED_POOL, ROUTED_REPLICAS = "muse-routed", 3  # routed by prefix (tests/integration/test_prefix_routing.py)
+ROUTING_PERIOD_S = 0.5  # its replicas publish their KV events this often
 
 
 def _tiers() -> dict:
@@ -51,8 +53,7 @@ def _small_pool(name: str, **extra) -> dict:
             "kv_cache_bytes": 16 << 20,
         },
         "deployment": {"max_ongoing_requests": 160, "num_cpus": 0},
-        **extra,
-    }
+    } | extra
 
 
 def integration_config(redis_url: str) -> MuseServeConfig:
@@ -98,6 +99,12 @@ def integration_config(redis_url: str) -> MuseServeConfig:
         _small_pool(AB_POOL, ab={"candidate": CANDIDATE_POOL, "share": AB_SHARE}, mirror=mirror),
         _small_pool(
             CANDIDATE_POOL, modes=["instant", "thinking"], model={"size": "tiny", "load_format": "dummy", "seed": 1}
+        ),
+        _small_pool(
+            ROUTED_POOL,
+            modes=["instant"],
+            deployment={"num_replicas": ROUTED_REPLICAS, "max_ongoing_requests": 160, "num_cpus": 0},
+            routing={"stats_period_s": ROUTING_PERIOD_S, "min_hit_tokens": 16},
         ),
     ]
     return parse_config(data, source="integration config")

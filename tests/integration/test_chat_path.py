@@ -74,7 +74,7 @@ def test_count_tokens_matches_the_prompt_usage(client: ChatClient):
 
 def test_list_models(client: ChatClient):
     models = client.list_models(timeout=10).models
-    assert [m.name for m in models] == ["muse-tiny", "smollm2-135m", "muse-ab", "muse-cand"]
+    assert [m.name for m in models] == ["muse-tiny", "smollm2-135m", "muse-ab", "muse-cand", "muse-routed"]
     assert models[0].is_default and list(models[0].modes) == [pb.MODE_INSTANT, pb.MODE_THINKING, pb.MODE_CONTEMPLATING]
 
 
