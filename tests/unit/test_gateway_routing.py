@@ -227,6 +227,8 @@ def test_model_replicas_do_not_see_traffic_settings() -> None:
     assert pool.ab is not None and pool.mirror is not None
     assert view.ab is None and view.mirror is None
     assert view.model_copy(update={"ab": pool.ab, "mirror": pool.mirror}) == pool
+    tuned = pool.model_copy(update={"routing": pool.routing.model_copy(update={"max_load_gap": 3})})
+    assert replica_view(tuned) == view  # a new balance threshold reaches the routers only
 
 
 def test_every_pool_the_candidates_included_gets_a_router_of_its_own() -> None:

@@ -226,6 +226,12 @@ class PoolConfig(Section):
         return self.model.dtype if self.engine.kv_cache_dtype == "model" else self.engine.kv_cache_dtype
 
     @property
+    def routes_by_prefix(self) -> bool:
+        """Its handles send each request where its prefix is cached (`routing.policy`), which
+        needs a prefix cache to route by."""
+        return self.routing.policy == "prefix" and self.engine.enable_prefix_caching
+
+    @property
     def kv_element_bytes(self) -> int:
         return _ELEMENT_BYTES[self.kv_cache_dtype]
 

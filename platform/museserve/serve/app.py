@@ -7,7 +7,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig, ServerConfig
+from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig, RoutingConfig, ServerConfig
 from museserve.preprocess.pool_model import check_pools
 from museserve.serve.drain_board import create_drain_board, start_drain
 from museserve.serve.gateway_ingress import GatewayIngress
@@ -80,7 +80,7 @@ def pool_router_config(pool: PoolConfig) -> RequestRouterConfig:
     """How every handle to the pool picks a replica (`pool.routing`); the A/B candidate and
     mirror pools are pools of their own, each with its own router."""
     routing = pool.routing
-    if routing.policy == "power_of_two" or not pool.engine.enable_prefix_caching:
+    if not pool.routes_by_prefix:
         return RequestRouterConfig()
     return RequestRouterConfig(
         request_router_class=PREFIX_ROUTER,
@@ -96,10 +96,17 @@ def pool_router_config(pool: PoolConfig) -> RequestRouterConfig:
     )
 
 
+# What only the routers read (through `pool_router_config`, which Serve updates in place).
+ROUTER_ONLY = ("min_hit_tokens", "max_load_gap", "kv_saturation", "stats_period_s")
+
+
 def replica_view(pool: PoolConfig) -> PoolConfig:
-    """What a model replica is given: its pool without the traffic settings only the gateway
-    reads (A/B split, mirroring), so moving a canary share does not roll the pool's replicas."""
-    return pool.model_copy(update={"ab": None, "mirror": None})
+    """What a model replica is given: its pool without the settings only the gateway or the
+    routers read (A/B split, mirroring, the routing choice), so moving a canary share or
+    tuning the balance threshold does not roll the pool's replicas."""
+    defaults = RoutingConfig()
+    routing = pool.routing.model_copy(update={name: getattr(defaults, name) for name in ROUTER_ONLY})
+    return pool.model_copy(update={"ab": None, "mirror": None, "routing": routing})
 
 
 def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:

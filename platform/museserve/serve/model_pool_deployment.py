@@ -29,7 +29,7 @@ class ModelPoolDeployment:
         self.contemplation = Contemplation(self.engine, chat_format.tokenizer, pool.contemplating)
         blocks = self.engine.blocks
         self.kv_feed = None
-        if pool.routing.policy == "prefix" and pool.engine.enable_prefix_caching:
+        if pool.routes_by_prefix:
             blocks.kv_events.start()
             self.kv_feed = KVFeedPublisher(
                 blocks.kv_events,

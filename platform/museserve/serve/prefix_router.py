@@ -64,7 +64,7 @@ class PrefixCacheRouter(RequestRouter):
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
         """Ranks: the chosen holder first (Serve moves on to the next rank when it is full),
-        then two replicas at random."""
+        then two replicas at random (`_power_of_two`)."""
         if not candidate_replicas:
             return []
         request = pending_request.args[0] if pending_request is not None and pending_request.args else None
