@@ -115,4 +115,3 @@ class PrefixCacheRouter(RequestRouter):
         self._decisions[request_id] = (decision, first[1] if first is not None else seconds)
         while len(self._decisions) > MAX_REMEMBERED:
             self._decisions.popitem(last=False)
-
