@@ -114,11 +114,17 @@ def test_a_killed_replica_leaves_the_router_consistent(routed: ChatClient) -> No
     conversations = [Conversation(100 + i) for i in range(CONVERSATIONS)]
     _turns(routed, conversations, "what is the first thing?")
     time.sleep(VIEW_S)
+    victim = sorted(replica_actor_names(DEPLOYMENT))[0]  # the one kill_replica kills
     kill_replica(DEPLOYMENT)
+    deadline = time.monotonic() + 30
+    while victim in replica_actor_names(DEPLOYMENT):  # ray.kill returns before the actor is gone
+        assert time.monotonic() < deadline, "the killed replica did not go away"
+        time.sleep(0.1)
     # Turns of the dead replica's conversations go elsewhere (their history is gone with it);
     # the others still find theirs.
     _turns(routed, conversations, "and the second?", attempts=5)
-    assert sum(_cached_share(c, 1) >= 0.8 for c in conversations) >= 1
+    shares = [_cached_share(c, 1) for c in conversations]
+    assert sum(share >= 0.8 for share in shares) >= 1, shares
     deadline = time.monotonic() + 120
     while len(replica_actor_names(DEPLOYMENT)) < ROUTED_REPLICAS:
         assert time.monotonic() < deadline, "Serve did not replace the killed replica"

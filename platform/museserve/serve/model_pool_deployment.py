@@ -46,9 +46,11 @@ class ModelPoolDeployment:
         async for chunk in chunks:
             yield chunk
 
-    def record_routing_stats(self) -> dict:
+    async def record_routing_stats(self) -> dict:
         """Pulled by Serve's controller every `routing.stats_period_s` and pushed to every handle's
-        router (`serve.prefix_router`): this replica's KV events and load."""
+        router (`serve.prefix_router`): this replica's KV events and load. Async on purpose: Serve
+        runs a sync method on a thread, and the event log and block manager belong to the
+        engine's loop, which is this one."""
         if self.kv_feed is None:
             return {}
         engine = self.engine
