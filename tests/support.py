@@ -110,6 +110,16 @@ def kill_replica(deployment: str) -> float:
     return time.monotonic()
 
 
+def eventually(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    """Waits for `condition`; the test fails if it does not hold within `timeout_s` (a liveness
+    bound, not a speed claim)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached within {timeout_s} s")
+        time.sleep(poll_s)
+
+
 def call_within(timeout_s: float, fn: Callable[..., T], *args: object) -> T:
     """fn(*args), or the test fails if it has not returned after `timeout_s` (a liveness bound,
     not a speed claim). It runs on a daemon thread, so a hung call cannot hold the test run."""

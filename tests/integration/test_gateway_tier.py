@@ -4,8 +4,6 @@ tenant of its own (see conftest), so they do not interfere."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -30,20 +28,13 @@ from tests.integration.conftest import (
     key_client,
 )
 from tests.redis_server import RedisServer
+from tests.support import eventually
 
 
 def short(text: str = "hi", tokens: int = 1, request_id: str = "", **fields) -> pb.ChatRequest:
     request = build_request(text, max_output_tokens=tokens, temperature=0.0, **fields)
     request.request_id = request_id
     return request
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("metadata", [[], [("authorization", "Bearer sk-not-a-key")], [("x-api-key", "sk-nope")]])

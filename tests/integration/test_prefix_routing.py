@@ -20,7 +20,7 @@ import ray
 
 from museserve.client import ChatClient
 from museserve.v1 import chat_pb2 as pb
-from tests.support import kill_replica, replica_actor_names
+from tests.support import eventually, kill_replica, replica_actor_names
 
 from .conftest import ROUTED_POOL, ROUTED_REPLICAS, ROUTING_PERIOD_S, TEST_KEY, key_client
 
@@ -104,10 +104,7 @@ def _router_decisions(reason: str) -> float:
 
 def test_the_gateways_router_exports_its_decisions() -> None:
     """After the test above: its second turns were prefix hits (Ray's agent exports every few seconds)."""
-    deadline = time.monotonic() + 60
-    while _router_decisions("prefix_hit") < CONVERSATIONS:
-        assert time.monotonic() < deadline, "no prefix_hit decisions exported within 60 s"
-        time.sleep(1.0)
+    eventually(lambda: _router_decisions("prefix_hit") >= CONVERSATIONS, 60, "prefix_hit decisions exported", 1.0)
 
 
 def test_a_killed_replica_leaves_the_router_consistent(routed: ChatClient) -> None:
@@ -116,19 +113,14 @@ def test_a_killed_replica_leaves_the_router_consistent(routed: ChatClient) -> No
     time.sleep(VIEW_S)
     victim = sorted(replica_actor_names(DEPLOYMENT))[0]  # the one kill_replica kills
     kill_replica(DEPLOYMENT)
-    deadline = time.monotonic() + 30
-    while victim in replica_actor_names(DEPLOYMENT):  # ray.kill returns before the actor is gone
-        assert time.monotonic() < deadline, "the killed replica did not go away"
-        time.sleep(0.1)
+    # ray.kill returns before the actor is gone
+    eventually(lambda: victim not in replica_actor_names(DEPLOYMENT), 30, "the killed replica gone", 0.1)
     # Turns of the dead replica's conversations go elsewhere (their history is gone with it);
     # the others still find theirs.
     _turns(routed, conversations, "and the second?", attempts=5)
     shares = [_cached_share(c, 1) for c in conversations]
     assert sum(share >= 0.8 for share in shares) >= 1, shares
-    deadline = time.monotonic() + 120
-    while len(replica_actor_names(DEPLOYMENT)) < ROUTED_REPLICAS:
-        assert time.monotonic() < deadline, "Serve did not replace the killed replica"
-        time.sleep(0.5)
+    eventually(lambda: len(replica_actor_names(DEPLOYMENT)) >= ROUTED_REPLICAS, 120, "the killed replica replaced", 0.5)
     time.sleep(VIEW_S)
     # The router dropped the dead replica's blocks and learned where each turn went since.
     _turns(routed, conversations, "and the third?", attempts=5)
