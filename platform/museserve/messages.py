@@ -74,6 +74,9 @@ class PreparedRequest:
     sampling: SamplingParams
     deadline_unix_s: float  # wall clock: processes on different hosts share no monotonic clock
     priority: int = 0  # from the account tier; lower is scheduled first
+    # The tier's TTFT objective as a wall-clock time (`TierConfig.drop_late`): a request still queued
+    # when its first token can no longer come by then is ended before its prefill. 0.0: none.
+    first_token_by_unix_s: float = 0.0
     media: tuple[MediaSegment, ...] = ()  # in prompt order, not overlapping
     tools: tuple[ToolSpec, ...] = ()  # offered to the model; empty when tool_choice is NONE
     tool_choice: ToolChoice = ToolChoice(ToolChoiceKind.NONE)
@@ -118,3 +121,37 @@ class GenerationChunk:
     num_new_tokens: int = 0
     finish: FinishReason | None = None
     usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityLoad:
+    """A replica's requests of one scheduling priority."""
+
+    priority: int  # lower runs first
+    running: int
+    waiting: int
+    waiting_tokens: int  # prompt tokens the waiting ones still have to prefill
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What a model replica reports for routing and admission, every `routing.stats_period_s`.
+
+    Rates are measured over the replica's recent past; 0.0 means not measured yet (an idle
+    replica that has served nothing)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0  # fraction of the KV blocks held by requests
+    max_running: int = 0  # the engine's max_running_requests
+    prefill_backlog_tokens: int = 0  # prompt tokens the running requests still have to prefill
+    by_priority: tuple[PriorityLoad, ...] = ()  # ascending priority
+    prefill_tokens_per_s: float = 0.0  # prompt tokens prefilled per second of steps that prefilled
+    finishes_per_s: float = 0.0  # requests that left the batch per second
+    step_s: float = 0.0  # mean duration of a recent step
+    ttft_p90_s: float = 0.0  # time from arrival at the engine to the first token, recent p90
+    taken_at: float = 0.0  # wall clock (time.time()) of the report
+
+    @property
+    def requests(self) -> int:
+        return self.running + self.waiting

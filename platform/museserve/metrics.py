@@ -115,6 +115,16 @@ class MetricsRecorder(Protocol):
         there (a part of the prefix-cache hits), blocks saved to it and blocks loaded back."""
         ...
 
+    def dropped(self, reason: str) -> None:
+        """A request ended before it started: `deadline` (it could not start in time), `objective`
+        (nor within its tier's time-to-first-token objective) or `client_gone`."""
+        ...
+
+    def preempted(self, reason: str, count: int) -> None:
+        """A step preempted `count` running requests: `kv` (a running one needed blocks) or
+        `priority` (a waiting one of a better priority needed the room)."""
+        ...
+
 
 class BucketCounts:
     """A histogram in memory: counts per upper bound (Prometheus `le` buckets, +Inf last)."""
@@ -147,6 +157,8 @@ class InMemoryMetrics:
         self.kv_tier_saves = 0
         self.kv_tier_loads = 0
         self.finished: collections.Counter[str] = collections.Counter()  # by finish reason
+        self.drops: collections.Counter[str] = collections.Counter()  # by reason
+        self.preemptions: collections.Counter[str] = collections.Counter()  # by reason
         self.running = 0
         self.waiting = 0
         self.kv_usage = 0.0
@@ -172,6 +184,12 @@ class InMemoryMetrics:
         self.kv_tier_hits += hit_tokens
         self.kv_tier_saves += saved_blocks
         self.kv_tier_loads += loaded_blocks
+
+    def dropped(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def preempted(self, reason: str, count: int) -> None:
+        self.preemptions[reason] += count
 
 
 class EngineMetrics:
@@ -213,6 +231,17 @@ class EngineMetrics:
         self.kv_tier_loads = Counter(
             "museserve_kv_tier_loaded_blocks_total", "KV blocks copied back from the second tier.", _MODEL
         )
+        self.drops = Counter(
+            "museserve_engine_requests_dropped_total",
+            "Requests ended before they started: could not meet their deadline or their tier's TTFT objective, "
+            "or the client left.",
+            ("model", "reason"),
+        )
+        self.preemptions = Counter(
+            "museserve_num_preemptions_total",
+            "Running requests preempted (recomputed later): for blocks, or for a request of a better priority.",
+            ("model", "reason"),
+        )
 
     def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
         self.queue.observe(queue_s, self._tags)
@@ -244,3 +273,10 @@ class EngineMetrics:
         ):
             if n:  # Ray's Counter refuses 0
                 counter.inc(n, self._tags)
+
+    def dropped(self, reason: str) -> None:
+        self.drops.inc(1, {**self._tags, "reason": reason})
+
+    def preempted(self, reason: str, count: int) -> None:
+        if count:  # Ray's Counter refuses 0
+            self.preemptions.inc(count, {**self._tags, "reason": reason})

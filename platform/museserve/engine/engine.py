@@ -13,7 +13,9 @@ runs on a GPU: on a CPU the loop's work takes cores from the model's, and measur
 
 Each request has its own stream of chunks; leaving it (client cancel, deadline, error) ends
 the request at once and frees its blocks. A failed step fails the requests in that step,
-never the replica.
+never the replica. A request still queued for its first token is ended before any prefill is
+spent on it once its prefill, at the measured rate, could no longer start it before its
+deadline or its tier's time-to-first-token objective (`_end_late_requests`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from museserve.config import PoolConfig
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_tier_index import TierIndex
+from museserve.engine.load_meter import LoadMeter, prefill_tokens, replica_load
 from museserve.engine.media import check_request_media
 from museserve.engine.plan import RowSampling, RowToken, SchedulerPlan, StepRunner
 from museserve.engine.request import Request, position_logprobs
@@ -43,11 +46,14 @@ from museserve.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.messages import GenerationChunk, PreparedRequest, ReplicaLoad
 from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.preprocess.chat_format import ChatFormat
 
 logger = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 60.0  # the most a request ended for its objective is told to wait
+UNCACHED_LOOKUP_S = 1.0  # how long a queued request's cached-prefix lookup stands
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Step:
     requests: list[Request]  # plan.sequences' requests, in plan order
     rows: list[RowSampling]
     tokens: asyncio.Future[list[RowToken]]
+    submitted_at: float  # time.monotonic()
 
 
 class MuseEngine:
@@ -94,9 +101,14 @@ class MuseEngine:
             max_prefill_chunk=engine.max_prefill_chunk,
             max_prefill_attention=engine.max_prefill_attention,
             min_prefill_chunk=engine.block_size,
+            priority_preemption=engine.priority_preemption,
+            min_low_priority_share=engine.min_low_priority_share,
         )
         self.scheduler = Scheduler(limits, self.blocks)
+        self._priority_preemptions_reported = 0  # scheduler.num_priority_preemptions already passed on
         self.stats = EngineStats()
+        self.meter = LoadMeter()
+        self._last_step_back = 0.0  # time.monotonic() when the last step's tokens came back
         self.requests: dict[str, Request] = {}
         self.overlap = engine.overlap_scheduling == "on" or (
             engine.overlap_scheduling == "auto" and runner.on_accelerator
@@ -121,6 +133,8 @@ class MuseEngine:
                 if item.finish is not None:
                     return
         finally:
+            if not request.ended and request.record.phase is RequestPhase.WAITING:
+                self._drop(request, "client_gone")  # left before it started
             self._finish(request, RequestPhase.CANCELLED)  # a client that left; no-op once ended
 
     def _check_id_free(self, request_id: str) -> None:
@@ -172,6 +186,8 @@ class MuseEngine:
         request.ended = True
         del self.requests[request.request_id]
         self.scheduler.remove(request.seq)
+        if request.record.phase is RequestPhase.RUNNING:
+            self.meter.finished()  # it left the running batch
         self.stats.end(request.record, phase)
         reason = str(request.output.finish) if phase is RequestPhase.FINISHED else str(phase)
         self.metrics.ended(time.monotonic() - request.arrival, reason)
@@ -190,6 +206,25 @@ class MuseEngine:
     def _fail(self, request: Request, error: MuseError) -> None:
         stopped = isinstance(error, (Cancelled, DeadlineExceeded))
         self._finish(request, RequestPhase.CANCELLED if stopped else RequestPhase.FAILED, error)
+
+    def _drop(self, request: Request, reason: str, error: MuseError | None = None) -> None:
+        """Ends a request that has not started (or, preempted, not yet streamed), counted by reason."""
+        self.metrics.dropped(reason)
+        self.stats.num_dropped += 1
+        logger.info(
+            "request %s tenant=%s dropped before its first token: %s",
+            request.request_id,
+            request.prepared.tenant,
+            reason,
+        )
+        if error is None:
+            self._finish(request, RequestPhase.CANCELLED)
+        else:
+            self._fail(request, error)
+
+    def load(self) -> ReplicaLoad:
+        """The replica's load now, for routing and admission; cheap enough to call every second."""
+        return replica_load(self.scheduler, self.blocks.usage, self.meter)
 
     # -- the stepping loop --------------------------------------------------------------
 
@@ -214,7 +249,7 @@ class MuseEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._expire_deadlines()
+            self._end_late_requests()
             step = self._launch() if in_flight is None or overlap else None
             if in_flight is not None:
                 await self._complete(in_flight)
@@ -225,6 +260,8 @@ class MuseEngine:
     def _launch(self) -> Step | None:
         """Plans the next step and queues it on the device."""
         plan = self.scheduler.schedule()
+        if plan.preempted:
+            self._report_preemptions(len(plan.preempted))
         if plan.is_empty:
             return None
         if plan.kv_saves or plan.kv_loads:  # a tier hit always loads: its tokens are counted here
@@ -241,7 +278,15 @@ class MuseEngine:
                 self.metrics.scheduled_first(queue_s, request.prepared.num_prompt_tokens, request.seq.num_cached_tokens)
             if item.samples:
                 rows.append(request.row(len(rows)))
-        return Step(plan, requests, rows, asyncio.wrap_future(self.runner.submit(plan, rows)))
+        submitted = asyncio.wrap_future(self.runner.submit(plan, rows))
+        return Step(plan, requests, rows, submitted, time.monotonic())
+
+    def _report_preemptions(self, count: int) -> None:
+        for_priority = self.scheduler.num_priority_preemptions - self._priority_preemptions_reported
+        self._priority_preemptions_reported = self.scheduler.num_priority_preemptions
+        for reason, n in (("priority", for_priority), ("kv", count - for_priority)):
+            if n:
+                self.metrics.preempted(reason, n)
 
     async def _complete(self, step: Step) -> None:
         """Waits for a step's tokens, then hands each to its request."""
@@ -261,9 +306,14 @@ class MuseEngine:
             for request in step.requests:
                 self._fail(request, Internal("the model step failed"))
             return
+        now = time.monotonic()
+        # Steps run one after another on the device: a step queued behind another starts when that one ends.
+        self.meter.step(
+            now - max(step.submitted_at, self._last_step_back), prefill_tokens(step.plan), step.plan.num_batched_tokens
+        )
+        self._last_step_back = now
         sampled = {row.request_id: token for row, token in zip(step.rows, tokens, strict=True)}
         self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage, len(sampled))
-        now = time.monotonic()
         for item, request in zip(step.plan.sequences, step.requests, strict=True):
             if request.ended:
                 continue  # ended while the step ran: its token is dropped
@@ -280,6 +330,8 @@ class MuseEngine:
         self.stats.count_tokens(request.record, 1)
         first = request.last_token_at is None
         self.metrics.token(now - (request.arrival if first else request.last_token_at), first)
+        if first:
+            self.meter.first_token(now - request.arrival)
         request.last_token_at = now
         if output.finish is None and output.num_tokens >= self.context_window:
             output.end_for_length()
@@ -290,11 +342,41 @@ class MuseEngine:
         if output.finish is not None:
             self._finish(request, RequestPhase.FINISHED)  # blocks free now, not when the client reads
 
-    def _expire_deadlines(self) -> None:
+    def _end_late_requests(self) -> None:
+        """One pass before each plan. A request queued for its first token is dropped once its own
+        prefill, at the measured rate, ends past its deadline or its tier's TTFT objective (only
+        then are its cached blocks looked up: the pass stays cheap); any other request ends at
+        its deadline."""
         now = time.time()
+        rate = self.meter.prefill_tokens_per_s  # 0.0 unmeasured: a prefill counts as instant
+
+        def prefill_s(tokens: int) -> float:
+            return tokens / rate if rate > 0 else 0.0
+
         for request in list(self.requests.values()):
-            if now > request.prepared.deadline_unix_s:
-                self._fail(request, DeadlineExceeded("the request ran past its deadline"))
+            if not request.queued_before_first_token:
+                if now > request.prepared.deadline_unix_s:
+                    self._fail(request, DeadlineExceeded("the request ran past its deadline"))
+            elif request.too_late_to_start(now, prefill_s(request.seq.num_uncomputed_tokens)):
+                needs_s = prefill_s(self._uncached_tokens(request))
+                reason = request.too_late_to_start(now, needs_s)
+                if reason is not None:
+                    self._drop(request, reason, request.late_error(reason, now, needs_s, self._queue_drain_s()))
+
+    def _uncached_tokens(self, request: Request) -> int:
+        """Its tokens past the prefix the cache holds, looked up at most once a second: a lookup
+        walks the prompt's blocks."""
+        now = time.monotonic()
+        if request.uncached_lookup is None or now - request.uncached_lookup[1] >= UNCACHED_LOOKUP_S:
+            request.uncached_lookup = (self.scheduler.tokens_to_compute(request.seq), now)
+        return request.uncached_lookup[0]
+
+    def _queue_drain_s(self) -> float:
+        """How long the queue takes to empty at the recent finish rate; 1 s when unmeasured."""
+        finishes_per_s = self.meter.finishes_per_s
+        if finishes_per_s <= 0:
+            return 1.0
+        return min(max(1.0, self.scheduler.num_waiting / finishes_per_s), MAX_RETRY_AFTER_S)
 
     def shutdown(self, wait: bool = False) -> None:
         """`wait`: return only once the device thread has ended (after the step it is running)."""

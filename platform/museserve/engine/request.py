@@ -15,9 +15,9 @@ import time
 from museserve.domain import PositionLogprobs, TokenLogprob
 from museserve.engine.plan import RowSampling, RowToken
 from museserve.engine.request_state import RequestState
-from museserve.engine.sequence import Sequence
+from museserve.engine.sequence import Sequence, SequenceStatus
 from museserve.engine.stats import RequestRecord
-from museserve.errors import MuseError
+from museserve.errors import DeadlineExceeded, MuseError, ResourceExhausted
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.preprocess.tokenizer import Tokenizer
 
@@ -40,11 +40,42 @@ class Request:
         self.chunks: asyncio.Queue[GenerationChunk | MuseError] = asyncio.Queue()
         self.last_sent: float | None = None  # when a chunk last went out
         self.last_token_at: float | None = None
+        # While queued: (tokens past its cached prefix, time.monotonic() of that lookup).
+        self.uncached_lookup: tuple[int, float] | None = None
         self.ended = False
 
     @property
     def request_id(self) -> str:
         return self.prepared.request_id
+
+    @property
+    def queued_before_first_token(self) -> bool:
+        """Waiting to be scheduled (at first, or again after a preemption) with no token out yet."""
+        return self.last_token_at is None and self.seq.status is SequenceStatus.WAITING
+
+    def too_late_to_start(self, now_unix_s: float, prefill_s: float) -> str | None:
+        """Why it can no longer start in time if its prefill, starting now, takes `prefill_s`:
+        "deadline", "objective" (its tier's time-to-first-token), or None when it still can."""
+        first_token_at = now_unix_s + prefill_s
+        if first_token_at > self.prepared.deadline_unix_s:
+            return "deadline"
+        objective = self.prepared.first_token_by_unix_s
+        if objective > 0 and first_token_at > objective:
+            return "objective"
+        return None
+
+    def late_error(self, reason: str, now_unix_s: float, prefill_s: float, retry_after_s: float) -> MuseError:
+        """What its stream raises when it is ended for `reason` (`too_late_to_start`)."""
+        prepared = self.prepared
+        if reason == "deadline":
+            left = _time_left(prepared.deadline_unix_s - now_unix_s, prefill_s)
+            return DeadlineExceeded(f"the request could not start before its deadline: {left}")
+        left = _time_left(prepared.first_token_by_unix_s - now_unix_s, prefill_s)
+        return ResourceExhausted(
+            f"model {prepared.pool} could not start the request within its tier's time-to-first-token objective: "
+            f"{left}",
+            retry_after_s=retry_after_s,
+        )
 
     def row(self, logits_row: int) -> RowSampling:
         """How its token of the step just planned is sampled; the plan already counts that
@@ -74,3 +105,9 @@ def position_logprobs(tokenizer: Tokenizer, picked: RowToken) -> PositionLogprob
 
     assert picked.logprob is not None
     return PositionLogprobs(entry(picked.token, picked.logprob), tuple(entry(t, v) for t, v in picked.top))
+
+
+def _time_left(left_s: float, prefill_s: float) -> str:
+    if left_s <= 0:
+        return f"that time passed {-left_s:.2f} s ago while it waited"
+    return f"{left_s:.2f} s remained and its prompt needs about {prefill_s:.2f} s of prefill"

@@ -7,6 +7,11 @@ the prefix cache where it survives). Waiting sequences are admitted in (priority
 arrival) order while budget, blocks and the running cap allow; the first that does not
 fit stops admission, so a large prompt is not starved by small ones behind it.
 
+With priority preemption, a waiting head of a better priority than the lowest running
+sequence that cannot start (batch full, or its first chunk's blocks do not fit) preempts
+running sequences of worse priority, lowest first, until it fits, and starts in the same
+step. Worse priorities keep `min_low_priority_share` of the batch against it.
+
 The scheduler holds sequences, not requests: the engine's `Request` owns its `Sequence`,
 adds it, removes it when the request ends, and reports what each step computed (`update`).
 A step may be planned while the previous one runs: a sequence that samples in a plan counts
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from museserve.engine.block_manager import BlockManager
@@ -37,6 +44,9 @@ class SchedulerLimits:
     # `min_prefill_chunk`), so a huge prefill takes a fair share of each step, not all of it.
     max_prefill_attention: int = 1 << 62
     min_prefill_chunk: int = 16
+    priority_preemption: bool = False  # a better-priority head preempts worse running sequences
+    # Of max_running, the share (floored) that sequences of worse priority than the head keep.
+    min_low_priority_share: float = 0.0
 
 
 class Scheduler:
@@ -46,6 +56,7 @@ class Scheduler:
         self.running: list[Sequence] = []  # kept in sort_key order
         self._waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by sort_key
         self._arrivals = itertools.count()
+        self.num_priority_preemptions = 0  # since start: of all preemptions, those for a better head
 
     @property
     def num_waiting(self) -> int:
@@ -57,6 +68,17 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.running or self._waiting)
+
+    def waiting_sequences(self) -> Iterator[Sequence]:
+        """The waiting sequences, in no particular order."""
+        return (seq for _, seq in self._waiting)
+
+    def tokens_to_compute(self, seq: Sequence) -> int:
+        """Tokens a waiting sequence would compute if admitted now: those past the prefix the
+        device cache or its tier holds."""
+        cached = self.blocks.cached_prefix(seq)
+        from_tier = self.blocks.tier_prefix(seq, len(cached))
+        return seq.num_tokens - (len(cached) + len(from_tier)) * self.blocks.block_size
 
     def add(self, seq: Sequence) -> None:
         # A sequence that could outgrow the whole cache would preempt itself forever.
@@ -86,7 +108,8 @@ class Scheduler:
     def schedule(self) -> SchedulerPlan:
         budget = self.limits.max_batched_tokens
         planned: list[tuple[Sequence, int]] = []
-        preempted: list[str] = []
+        preempted = self._preempt_for_head() if self.limits.priority_preemption else []
+        grew_by_preempting = False  # a running sequence needed blocks: admitting more would thrash
 
         for seq in list(self.running):
             if seq.status is not SequenceStatus.RUNNING or budget == 0:
@@ -99,6 +122,7 @@ class Scheduler:
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted.append(victim.request_id)
+                grew_by_preempting = True
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
@@ -106,14 +130,11 @@ class Scheduler:
                 planned.append((seq, num_new))
                 budget -= num_new
 
-        while self._waiting and budget > 0 and len(self.running) < self.limits.max_running and not preempted:
+        while self._waiting and budget > 0 and len(self.running) < self.limits.max_running and not grew_by_preempting:
             seq = self._waiting[0][1]
             if seq.num_pending:
                 break  # preempted while its last step ran: its tokens are not all known yet
-            cached = self.blocks.cached_prefix(seq)
-            from_tier = self.blocks.tier_prefix(seq, len(cached))  # loaded by this plan, before its step
-            cached_tokens = (len(cached) + len(from_tier)) * self.blocks.block_size
-            num_new = min(seq.num_tokens - cached_tokens, budget, self.limits.max_prefill_chunk)
+            cached, from_tier, num_new = self._first_chunk(seq, budget)
             if not self.blocks.can_admit(seq, cached, num_new, from_tier):
                 break
             heapq.heappop(self._waiting)
@@ -128,6 +149,41 @@ class Scheduler:
         saves, loads = self.blocks.take_transfers() if planned else ((), ())
         sequences = tuple(self._scheduled(seq, n) for seq, n in planned)
         return SchedulerPlan(sequences, tuple(preempted), kv_saves=saves, kv_loads=loads)
+
+    def _first_chunk(self, seq: Sequence, budget: int) -> tuple[list[int], list[int], int]:
+        """What admitting `seq` now takes: its device-cached prefix blocks, the tier slots after
+        them (loaded by this plan, before its step) and the tokens of its first chunk."""
+        cached = self.blocks.cached_prefix(seq)
+        from_tier = self.blocks.tier_prefix(seq, len(cached))
+        cached_tokens = (len(cached) + len(from_tier)) * self.blocks.block_size
+        return cached, from_tier, min(seq.num_tokens - cached_tokens, budget, self.limits.max_prefill_chunk)
+
+    def _preempt_for_head(self) -> list[str]:
+        """Preempts running sequences of worse priority than the waiting head, lowest first, while
+        the head cannot start and those sequences number more than their kept share."""
+        if not self._waiting:
+            return []
+        head = self._waiting[0][1]
+        if head.num_pending:
+            return []  # it cannot be admitted this step anyway
+        limits = self.limits
+        kept = math.floor(limits.min_low_priority_share * limits.max_running)
+        worse = sum(1 for seq in self.running if seq.priority > head.priority)
+        preempted: list[str] = []
+        chunk: tuple[list[int], list[int], int] | None = None  # looked up only when the batch has room
+        # `running` is in sort_key order: while any sequence is worse than the head, the last one is.
+        while worse > kept:
+            if len(self.running) < limits.max_running:
+                chunk = chunk or self._first_chunk(head, limits.max_batched_tokens)
+                cached, from_tier, num_new = chunk
+                if self.blocks.can_admit(head, cached, num_new, from_tier):
+                    break
+            victim = self.running[-1]
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            worse -= 1
+        self.num_priority_preemptions += len(preempted)
+        return preempted
 
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         if seq.num_pending and seq.num_tokens >= seq.max_num_tokens:

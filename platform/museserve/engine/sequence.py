@@ -68,6 +68,12 @@ class Sequence:
         return self.num_tokens - self.num_computed_tokens
 
     @property
+    def num_prefill_tokens_left(self) -> int:
+        """Tokens its prefill still has to compute; 0 once it decodes (a decode computes exactly one)."""
+        remaining = self.num_uncomputed_tokens
+        return remaining if remaining > 1 else 0
+
+    @property
     def sort_key(self) -> tuple[int, int]:
         return (self.priority, self.arrival)
 

@@ -33,7 +33,8 @@ class EngineStats:
     num_finished: int = 0
     num_cancelled: int = 0
     num_failed: int = 0
-    num_rejected: int = 0
+    num_rejected: int = 0  # refused at arrival: the queue was full
+    num_dropped: int = 0  # ended before their first token (counted as cancelled or failed too)
     generated_tokens: int = 0
     recent: OrderedDict[str, RequestRecord] = field(default_factory=OrderedDict)
 
