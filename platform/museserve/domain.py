@@ -154,6 +154,7 @@ class ChatRequest:
     mode: ModeParams = field(default_factory=ModeParams)
     identity: Identity = field(default_factory=Identity)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    deadline_unix_s: float | None = None  # the client's own deadline (gRPC's), wall clock; None: the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,7 @@ class AgentProgress:
 class Finish:
     reason: FinishReason
     model: str  # the pool that served the request
+    degraded: str = ""  # how the request was made cheaper under overload (e.g. "thinking_budget=256"); "": it was not
 
 
 StreamEvent = TextDelta | ReasoningDelta | LogprobsDelta | ToolCallEvent | AgentProgress | Usage | Finish
@@ -239,6 +241,7 @@ class ChatResult:
     finish_reason: FinishReason
     model: str
     logprobs: tuple[PositionLogprobs, ...] = ()
+    degraded: str = ""  # see Finish.degraded
 
 
 @dataclass(frozen=True, slots=True)

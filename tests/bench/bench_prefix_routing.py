@@ -76,7 +76,7 @@ def capacity_rps(samples: list, ramp_s: float, end_s: float) -> float:
 def decision_cost(samples: int = 3000) -> dict:
     """`PrefixRouting.decide` on 3 replicas holding 2,200 blocks each (the pool's KV cache,
     11,650 tokens of 16) and prompts of 1,000 to 2,800 tokens, half of them held."""
-    from museserve.routing.feed import KVBatch, KVFeed, ReplicaLoad, pack
+    from museserve.routing.feed import KVBatch, KVFeed, pack
     from museserve.routing.prefix_routing import PrefixRouting, RoutingSettings
     from museserve.routing.prompt_blocks import prompt_block_hashes
     from tests.support import prepared_request
@@ -90,7 +90,7 @@ def decision_cost(samples: int = 3000) -> dict:
         while len(held) < 2200:
             held.append(rng.randbytes(16))
         batch = KVBatch(1, time.time(), pack(held[:2200]), b"", reset=True)
-        routing.observe(f"replica-{replica}", KVFeed("e", (batch,), None, ReplicaLoad()))
+        routing.observe(f"replica-{replica}", KVFeed("e", (batch,), None))
     loads = {f"replica-{i}": rng.randrange(4) for i in range(3)}
     took = []
     for i in range(samples):

@@ -26,9 +26,9 @@ from tests.chaos.ledger import Tally, table
 from tests.redis_server import RedisServer
 from tests.support import free_port, start_local_app
 
-CHAOS_KEY = "sk-chaos"
+CHAOS_KEY = "sk-chaos"  # tier default
+GOLD_KEY = "sk-chaos-gold"  # tier gold: a better priority, for the two-tier overload
 GATEWAY_REPLICAS = 2  # as in production: a redeploy or a dead replica leaves one serving
-MAX_IN_FLIGHT = 6  # per pool, per gateway replica: what the gateway admits before it sheds
 DRAIN_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 60.0
 SUMMARY_PATH = Path(".chaos") / "summary.json"
@@ -47,8 +47,9 @@ def record(tally: Tally) -> Tally:
 
 
 def chaos_config(redis_url: str) -> MuseServeConfig:
-    """The shipped local config with free ports, an API key whose tier is rate limited in
-    Redis (so every decision asks Redis), a tight admission bound and a short drain."""
+    """The shipped local config (its live admission included: no hand-tuned bound) with free
+    ports, API keys in two tiers rate limited in Redis (so every decision asks Redis), and a
+    short drain."""
     data = load_config().model_dump(mode="json")
     data["server"].update(
         grpc_port=free_port(), http_port=free_port(), direct_grpc_port=free_port(),
@@ -57,15 +58,20 @@ def chaos_config(redis_url: str) -> MuseServeConfig:
     generous = {"requests_per_minute": 600_000, "tokens_per_minute": 600_000_000}
     data["gateway"].update(
         auth="api_key",
-        api_keys=[{"sha256": key_digest(CHAOS_KEY), "tenant": "chaos", "tier": "default"}],
-        tiers={"default": {"priority": 1, "user": generous, "tenant": generous}},
+        api_keys=[
+            {"sha256": key_digest(CHAOS_KEY), "tenant": "chaos", "tier": "default"},
+            {"sha256": key_digest(GOLD_KEY), "tenant": "chaos-gold", "tier": "gold"},
+        ],
+        tiers={
+            "default": {"priority": 1, "user": generous, "tenant": generous},
+            "gold": {"priority": 0, "user": generous, "tenant": generous},
+        },
         redis={"url": redis_url, "timeout_ms": 250, "on_unavailable": "fail_open"},
     )
     data["gateway"]["deployment"]["num_replicas"] = GATEWAY_REPLICAS
     data["gateway"].update(default_model=None, routes={})
     data["pools"] = [p for p in data["pools"] if p["name"] == "muse-tiny"]  # the dummy model: a known capacity
     pool = data["pools"][0]
-    pool["max_in_flight"] = MAX_IN_FLIGHT
     pool["engine"].update(context_length=4096, max_output_tokens=512, stream_interval_ms=0)
     return parse_config(data, source="chaos config")
 

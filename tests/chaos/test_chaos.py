@@ -1,7 +1,8 @@
 """Chaos scenarios against the real local app, under open-loop load, in file order:
 
 1. overload at twice the measured capacity: the excess is shed at once, what is admitted
-   meets the TTFT objective;
+   meets the TTFT objective; then two tiers at once, the better one well within capacity and
+   the other far past it: the better one keeps its goodput while the other is shed;
 3. Redis down and back, then Redis slow: the configured policy (fail_open) holds and
    latency stays bounded;
 2. a model, a preprocess and a gateway replica killed mid-load: what was in flight ends
@@ -27,8 +28,7 @@ from museserve_loadtest.workload import Workload
 from tests.chaos.conftest import (
     CHAOS_KEY,
     DRAIN_TIMEOUT_S,
-    GATEWAY_REPLICAS,
-    MAX_IN_FLIGHT,
+    GOLD_KEY,
     ChaosApp,
     overload_seconds,
     record,
@@ -51,6 +51,8 @@ FAULT_AT_S = 3.0
 IN_FLIGHT_AT_FAULT = 3  # a fault waits for at least this many requests in flight
 BUSY = 0.8  # of capacity, for the fault scenarios: several long answers in flight at any time
 LONG = chaos_workload(long_answers=True)
+CAPACITY_CLIENTS = 12  # enough streams at once to keep muse-tiny's batch busy on 2 cores
+GOLD_SHARE, DEFAULT_LOAD = 0.5, 3.0  # of capacity, for the two-tier overload
 
 
 def _p(values: list[float], q: float) -> float:
@@ -66,20 +68,24 @@ def _in_flight_at(samples: list[Sample], t: float) -> list[Sample]:
 
 
 def _admitted_in_flight_at(samples: list[Sample], t: float) -> list[Sample]:
-    """In flight at `t`, less those the gateways' admission bound shed (RESOURCE_EXHAUSTED within
+    """In flight at `t`, less those the gateways' admission shed (RESOURCE_EXHAUSTED within
     milliseconds): a request sent just before `t` and shed just after it was never held."""
     return [s for s in _in_flight_at(samples, t) if s.status != "RESOURCE_EXHAUSTED"]
 
 
-def _load(app: ChaosApp, rate: float, duration_s: float, **kwargs) -> BackgroundLoad:
-    return BackgroundLoad(app.address, CHAOS_KEY, rate, duration_s, **kwargs)
+def _load(app: ChaosApp, rate: float, duration_s: float, key: str = CHAOS_KEY, **kwargs) -> BackgroundLoad:
+    return BackgroundLoad(app.address, key, rate, duration_s, **kwargs)
+
+
+def _goodput(samples: list[Sample]) -> int:
+    """Requests answered in full whose first token came within the objective."""
+    return sum(1 for s in samples if s.ok and s.ttft is not None and s.ttft <= TTFT_SLO_S)
 
 
 def _measure_capacity(app: ChaosApp, workload: Workload) -> float:
-    """Requests/s the app completes with its admission bound full: a closed loop of as many
-    clients as the gateways admit, for 8 s; by Little's law, clients over the mean time a
-    request takes from its send to its end."""
-    clients = MAX_IN_FLIGHT * GATEWAY_REPLICAS
+    """Requests/s the app completes: a closed loop of `CAPACITY_CLIENTS` clients for 8 s; by
+    Little's law, clients over the mean time a request takes from its send to its end."""
+    clients = CAPACITY_CLIENTS
     with _load(app, 500, 8.0, workload=workload, concurrency=clients, drain_timeout_s=1.0, seed=99) as load:
         pass
     took = [s.end - s.sent for s in load.samples if s.ok and s.end is not None and s.sent is not None]
@@ -116,6 +122,26 @@ def test_overload_at_twice_capacity_is_shed_at_once(chaos_app: ChaosApp, capacit
     assert shed, "twice the capacity was offered and nothing was shed"
     assert _p(shed, 50) <= SHED_P50_S and _p(shed, 99) <= SHED_P99_S, tally.notes
     assert _p(ttft, 99) <= TTFT_SLO_S, tally.notes
+
+
+def test_a_better_tier_keeps_its_goodput_while_the_other_is_shed(chaos_app: ChaosApp, capacity: float) -> None:
+    duration_s = overload_seconds()
+    with (
+        _load(chaos_app, GOLD_SHARE * capacity, duration_s, key=GOLD_KEY, seed=11) as gold,
+        _load(chaos_app, DEFAULT_LOAD * capacity, duration_s, seed=12) as default,
+    ):
+        pass
+    gold_ttft = _ttfts(gold.samples)
+    shed = [s for s in default.samples if s.status == "RESOURCE_EXHAUSTED"]
+    tally = record(Tally.of(
+        "two tiers, overload", [*gold.samples, *default.samples],
+        f"gold at {GOLD_SHARE:g}x capacity: {_goodput(gold.samples)} of {len(gold.samples)} within the objective, "
+        f"TTFT p99 {_p(gold_ttft, 99):.3f} s; default at {DEFAULT_LOAD:g}x: {_goodput(default.samples)} of "
+        f"{len(default.samples)} within the objective, {len(shed)} shed",
+    ))  # fmt: skip
+    assert tally.lost == 0 and tally.interrupted == 0, tally
+    assert _goodput(gold.samples) >= 0.9 * len(gold.samples), tally.notes
+    assert shed, "the lower tier was offered three times the capacity and nothing of it was shed"
 
 
 def test_redis_outage_keeps_serving_under_fail_open(chaos_app: ChaosApp, capacity: float) -> None:

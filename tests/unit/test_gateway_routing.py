@@ -240,6 +240,8 @@ def test_every_pool_the_candidates_included_gets_a_router_of_its_own() -> None:
         assert router.request_router_class == PREFIX_ROUTER
         assert router.request_router_kwargs["pool"] == name
         assert router.request_routing_stats_period_s == cfg.pool(name).routing.stats_period_s
+        assert router.request_router_kwargs["by_prefix"] is True
     default = pool_router_config(cfg.pool("main").model_copy(update={"routing": cfg.pool("main").routing.model_copy(
         update={"policy": "power_of_two"})}))  # fmt: skip
-    assert "PowerOfTwo" in str(default.request_router_class)
+    # Still ours, for the load reports admission reads; it routes as Serve's default does.
+    assert default.request_router_class == PREFIX_ROUTER and default.request_router_kwargs["by_prefix"] is False

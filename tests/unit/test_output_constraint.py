@@ -184,7 +184,7 @@ def test_response_format_from_pb() -> None:
 
 def test_gateway_emits_tool_call_events_after_text() -> None:
     call = ToolCall("call_1", "lookup", '{"q": "x"}')
-    events = _events(GenerationChunk(text="ok", tool_calls=(call,)), prepared_request(), "p")
+    events = _events(GenerationChunk(text="ok", tool_calls=(call,)), prepared_request(), "p", "")
     assert [type(e).__name__ for e in events] == ["TextDelta", "ToolCallEvent"]
     assert events[1] == ToolCallEvent(call)
 

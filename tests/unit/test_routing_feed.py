@@ -10,8 +10,9 @@ import random
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_events import KVEventLog
 from museserve.engine.kv_tier_index import TierIndex
+from museserve.messages import ReplicaLoad
 from museserve.routing.choice import Reason
-from museserve.routing.feed import KVFeed, ReplicaLoad, pack, unpack
+from museserve.routing.feed import KVFeed, pack, unpack
 from museserve.routing.follower import FeedFollower
 from museserve.routing.prefix_index import PrefixIndex
 from museserve.routing.prefix_routing import PrefixRouting, RoutingSettings
@@ -20,7 +21,6 @@ from tests.support import prepared_request
 from tests.unit.test_kv_tier_index import fill, make_seq, run_prompt
 
 BS = 4
-IDLE = ReplicaLoad()
 
 
 class Clock:
@@ -44,12 +44,12 @@ def test_hashes_pack_into_one_bytes_object_and_back() -> None:
 def test_each_publication_cuts_at_most_one_batch_into_a_bounded_ring() -> None:
     log = KVEventLog()
     pub = publisher(log, batches=3, snapshot_every=100)
-    first = pub.publish(IDLE)
+    first = pub.publish()
     assert [(b.seq, b.reset) for b in first.batches] == [(1, True)]  # a new replica holds nothing
-    assert pub.publish(IDLE).batches == first.batches  # no events: no batch
+    assert pub.publish().batches == first.batches  # no events: no batch
     for i in range(4):
         log.stored(bytes([i]) * 16)
-        feed = pub.publish(IDLE)
+        feed = pub.publish()
     assert [b.seq for b in feed.batches] == [3, 4, 5] and feed.snapshot is None
     assert feed.epoch == first.epoch
 
@@ -58,9 +58,9 @@ def test_every_nth_publication_carries_the_held_set_as_of_its_last_batch() -> No
     log = KVEventLog()
     held = [b"x" * 16, b"y" * 16]
     pub = publisher(log, lambda: held, snapshot_every=2)
-    assert pub.publish(IDLE).snapshot is None
+    assert pub.publish().snapshot is None
     log.stored(b"y" * 16)
-    feed = pub.publish(IDLE)
+    feed = pub.publish()
     assert feed.snapshot is not None and feed.snapshot.seq == feed.batches[-1].seq == 2
     assert set(unpack(feed.snapshot.held)) == set(held)
 
@@ -70,7 +70,7 @@ def _feed(pub: KVFeedPublisher, log: KVEventLog, stored: list[bytes] = (), remov
         log.stored(h)
     for h in removed:
         log.removed(h)
-    return pub.publish(IDLE)
+    return pub.publish()
 
 
 def test_a_router_applies_each_batch_once_in_order_and_measures_its_age() -> None:
@@ -81,7 +81,7 @@ def test_a_router_applies_each_batch_once_in_order_and_measures_its_age() -> Non
     clock.now += 0.5
     applied = follower.follow("r1", _feed(pub, log, [b], [a]))
     assert applied.staleness_s == (0.0,)
-    assert follower.follow("r1", pub.publish(IDLE)).staleness_s == ()  # the same batches again: nothing
+    assert follower.follow("r1", pub.publish()).staleness_s == ()  # the same batches again: nothing
     assert index.held("r1") == {b}
 
 
@@ -90,13 +90,13 @@ def test_a_router_that_missed_batches_waits_for_a_snapshot_then_resumes() -> Non
     held: set[bytes] = set()
     pub = publisher(log, lambda: sorted(held), batches=2, snapshot_every=5)
     follower = FeedFollower(index)
-    follower.follow("r1", pub.publish(IDLE))  # seq 1, the reset
+    follower.follow("r1", pub.publish())  # seq 1, the reset
     for i in range(3):  # three batches this router never sees: more than the ring keeps
         held.add(bytes([i]) * 16)
         feed = _feed(pub, log, [bytes([i]) * 16])
     applied = follower.follow("r1", feed)
     assert index.num_held("r1") == 0 and not applied.resynced  # a hole: it knows nothing now
-    feed = pub.publish(IDLE)  # the 5th publication: a snapshot
+    feed = pub.publish()  # the 5th publication: a snapshot
     assert follower.follow("r1", feed).resynced and index.held("r1") == held
     follower.follow("r1", _feed(pub, log, [b"z" * 16]))
     assert index.held("r1") == held | {b"z" * 16}
@@ -105,7 +105,7 @@ def test_a_router_that_missed_batches_waits_for_a_snapshot_then_resumes() -> Non
 def test_a_late_router_starts_from_a_reset_still_in_the_ring() -> None:
     log, index = KVEventLog(), PrefixIndex()
     pub = publisher(log, batches=4, snapshot_every=100)
-    pub.publish(IDLE)
+    pub.publish()
     feed = _feed(pub, log, [b"a" * 16])
     follower = FeedFollower(index)
     assert follower.follow("r1", feed).resynced and index.held("r1") == {b"a" * 16}
@@ -137,12 +137,12 @@ def test_the_router_view_equals_what_the_block_manager_holds_after_random_traffi
         if rng.random() < 0.3:
             bm.free(fill(bm, rng.randrange(1, 8)))
         bm.take_transfers()
-        feed = pub.publish(IDLE)
+        feed = pub.publish()
         if rng.random() < 0.7:  # this router misses some publications
             follower.follow("r1", feed)
             if step % 5 == 4:  # a snapshot publication: in sync, whatever it missed
                 assert index.held("r1") == set(bm.held_hashes())
-    follower.follow("r1", pub.publish(IDLE))
+    follower.follow("r1", pub.publish())
     assert index.held("r1") == set(bm.held_hashes()) or index.num_held("r1") == 0
 
 
@@ -152,13 +152,14 @@ def test_a_decision_routes_to_the_holder_and_values_the_hit() -> None:
     bm = BlockManager(32, BS)
     pub = publisher(bm.kv_events, bm.held_hashes)
     run_prompt(bm, make_seq(range(24), salt="acme"))
-    routing.observe("a", pub.publish(ReplicaLoad(running=1)))
+    routing.observe("a", pub.publish())
+    routing.observe_load("a", ReplicaLoad(running=1))
     request = prepared_request("r", list(range(30)), tenant="acme")
     decision = routing.decide(request, {"a": 1, "b": 0, "c": 0})
     assert (decision.choice.replica, decision.choice.reason, decision.prompt_blocks) == ("a", Reason.PREFIX_HIT, 7)
     assert decision.held_by("a") == 6 and decision.random_held == 2.0
     assert routing.decide(request, {"a": 3, "b": 0}).choice.reason is Reason.LOAD_FALLBACK  # beyond the gap
-    routing.observe("a", pub.publish(ReplicaLoad(running=4, waiting=2, kv_usage=0.95)))
+    routing.observe_load("a", ReplicaLoad(running=4, waiting=2, kv_usage=0.95))
     assert routing.decide(request, {"a": 0, "b": 0}).choice.reason is Reason.LOAD_FALLBACK  # its KV is full
     routing.keep_only({"b"})
     assert routing.decide(request, {"b": 0}).choice.reason is Reason.NO_HIT

@@ -186,8 +186,9 @@ def event_to_pb(event: StreamEvent, request_id: str) -> pb.ChatEvent:
             return pb.ChatEvent(agent_progress=pb.AgentProgress(agent_index=index, generated_tokens=tokens, done=done))
         case Usage():
             return pb.ChatEvent(usage=usage_to_pb(event))
-        case Finish(reason, model):
-            return pb.ChatEvent(finish=pb.Finish(reason=_FINISH_PB[reason], model=model, request_id=request_id))
+        case Finish(reason, model, degraded):
+            finish = pb.Finish(reason=_FINISH_PB[reason], model=model, request_id=request_id, degraded=degraded)
+            return pb.ChatEvent(finish=finish)
     raise TypeError(f"not a stream event: {event!r}")
 
 
@@ -201,6 +202,7 @@ def result_to_pb(result: ChatResult, request_id: str) -> pb.ChatResponse:
         model=result.model,
         request_id=request_id,
         logprobs=[_position_to_pb(p) for p in result.logprobs],
+        degraded=result.degraded,
     )
 
 

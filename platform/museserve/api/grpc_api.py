@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Protocol
 
 import grpc
 
 from museserve.api.convert import event_to_pb, model_info_to_pb, request_from_pb, result_to_pb
 from museserve.api.grpc_status import to_grpc_status
+from museserve.domain import ChatRequest, Identity
 from museserve.errors import Internal, MuseError
 from museserve.gateway.gateway import Gateway
 from museserve.gateway.identity import Credentials
@@ -50,7 +53,7 @@ class GrpcChatApi:
         trailers = _Trailers(context, request_id)
         try:
             identity = await self.gateway.identify(_credentials(context))
-            result = await self.gateway.chat(request_from_pb(msg, request_id, identity), trailers.add)
+            result = await self.gateway.chat(_request(msg, request_id, identity, context), trailers.add)
         except Exception as e:
             self._ended(_set_status(context, e, request_id))
             return pb.ChatResponse()
@@ -63,7 +66,7 @@ class GrpcChatApi:
         code = grpc.StatusCode.CANCELLED  # unless the stream ends: the caller went away
         try:
             identity = await self.gateway.identify(_credentials(context))
-            async for event in self.gateway.stream(request_from_pb(msg, request_id, identity), trailers.add):
+            async for event in self.gateway.stream(_request(msg, request_id, identity, context), trailers.add):
                 yield event_to_pb(event, request_id)
             code = grpc.StatusCode.OK
         except Exception as e:
@@ -94,6 +97,15 @@ class GrpcChatApi:
 
     def _ended(self, code: grpc.StatusCode) -> None:
         self.gateway.observer.request("grpc", code.name)
+
+
+def _request(msg: pb.ChatRequest, request_id: str, identity: Identity, context: RpcContext) -> ChatRequest:
+    """The domain request, with the caller's gRPC deadline where the context carries one (a
+    grpc.aio context does; Ray Serve's proxy context does not)."""
+    request = request_from_pb(msg, request_id, identity)
+    time_remaining = getattr(context, "time_remaining", None)
+    remaining = time_remaining() if callable(time_remaining) else None
+    return replace(request, deadline_unix_s=time.time() + remaining) if remaining is not None else request
 
 
 def _metadata(context: RpcContext, key: str) -> str:

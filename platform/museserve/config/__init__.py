@@ -1,9 +1,18 @@
 """The one configuration tree, read from YAML: see `tree.MuseServeConfig` for the root."""
 
 from museserve.config.base import DeploymentConfig, Section, ServerConfig
-from museserve.config.gateway import ApiKey, GatewayConfig, RateSpec, RedisConfig, RequestLimits, TierConfig
+from museserve.config.gateway import (
+    ApiKey,
+    DegradeConfig,
+    GatewayConfig,
+    RateSpec,
+    RedisConfig,
+    RequestLimits,
+    TierConfig,
+)
 from museserve.config.pool import (
     ABSplit,
+    AdmissionConfig,
     ContemplatingConfig,
     EngineConfig,
     MirrorConfig,
@@ -25,9 +34,11 @@ from museserve.config.tree import (
 
 __all__ = [
     "ABSplit",
+    "AdmissionConfig",
     "ApiKey",
     "ConfigError",
     "ContemplatingConfig",
+    "DegradeConfig",
     "DEFAULT_CONFIG_PATH",
     "DeploymentConfig",
     "EngineConfig",

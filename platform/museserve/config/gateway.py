@@ -37,17 +37,52 @@ class RateSpec(Section):
     token_burst: float | None = Field(None, ge=1, description="Tokens admitted at once from full.")
 
 
+class DegradeConfig(Section):
+    """How a tier's requests are made cheaper, instead of refused, while a pool is overloaded:
+    from the moment the pool's estimated wait for a first token reaches `at` of the wait
+    admission allows (the pool's `admission.admit_within` of the tier's TTFT objective). Each
+    degraded response says so (`degraded`), and a metric counts them."""
+
+    at: float = Field(
+        0.5, gt=0.0, le=1.0, description="Fraction of the wait admission allows at which degradation starts."
+    )
+    thinking_budget: int | None = Field(
+        256, ge=0, description="Most reasoning tokens a degraded Thinking request gets; null: unchanged."
+    )
+    contemplating_agents: int | None = Field(
+        2, ge=2, le=8, description="Most agents a degraded Contemplating request gets; null: unchanged."
+    )
+    to_instant: bool = Field(
+        False, description="Thinking and Contemplating requests are served in Instant mode instead."
+    )
+
+
 class TierConfig(Section):
-    """What an account tier gets: its scheduling priority, its share of a saturated pool,
-    and the rate limits of each user and of each tenant in it."""
+    """What an account tier gets: its scheduling priority, its TTFT objective, what happens to
+    its requests under overload, and the rate limits of each user and of each tenant in it."""
 
     priority: int = Field(1, ge=0, description="Scheduling priority in the engine (lower runs first).")
     admission_share: float = Field(
         1.0,
         gt=0.0,
         le=1.0,
-        description="Fraction of a pool's max_in_flight this tier may fill; the rest is kept "
+        description="Fraction of a pool's max_in_flight (the hard cap) this tier may fill; the rest is kept "
         "for tiers with a larger share.",
+    )
+    ttft_objective_s: float | None = Field(
+        None,
+        gt=0,
+        description="Time to first token this tier's requests are admitted for: a request whose estimated queueing "
+        "delay exceeds it is refused at once (RESOURCE_EXHAUSTED with a retry delay). null: the pool's "
+        "admission.ttft_objective_s.",
+    )
+    drop_late: bool = Field(
+        True,
+        description="A queued request whose first token can no longer come within the objective is ended "
+        "(RESOURCE_EXHAUSTED) before any prefill is spent on it; false: only its deadline ends it.",
+    )
+    degrade: DegradeConfig | None = Field(
+        None, description="Make requests cheaper under overload instead of refusing them; null: never degrade."
     )
     user: RateSpec = RateSpec()
     tenant: RateSpec = RateSpec()

@@ -112,6 +112,18 @@ class EngineConfig(Section):
     stream_interval_ms: float = Field(
         15.0, ge=0, description="Deltas produced within this window are sent as one message (first token never waits)."
     )
+    priority_preemption: bool = Field(
+        True,
+        description="When the batch is full, a waiting request of a higher priority (tier) preempts the "
+        "lowest-priority running one, which is recomputed later.",
+    )
+    min_low_priority_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Share of max_running_requests that requests of lower priority keep against priority "
+        "preemption, so lower tiers still progress under a flood of higher ones.",
+    )
     overlap_scheduling: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Plan step N+1 and stream step N's tokens while the device computes step N+1 (same "
@@ -139,6 +151,33 @@ class EngineConfig(Section):
         if self.min_context_per_request is not None:
             return self.min_context_per_request
         return min(DEFAULT_MIN_CONTEXT, self.context_length)
+
+
+class AdmissionConfig(Section):
+    """Whether a gateway admits a request into the pool, decided from the replicas' live state."""
+
+    policy: Literal["live", "static"] = Field(
+        "live",
+        description="live: each request is admitted only if its estimated queueing delay on the pool (from what "
+        "the replicas report every routing.stats_period_s, its prompt included) fits its tier's TTFT objective "
+        "and its deadline; max_in_flight stays a hard cap. static: max_in_flight alone.",
+    )
+    ttft_objective_s: float = Field(
+        2.0, gt=0, description="The pool's time-to-first-token objective, for tiers that set none."
+    )
+    admit_within: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A request is admitted while its estimated wait is at most this fraction of its TTFT objective "
+        "(and of the time left to its deadline). The rest absorbs the estimate's error, what other gateways sent "
+        "since the last report, and the time a request spends outside the model's queue.",
+    )
+    stale_after_s: float = Field(
+        5.0,
+        gt=0,
+        description="A replica report older than this is not used; with no fresh report, max_in_flight alone bounds.",
+    )
 
 
 class ContemplatingConfig(Section):
@@ -212,8 +251,9 @@ class PoolConfig(Section):
     engine: EngineConfig = EngineConfig()
     deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=128)
     routing: RoutingConfig = Field(RoutingConfig(), description="How a replica is chosen for each request.")
+    admission: AdmissionConfig = Field(AdmissionConfig(), description="Admission from the replicas' live state.")
     max_in_flight: int = Field(
-        256, ge=1, description="Requests a gateway replica lets into this pool at once; beyond: shed."
+        256, ge=1, description="Hard cap on requests a gateway replica lets into this pool at once; beyond: shed."
     )
     contemplating: ContemplatingConfig = ContemplatingConfig()
     parallel: ParallelConfig = Field(ParallelConfig(), description="Tensor and pipeline parallel workers per replica.")

@@ -1,9 +1,10 @@
 """The gateway's request path as a plain class.
 
-identify -> route (mode, A/B) -> validate -> admission slot -> prepare (tokens) ->
-rate limit (one decision, prompt tokens charged) -> stream from the pool -> settle the
-output tokens (also when the stream is cut short) -> hand the primary's answer to the
-mirror when the request was sampled.
+identify -> route (mode, A/B) -> validate -> admission slot (the hard cap) -> the pool's live
+state (refuse at once, or degrade) -> prepare (tokens) -> the live state with the prompt
+(refuse, or admit with a first-token deadline) -> rate limit (one decision, prompt tokens
+charged) -> stream from the pool -> settle the output tokens (also when the stream is cut
+short) -> hand the primary's answer to the mirror when the request was sampled.
 
 Every limit is checked before the charge: validation caps max_output_tokens below each pool's
 context window, and `prepare` refuses a prompt plus output over it (INVALID_ARGUMENT), so a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -42,8 +44,10 @@ from museserve.errors import MuseError, ResourceExhausted, Unauthenticated, Unav
 from museserve.gateway.admission import AdmissionControl
 from museserve.gateway.capture import StreamCapture
 from museserve.gateway.identity import Authenticator, Credentials
+from museserve.gateway.live_admission import LiveAdmission
 from museserve.gateway.mirror import Mirror
 from museserve.gateway.observer import CountingObserver, GatewayObserver
+from museserve.gateway.overload import OverloadGate
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.routing import Router
 from museserve.gateway.validation import validate_request
@@ -77,7 +81,9 @@ class Gateway:
         quota: QuotaGuard | None = None,
         mirror: Mirror | None = None,
         observer: GatewayObserver | None = None,
+        live: LiveAdmission | None = None,
     ):
+        """`live`: the pools' live state (default: what this process's pool routers received)."""
         missing = {p.name for p in config.pools} - set(pools)
         if missing:
             raise ValueError(f"no client for pools: {', '.join(sorted(missing))}")
@@ -98,6 +104,7 @@ class Gateway:
         self.quota = quota or QuotaGuard(config.gateway)
         self.mirror = mirror
         self.observer = observer or CountingObserver()
+        self.overload = OverloadGate(live or LiveAdmission(config.pools, config.gateway), config.gateway, self.observer)
         self._settlements: set[asyncio.Task] = set()
 
     def list_models(self) -> list[tuple[ModelInfo, bool]]:
@@ -123,21 +130,26 @@ class Gateway:
 
     async def stream(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> AsyncIterator[StreamEvent]:
         """Events in order: deltas, then one Usage, then one Finish. Errors are MuseErrors."""
+        arrived = time.time()
         route = self.router.route(request)
         pool = route.pool.name
         self._validate(request, route.pool)
         identity = request.identity
         with self._admitted(pool, identity.tier):
+            deadline = request.deadline_unix_s or arrived + self.config.server.request_timeout_s
+            request, degraded = self.overload.before_prepare(request, route.pool, deadline)
             prepared = await self._preprocess.prepare(request, pool)  # refuses what exceeds the window
+            prepared = self.overload.admit(prepared, identity.tier, arrived)
             metadata = await self._charge(identity, prepared.num_prompt_tokens)  # only after every check
+            how = degraded.describe() if degraded is not None else ""
             if on_metadata is not None:
-                on_metadata((("x-served-by", pool), *metadata))
+                on_metadata((("x-served-by", pool), *((("x-museserve-degraded", how),) if how else ()), *metadata))
             ticket = self.mirror.start(request, pool, route.mirror) if self.mirror and route.mirror else None
             capture = StreamCapture(pool, keep_text=ticket is not None)
             try:
                 async for chunk in self._pools[pool].generate(prepared):
                     capture.observe(chunk)
-                    for event in _events(chunk, prepared, pool):
+                    for event in _events(chunk, prepared, pool, how):
                         yield event
                 if not capture.finish:
                     logger.warning("request %s: pool %s ended its stream without finishing", request.request_id, pool)
@@ -157,7 +169,7 @@ class Gateway:
         reasoning: list[str] = []
         calls: list[ToolCall] = []
         logprobs: list[PositionLogprobs] = []
-        usage, finish, model = Usage(), FinishReason.STOP, ""
+        usage, finish, model, degraded = Usage(), FinishReason.STOP, "", ""
         async for event in self.stream(request, on_metadata):
             match event:
                 case TextDelta(t):
@@ -170,9 +182,11 @@ class Gateway:
                     logprobs.extend(positions)
                 case Usage():
                     usage = event
-                case Finish(reason, pool):
-                    finish, model = reason, pool
-        return ChatResult("".join(text), "".join(reasoning), tuple(calls), usage, finish, model, tuple(logprobs))
+                case Finish(reason, pool, how):
+                    finish, model, degraded = reason, pool, how
+        return ChatResult(
+            "".join(text), "".join(reasoning), tuple(calls), usage, finish, model, tuple(logprobs), degraded
+        )
 
     async def drain(self, timeout_s: float) -> int:
         """Refuses new requests (UNAVAILABLE) and waits up to `timeout_s` for those in
@@ -228,7 +242,7 @@ class Gateway:
         task.add_done_callback(self._settlements.discard)
 
 
-def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str) -> list[StreamEvent]:
+def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str, degraded: str) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     events.extend(chunk.agent_progress)
     if chunk.reasoning:
@@ -240,5 +254,5 @@ def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str) -> lis
         events.append(LogprobsDelta(chunk.logprobs))
     if chunk.finish is not None:
         events.append(chunk.usage or Usage(prompt_tokens=prepared.num_prompt_tokens))
-        events.append(Finish(chunk.finish, pool))
+        events.append(Finish(chunk.finish, pool, degraded))
     return events

@@ -9,7 +9,14 @@ from typing import Protocol
 
 class GatewayObserver(Protocol):
     def decision(self, outcome: str, tier: str) -> None:
-        """outcome: admitted, limited, shed, draining, unauthenticated or unavailable."""
+        """outcome: admitted, limited, shed (the hard cap), overloaded (the pool's estimated wait
+        exceeds the objective or the deadline), draining, unauthenticated or unavailable."""
+
+    def degraded(self, pool: str, tier: str, kind: str) -> None:
+        """A request made cheaper under overload; kind: what was cut (e.g. mode, thinking_budget)."""
+
+    def queue_estimate(self, pool: str, seconds: float) -> None:
+        """The estimated wait for a first token of a request at its admission (inf: unknown)."""
 
     def tokens(self, tenant: str, kind: str, count: int) -> None:
         """kind: prompt (charged at admission) or output (settled when the stream ends)."""
@@ -37,12 +44,20 @@ class CountingObserver:
         self.mirror_lags: list[float] = []
         self.redis_errors: Counter[str] = Counter()
         self.requests: Counter[tuple[str, str]] = Counter()  # by (api, code)
+        self.degradations: Counter[tuple[str, str, str]] = Counter()  # by (pool, tier, kind)
+        self.queue_estimates: list[tuple[str, float]] = []
 
     def redis_error(self, component: str) -> None:
         self.redis_errors[component] += 1
 
     def decision(self, outcome: str, tier: str) -> None:
         self.decisions[outcome, tier] += 1
+
+    def degraded(self, pool: str, tier: str, kind: str) -> None:
+        self.degradations[pool, tier, kind] += 1
+
+    def queue_estimate(self, pool: str, seconds: float) -> None:
+        self.queue_estimates.append((pool, seconds))
 
     def tokens(self, tenant: str, kind: str, count: int) -> None:
         self.token_counts[tenant, kind] += count

@@ -14,6 +14,7 @@ for a worker thread and take what it fetched.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -113,7 +114,7 @@ class Preprocessor:
             mode=request.mode.mode,
             thinking_budget=budget,
             sampling=replace(self._sampling(request.sampling), max_output_tokens=max_output),
-            deadline_unix_s=time.time() + self._request_timeout_s,
+            deadline_unix_s=min(time.time() + self._request_timeout_s, request.deadline_unix_s or math.inf),
             priority=self._priority_of(request.identity.tier),
             media=media_segments(ids, media, self.chat_format.markers.media_ids),
             tools=offered_tools(request),

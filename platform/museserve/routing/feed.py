@@ -1,5 +1,6 @@
 """What a model replica publishes for routers, as Ray Serve routing stats: its KV events in
-numbered batches, now and then every hash it holds, and its load. No tensors, no Ray.
+numbered batches, now and then every hash it holds (its load travels beside it:
+`LOAD_STATS_KEY`). No tensors, no Ray.
 
 Invariants of one `KVFeed`:
 - `batches` have consecutive `seq` numbers, oldest first: the last few a replica cut.
@@ -53,22 +54,11 @@ class KVSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaLoad:
-    running: int = 0
-    waiting: int = 0
-    kv_usage: float = 0.0  # fraction of the KV blocks held by requests
-
-    @property
-    def requests(self) -> int:
-        return self.running + self.waiting
-
-
-@dataclass(frozen=True, slots=True)
 class KVFeed:
     epoch: str
     batches: tuple[KVBatch, ...]
     snapshot: KVSnapshot | None
-    load: ReplicaLoad
 
 
 ROUTING_STATS_KEY = "kv_feed"  # the feed's key in a replica's routing stats
+LOAD_STATS_KEY = "load"  # the replica's `messages.ReplicaLoad`, for routing and admission

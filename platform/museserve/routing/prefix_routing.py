@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from museserve.messages import PreparedRequest
+from museserve.messages import PreparedRequest, ReplicaLoad
 from museserve.routing.choice import RoutingChoice, choose
-from museserve.routing.feed import KVFeed, ReplicaLoad
+from museserve.routing.feed import KVFeed
 from museserve.routing.follower import Applied, FeedFollower
 from museserve.routing.prefix_index import PrefixIndex
 from museserve.routing.prompt_blocks import prompt_block_hashes
@@ -46,8 +46,10 @@ class PrefixRouting:
         self.loads: dict[str, ReplicaLoad] = {}  # as each replica last published
 
     def observe(self, replica: str, feed: KVFeed) -> Applied:
-        self.loads[replica] = feed.load
         return self.follower.follow(replica, feed)
+
+    def observe_load(self, replica: str, load: ReplicaLoad) -> None:
+        self.loads[replica] = load
 
     def keep_only(self, replicas: set[str]) -> None:
         """Forgets replicas no longer running."""

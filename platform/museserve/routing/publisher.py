@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from museserve.engine.block_hashes import BlockHash
 from museserve.engine.kv_events import KVEventLog
-from museserve.routing.feed import KVBatch, KVFeed, KVSnapshot, ReplicaLoad, pack
+from museserve.routing.feed import KVBatch, KVFeed, KVSnapshot, pack
 
 
 class KVFeedPublisher:
@@ -34,7 +34,7 @@ class KVFeedPublisher:
         self._seq = 0
         self._publications = 0
 
-    def publish(self, load: ReplicaLoad) -> KVFeed:
+    def publish(self) -> KVFeed:
         now = self._clock()
         events = self._log.take()
         if not events.is_empty:
@@ -44,4 +44,4 @@ class KVFeedPublisher:
         snapshot = None
         if self._publications % self._snapshot_every == 0:
             snapshot = KVSnapshot(self._seq, now, pack(self._held()))
-        return KVFeed(self.epoch, tuple(self._batches), snapshot, load)
+        return KVFeed(self.epoch, tuple(self._batches), snapshot)

@@ -77,15 +77,15 @@ PREFIX_ROUTER = "museserve.serve.prefix_router.PrefixCacheRouter"
 
 
 def pool_router_config(pool: PoolConfig) -> RequestRouterConfig:
-    """How every handle to the pool picks a replica (`pool.routing`); the A/B candidate and
+    """How every handle to the pool picks a replica (`pool.routing`), and how often replicas
+    report their load (for routing and for the gateway's admission); the A/B candidate and
     mirror pools are pools of their own, each with its own router."""
     routing = pool.routing
-    if not pool.routes_by_prefix:
-        return RequestRouterConfig()
     return RequestRouterConfig(
         request_router_class=PREFIX_ROUTER,
         request_router_kwargs={
             "pool": pool.name,
+            "by_prefix": pool.routes_by_prefix,
             "block_size": pool.engine.block_size,
             "min_hit_tokens": routing.min_hit_tokens,
             "max_load_gap": routing.max_load_gap,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ray.util.metrics import Counter, Histogram
 
+QUEUE_ESTIMATE_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 60.0]
 MIRROR_LAG_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0]
 
 
@@ -17,7 +18,8 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self._decisions = Counter(
             "museserve_gateway_decisions_total",
-            "Admission decisions by outcome: admitted, limited, shed, draining, unauthenticated, unavailable.",
+            "Admission decisions by outcome: admitted, limited, shed (hard cap), overloaded (estimated wait over "
+            "the objective or deadline), draining, unauthenticated, unavailable.",
             ("outcome", "tier"),
         )
         self._tokens = Counter(
@@ -40,6 +42,18 @@ class GatewayMetrics:
             "Chat requests by API (grpc, http) and final status: a gRPC code name (OK, INTERNAL, ...).",
             ("api", "code"),
         )
+        self._degraded = Counter(
+            "museserve_gateway_degraded_total",
+            "Requests made cheaper under overload, by pool, tier and what was cut (mode, thinking_budget, agents).",
+            ("model", "tier", "kind"),
+        )
+        self._queue_estimate = Histogram(
+            "museserve_gateway_queue_estimate_seconds",
+            "Estimated wait for a first token of each request at admission, from the pool's live state "
+            "(admitted and refused; an unknown wait counts in +Inf).",
+            QUEUE_ESTIMATE_BUCKETS,
+            ("model",),
+        )
         self._mirror_lag = Histogram(
             "museserve_gateway_mirror_lag_seconds",
             "From both answers in to the mirror record written.",
@@ -48,6 +62,12 @@ class GatewayMetrics:
 
     def decision(self, outcome: str, tier: str) -> None:
         self._decisions.inc(1, {"outcome": outcome, "tier": tier})
+
+    def degraded(self, pool: str, tier: str, kind: str) -> None:
+        self._degraded.inc(1, {"model": pool, "tier": tier, "kind": kind})
+
+    def queue_estimate(self, pool: str, seconds: float) -> None:
+        self._queue_estimate.observe(min(seconds, 3600.0), {"model": pool})  # inf: unknown
 
     def tokens(self, tenant: str, kind: str, count: int) -> None:
         self._tokens.inc(count, {"tenant": tenant, "kind": kind})

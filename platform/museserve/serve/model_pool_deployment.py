@@ -14,7 +14,7 @@ from museserve.metrics import EngineMetrics
 from museserve.modes.contemplating import Contemplation
 from museserve.preprocess.pool_model import pool_model
 from museserve.replica import build_engine
-from museserve.routing.feed import ROUTING_STATS_KEY, ReplicaLoad
+from museserve.routing.feed import LOAD_STATS_KEY, ROUTING_STATS_KEY
 from museserve.routing.publisher import KVFeedPublisher
 
 
@@ -48,14 +48,13 @@ class ModelPoolDeployment:
 
     async def record_routing_stats(self) -> dict:
         """Pulled by Serve's controller every `routing.stats_period_s` and pushed to every handle's
-        router (`serve.prefix_router`): this replica's KV events and load. Async on purpose: Serve
-        runs a sync method on a thread, and the event log and block manager belong to the
-        engine's loop, which is this one."""
-        if self.kv_feed is None:
-            return {}
-        engine = self.engine
-        load = ReplicaLoad(engine.scheduler.num_running, engine.scheduler.num_waiting, engine.blocks.usage)
-        return {ROUTING_STATS_KEY: self.kv_feed.publish(load)}
+        router (`serve.prefix_router`): this replica's load (for routing and the gateways'
+        admission) and, where the pool routes by prefix, its KV events. Async on purpose: Serve
+        runs a sync method on a thread, and the engine's state belongs to its loop, this one."""
+        stats: dict = {LOAD_STATS_KEY: self.engine.load()}
+        if self.kv_feed is not None:
+            stats[ROUTING_STATS_KEY] = self.kv_feed.publish()
+        return stats
 
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""

@@ -1,6 +1,12 @@
 """The model pools' request router on Ray Serve's request-router API: each request goes to the
-replica whose KV cache holds the longest prefix of its prompt, within a load gap; otherwise,
-as Serve's default does, to the less busy of two replicas drawn at random.
+replica whose KV cache holds the longest prefix of its prompt, within a load gap; otherwise
+(and always for a pool whose `routing.policy` is power_of_two), as Serve's default does, to
+the less busy of two replicas drawn at random.
+
+Every pool uses it, because it also receives the replicas' load reports: it hands them to this
+process's `gateway.pool_loads.POOL_LOADS`, from which the gateway admits requests. Serve ships
+this class to the handles by value (cloudpickle), which copies the objects its module names
+but not modules: so the board is reached through its module, and is the one the gateway reads.
 
 Serve builds one per handle to a pool deployment (each gateway replica holds one per pool,
 the A/B candidate and mirror pools included), from the pool's `RequestRouterConfig`
@@ -24,9 +30,10 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve._private.request_router.request_router import RequestRouter
 
-from museserve.messages import PreparedRequest
+from museserve.gateway import pool_loads
+from museserve.messages import PreparedRequest, ReplicaLoad
 from museserve.routing.choice import Reason
-from museserve.routing.feed import ROUTING_STATS_KEY, KVFeed
+from museserve.routing.feed import LOAD_STATS_KEY, ROUTING_STATS_KEY, KVFeed
 from museserve.routing.prefix_routing import Decision, PrefixRouting, RoutingSettings
 from museserve.serve.router_metrics import RouterMetrics
 
@@ -37,8 +44,17 @@ MAX_REMEMBERED = 4096  # decisions awaiting their request's send (a cancelled on
 
 class PrefixCacheRouter(RequestRouter):
     def initialize_state(
-        self, *, pool: str, block_size: int, min_hit_tokens: int, max_load_gap: int, kv_saturation: float
+        self,
+        *,
+        pool: str,
+        by_prefix: bool,
+        block_size: int,
+        min_hit_tokens: int,
+        max_load_gap: int,
+        kv_saturation: float,
     ) -> None:
+        self.pool = pool
+        self.by_prefix = by_prefix
         self.routing = PrefixRouting(RoutingSettings(block_size, min_hit_tokens, max_load_gap, kv_saturation))
         self.metrics = RouterMetrics(pool)
         self._decisions: OrderedDict[str, tuple[Decision, float]] = OrderedDict()  # request id -> (decision, s)
@@ -49,16 +65,21 @@ class PrefixCacheRouter(RequestRouter):
         for replica in replicas:
             replica_id = replica.replica_id.unique_id
             running.add(replica_id)
+            load = replica.routing_stats.get(LOAD_STATS_KEY)
+            if isinstance(load, ReplicaLoad):
+                self.routing.observe_load(replica_id, load)
             feed = replica.routing_stats.get(ROUTING_STATS_KEY)
             if isinstance(feed, KVFeed):
                 applied = self.routing.observe(replica_id, feed)
                 if applied.staleness_s or applied.resynced:
                     self.metrics.applied(list(applied.staleness_s), applied.resynced, self.routing.index.num_blocks)
         self.routing.keep_only(running)
+        pool_loads.POOL_LOADS.publish(self.pool, self.routing.loads)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.routing.forget(replica_id.unique_id)
+        pool_loads.POOL_LOADS.publish(self.pool, self.routing.loads)
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -68,7 +89,7 @@ class PrefixCacheRouter(RequestRouter):
         if not candidate_replicas:
             return []
         request = pending_request.args[0] if pending_request is not None and pending_request.args else None
-        if not isinstance(request, PreparedRequest):
+        if not self.by_prefix or not isinstance(request, PreparedRequest):
             return [self._power_of_two(candidate_replicas)]
         started = time.perf_counter()
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}

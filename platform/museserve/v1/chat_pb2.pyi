@@ -219,7 +219,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("text", "reasoning", "tool_calls", "usage", "finish_reason", "model", "request_id", "logprobs")
+    __slots__ = ("text", "reasoning", "tool_calls", "usage", "finish_reason", "model", "request_id", "logprobs", "degraded")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class ChatResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     text: str
     reasoning: str
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
@@ -236,7 +237,8 @@ class ChatResponse(_message.Message):
     model: str
     request_id: str
     logprobs: _containers.RepeatedCompositeFieldContainer[PositionLogprobs]
-    def __init__(self, text: _Optional[str] = ..., reasoning: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[PositionLogprobs, _Mapping]]] = ...) -> None: ...
+    degraded: str
+    def __init__(self, text: _Optional[str] = ..., reasoning: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[PositionLogprobs, _Mapping]]] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token", "token_id", "logprob")
@@ -273,14 +275,16 @@ class AgentProgress(_message.Message):
     def __init__(self, agent_index: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class Finish(_message.Message):
-    __slots__ = ("reason", "model", "request_id")
+    __slots__ = ("reason", "model", "request_id", "degraded")
     REASON_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     reason: FinishReason
     model: str
     request_id: str
-    def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    degraded: str
+    def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class ChatEvent(_message.Message):
     __slots__ = ("text_delta", "reasoning_delta", "tool_call", "agent_progress", "usage", "finish", "logprobs")

@@ -88,7 +88,7 @@ def completion_json(result: ChatResult, request_id: str, want_logprobs: bool) ->
         "logprobs": logprobs_json(result.logprobs) if want_logprobs else None,
         "finish_reason": FINISH_REASONS[result.finish_reason],
     }
-    return {
+    body = {
         "id": completion_id(request_id),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -96,6 +96,13 @@ def completion_json(result: ChatResult, request_id: str, want_logprobs: bool) ->
         "choices": [choice],
         "usage": usage_json(result.usage),
     }
+    return {**body, **degraded_json(result.degraded)}
+
+
+def degraded_json(degraded: str) -> dict[str, Any]:
+    """Our extension: how an overloaded model served the request more cheaply (also the
+    `x-museserve-degraded` header); absent when it was served as asked."""
+    return {"degraded": degraded} if degraded else {}
 
 
 def sse(data: dict[str, Any]) -> str:
@@ -136,9 +143,10 @@ class ChunkStream:
                 return [self._chunk({"tool_calls": [tool_call_json(call, self._tool_calls - 1)]})]
             case Usage():
                 self._usage = event
-            case Finish(reason, model):
+            case Finish(reason, model, degraded):
                 self._model = model
-                lines = [self._chunk({}, FINISH_REASONS[reason])]
+                last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": FINISH_REASONS[reason]}
+                lines = [self._envelope([last], **degraded_json(degraded))]
                 if self._include_usage:
                     lines.append(self._envelope([], usage=usage_json(self._usage or Usage())))
                 return [*lines, DONE]

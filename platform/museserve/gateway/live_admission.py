@@ -1,0 +1,88 @@
+"""Admission from the pools' live state: a request enters a pool only if its estimated wait
+for a first token fits its tier's TTFT objective and its deadline, with room to spare
+(`admission.admit_within` of the smaller).
+
+The estimate (`queue_estimate`) rests on the replicas' own reports (`pool_loads`), the same in
+every gateway replica, plus the requests this gateway sent since the oldest report it uses
+was taken (which that report cannot show yet), spread over the replicas. The pool's router
+sends a request to a lightly loaded replica, so the pool's estimate is its best replica's.
+
+No fresh report (a pool just started, a `static` policy, reports older than
+`admission.stale_after_s`): no estimate, and only the hard cap (`AdmissionControl`) bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from museserve.config import GatewayConfig, PoolConfig
+from museserve.gateway import pool_loads
+from museserve.gateway.pool_loads import PoolLoads
+from museserve.gateway.queue_estimate import Ahead, Preemption, queue_delay_s
+
+MIN_RETRY_S, MAX_RETRY_S = 0.25, 30.0
+UNKNOWN_RETRY_S = 1.0  # a full replica that has not measured its finish rate yet
+IN_TRANSIT_S = 0.1  # a request sent this long before a report was taken may not be in it yet
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admit: bool
+    estimate_s: float | None  # None: no fresh report to estimate from
+    budget_s: float  # what the estimate had to fit: admit_within of the objective, or of the time to the deadline
+    retry_after_s: float = 0.0  # when refused: about when the queue will have room for it
+
+
+class LiveAdmission:
+    def __init__(
+        self,
+        pools: Sequence[PoolConfig],
+        gateway: GatewayConfig,
+        loads: PoolLoads | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pools = {p.name: p for p in pools}
+        self._gateway = gateway
+        self._loads = loads if loads is not None else pool_loads.POOL_LOADS  # this process's board
+        self._clock = clock
+        self._sent: dict[str, deque[tuple[float, int, int]]] = {p.name: deque() for p in pools}  # at, priority, tokens
+
+    def objective_s(self, pool: str, tier: str) -> float:
+        own = self._gateway.tier(tier).ttft_objective_s
+        return own if own is not None else self._pools[pool].admission.ttft_objective_s
+
+    def estimate_s(self, pool: str, priority: int, prompt_tokens: int) -> float | None:
+        """Seconds to a first token for such a request on `pool`; None without a fresh report."""
+        config = self._pools[pool]
+        if config.admission.policy == "static":
+            return None
+        now, stale_after = self._clock(), config.admission.stale_after_s
+        fresh = [load for load in self._loads.of(pool).values() if now - load.taken_at <= stale_after]
+        sent = self._sent[pool]
+        shown_before = min((load.taken_at for load in fresh), default=now - stale_after) - IN_TRANSIT_S
+        while sent and sent[0][0] <= shown_before:
+            sent.popleft()
+        if not fresh:
+            return None
+        mine = [tokens for _, p, tokens in sent if p <= priority]
+        ahead = Ahead(math.ceil(len(mine) / len(fresh)), sum(mine) // len(fresh))
+        engine = config.engine
+        preemption = Preemption(engine.priority_preemption, engine.min_low_priority_share)
+        return min(queue_delay_s(load, prompt_tokens, priority, preemption, ahead) for load in fresh)
+
+    def check(self, pool: str, tier: str, priority: int, prompt_tokens: int, deadline_unix_s: float) -> Verdict:
+        within = self._pools[pool].admission.admit_within
+        budget = within * min(self.objective_s(pool, tier), deadline_unix_s - self._clock())
+        estimate = self.estimate_s(pool, priority, prompt_tokens)
+        if estimate is None or estimate <= budget:
+            return Verdict(True, estimate, budget)
+        retry = UNKNOWN_RETRY_S if math.isinf(estimate) else min(max(estimate - budget, MIN_RETRY_S), MAX_RETRY_S)
+        return Verdict(False, estimate, budget, retry)
+
+    def sent(self, pool: str, priority: int, prompt_tokens: int) -> None:
+        """A request admitted into `pool`: it counts as ahead of later ones until a report shows it."""
+        self._sent[pool].append((self._clock(), priority, prompt_tokens))

@@ -1,0 +1,78 @@
+"""How long a new request would wait on a model replica before its first token, from the
+replica's last report. Pure arithmetic: no clock, no I/O.
+
+Two things hold a request back, and it waits for the longer:
+- prefill: every prompt token ahead of it (what running requests still have to prefill, and
+  what waiting requests of its priority or better hold), then its own, at the replica's
+  measured prefill rate;
+- a batch slot: when the slots left (after the requests it cannot preempt) are fewer than the
+  requests ahead of it, or the KV cache is full with requests waiting, it starts only as
+  requests finish, at the replica's measured finish rate.
+Then one step more for the first token. Requests of worse priority than its own are not ahead
+of it: the engine schedules by priority and, with `priority_preemption`, takes their slots
+beyond their protected share.
+
+A wait that depends on a rate not measured yet is unknown (`math.inf`) when the replica is
+already full; an idle replica that has measured nothing waits for nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from museserve.messages import ReplicaLoad
+
+KV_FULL = 0.97  # a KV cache this full, with requests waiting, starts requests only as others end
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """Requests this gateway sent that the report does not show yet (sent after it was taken)."""
+
+    requests: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """The pool's engine settings that decide which running requests a priority may displace."""
+
+    enabled: bool = False
+    min_low_priority_share: float = 0.0
+
+    def protected(self, max_running: int) -> int:
+        """Slots requests of worse priority keep against preemption."""
+        return max_running if not self.enabled else math.floor(self.min_low_priority_share * max_running)
+
+
+def queue_delay_s(
+    load: ReplicaLoad,
+    prompt_tokens: int,
+    priority: int,
+    preemption: Preemption,
+    ahead: Ahead = Ahead(),
+) -> float:
+    """Seconds from now until a request of `prompt_tokens` (uncached) at `priority` would have
+    its first token on this replica; `math.inf` when that cannot be estimated yet."""
+    better = [c for c in load.by_priority if c.priority <= priority]
+    worse = [c for c in load.by_priority if c.priority > priority]
+    waiting_ahead = sum(c.waiting for c in better) + ahead.requests
+    tokens_ahead = load.prefill_backlog_tokens + sum(c.waiting_tokens for c in better) + ahead.tokens
+
+    prefill_s = 0.0
+    if tokens_ahead + prompt_tokens > 0 and load.prefill_tokens_per_s > 0:
+        prefill_s = (tokens_ahead + prompt_tokens) / load.prefill_tokens_per_s
+
+    worse_running = sum(c.running for c in worse)
+    occupied = sum(c.running for c in better) + min(worse_running, preemption.protected(load.max_running))
+    free_slots = max(0, load.max_running - occupied) if load.max_running else math.inf
+    kv_bound = load.kv_usage >= KV_FULL and load.waiting > 0
+    must_wait_for = waiting_ahead + 1 if kv_bound else max(0, waiting_ahead + 1 - free_slots)
+
+    slot_s = 0.0
+    if must_wait_for > 0:
+        if load.finishes_per_s <= 0:
+            return math.inf
+        slot_s = must_wait_for / load.finishes_per_s
+    return max(prefill_s, slot_s) + load.step_s
