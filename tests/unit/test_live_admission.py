@@ -13,7 +13,7 @@ from museserve.domain import ChatRequest, Identity, Message, Mode, ModeParams, R
 from museserve.gateway.degrade import degrade
 from museserve.gateway.live_admission import MAX_RETRY_S, MIN_RETRY_S, UNKNOWN_RETRY_S, LiveAdmission
 from museserve.gateway.pool_loads import PoolLoads
-from museserve.gateway.queue_estimate import Ahead, Preemption, queue_delay_s
+from museserve.gateway.queue_estimate import Ahead, Preemption, first_token_estimate, wait_s
 from museserve.messages import PriorityLoad, ReplicaLoad
 
 NOW = 1_000_000.0
@@ -47,41 +47,42 @@ def report(
     )
 
 
-def test_an_idle_replica_waits_only_for_its_own_prefill_and_one_step() -> None:
-    assert queue_delay_s(report(), 500, 1, NO_PREEMPTION) == pytest.approx(0.5 + 0.05)
-    unmeasured = report(prefill_rate=0.0, finishes=0.0, step_s=0.0)
-    assert queue_delay_s(unmeasured, 500, 1, NO_PREEMPTION) == 0.0  # nothing measured, nothing waits
+def test_an_idle_replica_waits_one_step_and_its_own_prefill_is_apart() -> None:
+    estimate = first_token_estimate(report(), 500, 1, NO_PREEMPTION)
+    assert (estimate.wait_s, estimate.prefill_s) == (pytest.approx(0.05), pytest.approx(0.5))
+    assert estimate.first_token_s == pytest.approx(0.55)
+    unmeasured = first_token_estimate(report(prefill_rate=0.0, finishes=0.0, step_s=0.0), 500, 1, NO_PREEMPTION)
+    assert unmeasured.first_token_s == 0.0  # nothing measured, nothing waits
 
 
 def test_prefill_ahead_counts_the_backlog_and_waiting_tokens_of_its_priority_or_better() -> None:
     load = report(backlog=1000, waiting=((0, 1, 1, 2000), (1, 1, 1, 3000), (2, 1, 1, 9000)))
-    assert queue_delay_s(load, 0, 1, NO_PREEMPTION) == pytest.approx((1000 + 2000 + 3000) / 1000 + 0.05)
-    assert queue_delay_s(load, 0, 0, NO_PREEMPTION) == pytest.approx((1000 + 2000) / 1000 + 0.05)
+    assert wait_s(load, 1, NO_PREEMPTION) == pytest.approx((1000 + 2000 + 3000) / 1000 + 0.05)
+    assert wait_s(load, 0, NO_PREEMPTION) == pytest.approx((1000 + 2000) / 1000 + 0.05)
 
 
 def test_a_full_batch_waits_for_finishes() -> None:
     full = report(waiting=((1, 8, 3, 30),), max_running=8, finishes=2.0)
-    # three ahead and itself, as requests finish at 2 per second; its prefill is negligible
-    assert queue_delay_s(full, 10, 1, NO_PREEMPTION) == pytest.approx(4 / 2.0 + 0.05)
-    assert math.isinf(queue_delay_s(report(waiting=((1, 8, 3, 30),), finishes=0.0), 10, 1, NO_PREEMPTION))
+    assert wait_s(full, 1, NO_PREEMPTION) == pytest.approx(4 / 2.0 + 0.05)  # three ahead and itself, at 2/s
+    assert math.isinf(wait_s(report(waiting=((1, 8, 3, 30),), finishes=0.0), 1, NO_PREEMPTION))
 
 
 def test_a_full_kv_cache_with_requests_waiting_is_a_full_batch() -> None:
     kv_full = report(waiting=((1, 2, 1, 10),), max_running=8, kv_usage=0.99, finishes=1.0)
-    assert queue_delay_s(kv_full, 10, 1, NO_PREEMPTION) == pytest.approx(2 / 1.0 + 0.05)
+    assert wait_s(kv_full, 1, NO_PREEMPTION) == pytest.approx(2 / 1.0 + 0.05)
 
 
 def test_a_higher_priority_preempts_all_but_the_protected_share() -> None:
     low_full = report(waiting=((2, 8, 4, 40),), max_running=8, finishes=1.0)
-    assert queue_delay_s(low_full, 10, 1, Preemption(True, 0.25)) == pytest.approx(0.01 + 0.05)  # slots to take
-    assert queue_delay_s(low_full, 10, 1, NO_PREEMPTION) == pytest.approx(1 / 1.0 + 0.05)  # waits for a finish
+    assert wait_s(low_full, 1, Preemption(True, 0.25)) == pytest.approx(0.05)  # slots to take
+    assert wait_s(low_full, 1, NO_PREEMPTION) == pytest.approx(1 / 1.0 + 0.05)  # waits for a finish
     taken = report(waiting=((1, 6, 0, 0), (2, 2, 4, 40)), max_running=8, finishes=1.0)
-    assert queue_delay_s(taken, 10, 1, Preemption(True, 0.25)) == pytest.approx(1.0 + 0.05)  # 2 protected
+    assert wait_s(taken, 1, Preemption(True, 0.25)) == pytest.approx(1.0 + 0.05)  # 2 protected
 
 
 def test_requests_sent_since_the_report_count_as_ahead() -> None:
     load = report(waiting=((1, 8, 0, 0),), max_running=8, finishes=4.0)
-    assert queue_delay_s(load, 0, 1, NO_PREEMPTION, Ahead(requests=3, tokens=0)) == pytest.approx(4 / 4.0 + 0.05)
+    assert wait_s(load, 1, NO_PREEMPTION, Ahead(requests=3, tokens=0)) == pytest.approx(4 / 4.0 + 0.05)
 
 
 class Clock:
@@ -107,7 +108,7 @@ def test_admits_up_to_the_objective_and_refuses_past_it_with_a_retry_from_the_es
     live, loads, _ = admission(ttft_objective_s=2.0)
     loads.publish("main", {"a": report(waiting=((1, 8, 2, 20),), finishes=2.0, step_s=0.0)})  # 1.5 s with its own
     fits = live.check("main", "default", 1, 0, NOW + 600)
-    assert fits.admit and fits.estimate_s == pytest.approx(1.5) and fits.budget_s == 2.0
+    assert fits.admit and fits.estimate.wait_s == pytest.approx(1.5) and fits.budget_s == 2.0
     loads.publish("main", {"a": report(waiting=((1, 8, 4, 40),), finishes=2.0, step_s=0.0)})  # 2.5 s
     refused = live.check("main", "default", 1, 0, NOW + 600)
     assert not refused.admit and refused.retry_after_s == pytest.approx(0.5)
@@ -151,7 +152,7 @@ def test_tiers_have_their_own_objective_and_priority() -> None:
     gold = live.check("main", "gold", 0, 0, NOW + 600)
     # Only the one gold request is ahead, and both start at once in slots taken from the
     # default tier (which keeps its protected quarter): the waiting gold prefill is all it waits for.
-    assert gold.admit and gold.estimate_s == pytest.approx(10 / 1000)
+    assert gold.admit and gold.estimate.wait_s == pytest.approx(10 / 1000)
     assert live.objective_s("main", "gold") == 5.0 and live.objective_s("main", "unknown-tier") == 1.0
 
 
@@ -160,27 +161,27 @@ def test_the_best_replica_decides_and_sent_requests_count_until_a_report_shows_t
     busy = report(waiting=((1, 8, 10, 100),), finishes=2.0, step_s=0.0)
     calm = report(waiting=((1, 8, 0, 0),), finishes=2.0, step_s=0.0)
     loads.publish("main", {"a": busy, "b": calm})
-    assert live.estimate_s("main", 1, 0) == pytest.approx(0.5)
+    assert live.estimate("main", 1, 0).wait_s == pytest.approx(0.5)
     for _ in range(6):
         live.sent("main", 1, 10)  # 3 per replica, ahead of the next one
-    assert live.estimate_s("main", 1, 0) == pytest.approx(2.0)
-    assert live.estimate_s("main", 0, 0) == 0.0  # a better priority preempts them
+    assert live.estimate("main", 1, 0).wait_s == pytest.approx(2.0)
+    assert live.estimate("main", 0, 0).wait_s == 0.0  # a better priority preempts them
     clock.now += 1.0
     loads.publish(
         "main", {"a": busy, "b": report(waiting=((1, 8, 0, 0),), finishes=2.0, step_s=0.0, taken_at=clock.now)}
     )
-    assert live.estimate_s("main", 1, 0) == pytest.approx(2.0)  # "a"'s report is older than the sends
+    assert live.estimate("main", 1, 0).wait_s == pytest.approx(2.0)  # "a"'s report is older than the sends
     loads.publish("main", {"b": report(waiting=((1, 8, 0, 0),), finishes=2.0, step_s=0.0, taken_at=clock.now)})
-    assert live.estimate_s("main", 1, 0) == pytest.approx(0.5)  # the one replica left has shown them
+    assert live.estimate("main", 1, 0).wait_s == pytest.approx(0.5)  # the one replica left has shown them
 
 
 def test_without_a_fresh_report_or_with_the_static_policy_there_is_no_estimate() -> None:
     live, loads, clock = admission(stale_after_s=5.0)
-    assert live.check("main", "default", 1, 0, NOW + 600).estimate_s is None
+    assert live.check("main", "default", 1, 0, NOW + 600).estimate is None
     loads.publish("main", {"a": report(waiting=((1, 8, 100, 100),), finishes=1.0)})
     clock.now += 5.1
     verdict = live.check("main", "default", 1, 0, NOW + 600)
-    assert verdict.admit and verdict.estimate_s is None
+    assert verdict.admit and verdict.estimate is None
     static, loads, _ = admission(policy="static")
     loads.publish("main", {"a": report(waiting=((1, 8, 100, 100),), finishes=1.0)})
     assert static.check("main", "default", 1, 0, NOW + 600).admit

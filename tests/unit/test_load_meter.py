@@ -30,10 +30,10 @@ def test_prefill_rate_counts_only_steps_that_prefilled() -> None:
     meter.step(0.5, 1000)
     meter.step(0.1, 0)  # decodes only: in step_s, not in the prefill rate
     meter.step(1.0, 1000)
-    meter.step(0.5, 900, 1000)  # beside 100 decodes: every token of the step shares its time
-    meter.step(0.02, 8, 40)  # a few prompt tokens beside decodes: 2000 tokens/s all the same
-    assert meter.prefill_tokens_per_s == pytest.approx(2000.0)  # the median of 2000, 1000, 2000, 2000
-    assert meter.step_s == pytest.approx(2.12 / 5)
+    meter.step(0.45, 900, 1000)  # beside 100 decodes: mostly a prefill, 2000 prompt tokens/s
+    meter.step(0.5, 8, 40)  # a few prompt tokens beside many decodes: not a prefill measure
+    assert meter.prefill_tokens_per_s == pytest.approx(2000.0)  # the median of 2000, 1000, 2000
+    assert meter.step_s == pytest.approx(2.55 / 5)
 
 
 def test_one_slow_step_does_not_move_the_prefill_rate() -> None:

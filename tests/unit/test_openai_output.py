@@ -93,6 +93,18 @@ def test_stream_chunks_match_the_official_types_and_end_with_usage_then_done():
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
 
 
+def test_a_degraded_answer_says_so_in_the_body_and_the_finishing_chunk():
+    result = ChatResult("hi", "", (), USAGE, FinishReason.STOP, "muse-tiny", (), "thinking_budget=64")
+    data = completion_json(result, "rid", want_logprobs=False)
+    assert responses.ChatCompletion.model_validate(data).degraded == "thinking_budget=64"
+    oai.ChatCompletion.model_validate(data)
+    assert "degraded" not in completion_json(ChatResult("hi", "", (), USAGE, FinishReason.STOP, "m"), "rid", False)
+    stream = ChunkStream("rid", "muse-tiny", include_usage=False)
+    (finishing,) = parse_sse(stream.event(Finish(FinishReason.STOP, "muse-tiny", "mode=instant")))
+    assert responses.ChatCompletionChunk.model_validate(finishing).degraded == "mode=instant"
+    assert finishing["choices"][0]["finish_reason"] == "stop"
+
+
 def test_stream_without_include_usage_has_no_usage_chunk():
     stream = ChunkStream("rid", "muse-tiny", include_usage=False)
     chunks = parse_sse(

@@ -73,7 +73,8 @@ async def test_an_admitted_request_carries_its_first_token_deadline_unless_its_t
     before = time.time()
     await gateway.chat(chat())
     (sent,) = pool.calls
-    assert before + 2.0 <= sent.first_token_by_unix_s <= time.time() + 2.0
+    own_prefill_s = sent.num_prompt_tokens / 1e6  # at the reported prefill rate
+    assert before + 2.0 + own_prefill_s <= sent.first_token_by_unix_s <= time.time() + 2.0 + own_prefill_s
     assert observer.queue_estimates == [("main", pytest.approx(1.5))]
     gateway, pool, _ = build(make_config(drop_late=False), loaded(waiting=2))
     await gateway.chat(chat())
@@ -82,7 +83,7 @@ async def test_an_admitted_request_carries_its_first_token_deadline_unless_its_t
 
 async def test_a_client_deadline_closer_than_the_objective_tightens_the_budget() -> None:
     gateway, pool, _ = build(make_config(), loaded(waiting=2))  # 1.5 s
-    with pytest.raises(ResourceExhausted, match="over the 1.0 s admission allows this request"):
+    with pytest.raises(ResourceExhausted, match="over the 1.0 s admission allows"):
         await gateway.chat(chat(deadline_unix_s=time.time() + 1.0))
     await gateway.chat(chat(deadline_unix_s=time.time() + 30.0))
     assert pool.calls[0].deadline_unix_s <= time.time() + 30.0  # the client's, not the server's 600 s

@@ -47,9 +47,10 @@ class LoadMeter:
         tokens (default: `prefill_tokens`), `prefill_tokens` of them prompt tokens."""
         self._observed()
         self._step_s.append(duration_s)
-        if prefill_tokens > 0 and duration_s > 0:
-            # The step's tokens share its time: a prompt token costs what any token of the step does.
-            self._prefill_rates.append(max(batched_tokens or 0, prefill_tokens) / duration_s)
+        # Only a step that mostly prefilled measures the prefill rate: beside many decodes a few
+        # prompt tokens say more about the decodes' cost (per row, higher) than their own.
+        if prefill_tokens > 0 and duration_s > 0 and 2 * prefill_tokens >= (batched_tokens or prefill_tokens):
+            self._prefill_rates.append(prefill_tokens / duration_s)
 
     def finished(self) -> None:
         """A request left the running batch (finished, cancelled or failed after it started)."""
@@ -65,8 +66,9 @@ class LoadMeter:
 
     @property
     def prefill_tokens_per_s(self) -> float:
-        """Tokens per second of the recent steps that prefilled, the median: one slow step (the
-        first, warming the kernels up; one that waited on the host) does not move it. 0.0 before any."""
+        """Prompt tokens per second of the recent steps that mostly prefilled, the median: one
+        slow step (the first, warming the kernels up; one that waited on the host) does not
+        move it. 0.0 before any."""
         if not self._prefill_rates:
             return 0.0
         return statistics.median(self._prefill_rates)

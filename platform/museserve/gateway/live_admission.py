@@ -1,6 +1,7 @@
 """Admission from the pools' live state: a request enters a pool only if its estimated wait
-for a first token fits its tier's TTFT objective and its deadline, with room to spare
-(`admission.admit_within` of the smaller).
+before its prefill can start fits its tier's TTFT objective and its deadline, with room to
+spare (`admission.admit_within` of the smaller). Its own prefill is its own cost: an idle
+pool admits any prompt the window allows.
 
 The estimate (`queue_estimate`) rests on the replicas' own reports (`pool_loads`), the same in
 every gateway replica, plus the requests this gateway sent since the oldest report it uses
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from museserve.config import GatewayConfig, PoolConfig
 from museserve.gateway import pool_loads
 from museserve.gateway.pool_loads import PoolLoads
-from museserve.gateway.queue_estimate import Ahead, Preemption, queue_delay_s
+from museserve.gateway.queue_estimate import Ahead, Estimate, Preemption, first_token_estimate
 
 MIN_RETRY_S, MAX_RETRY_S = 0.25, 30.0
 UNKNOWN_RETRY_S = 1.0  # a full replica that has not measured its finish rate yet
@@ -32,7 +33,7 @@ IN_TRANSIT_S = 0.1  # a request sent this long before a report was taken may not
 @dataclass(frozen=True, slots=True)
 class Verdict:
     admit: bool
-    estimate_s: float | None  # None: no fresh report to estimate from
+    estimate: Estimate | None  # None: no fresh report to estimate from
     budget_s: float  # what the estimate had to fit: admit_within of the objective, or of the time to the deadline
     retry_after_s: float = 0.0  # when refused: about when the queue will have room for it
 
@@ -55,8 +56,9 @@ class LiveAdmission:
         own = self._gateway.tier(tier).ttft_objective_s
         return own if own is not None else self._pools[pool].admission.ttft_objective_s
 
-    def estimate_s(self, pool: str, priority: int, prompt_tokens: int) -> float | None:
-        """Seconds to a first token for such a request on `pool`; None without a fresh report."""
+    def estimate(self, pool: str, priority: int, prompt_tokens: int) -> Estimate | None:
+        """Such a request's wait and prefill on `pool`'s least waited replica; None without a
+        fresh report."""
         config = self._pools[pool]
         if config.admission.policy == "static":
             return None
@@ -72,15 +74,17 @@ class LiveAdmission:
         ahead = Ahead(math.ceil(len(mine) / len(fresh)), sum(mine) // len(fresh))
         engine = config.engine
         preemption = Preemption(engine.priority_preemption, engine.min_low_priority_share)
-        return min(queue_delay_s(load, prompt_tokens, priority, preemption, ahead) for load in fresh)
+        estimates = (first_token_estimate(load, prompt_tokens, priority, preemption, ahead) for load in fresh)
+        return min(estimates, key=lambda e: e.wait_s)
 
     def check(self, pool: str, tier: str, priority: int, prompt_tokens: int, deadline_unix_s: float) -> Verdict:
         within = self._pools[pool].admission.admit_within
         budget = within * min(self.objective_s(pool, tier), deadline_unix_s - self._clock())
-        estimate = self.estimate_s(pool, priority, prompt_tokens)
-        if estimate is None or estimate <= budget:
+        estimate = self.estimate(pool, priority, prompt_tokens)
+        if estimate is None or estimate.wait_s <= budget:
             return Verdict(True, estimate, budget)
-        retry = UNKNOWN_RETRY_S if math.isinf(estimate) else min(max(estimate - budget, MIN_RETRY_S), MAX_RETRY_S)
+        wait = estimate.wait_s
+        retry = UNKNOWN_RETRY_S if math.isinf(wait) else min(max(wait - budget, MIN_RETRY_S), MAX_RETRY_S)
         return Verdict(False, estimate, budget, retry)
 
     def sent(self, pool: str, priority: int, prompt_tokens: int) -> None:

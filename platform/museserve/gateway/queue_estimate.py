@@ -1,19 +1,22 @@
-"""How long a new request would wait on a model replica before its first token, from the
-replica's last report. Pure arithmetic: no clock, no I/O.
+"""How long a new request would take to its first token on a model replica, from the
+replica's last report: the wait before its prefill can start, and its own prefill. Pure
+arithmetic: no clock, no I/O.
 
 Two things hold a request back, and it waits for the longer:
 - prefill: every prompt token ahead of it (what running requests still have to prefill, and
-  what waiting requests of its priority or better hold), then its own, at the replica's
-  measured prefill rate;
+  what waiting requests of its priority or better hold), at the replica's measured prefill rate;
 - a batch slot: when the slots left (after the requests it cannot preempt) are fewer than the
   requests ahead of it, or the KV cache is full with requests waiting, it starts only as
   requests finish, at the replica's measured finish rate.
-Then one step more for the first token. Requests of worse priority than its own are not ahead
-of it: the engine schedules by priority and, with `priority_preemption`, takes their slots
-beyond their protected share.
+Then one step more. Requests of worse priority than its own are not ahead of it: the engine
+schedules by priority and, with `priority_preemption`, takes their slots beyond their
+protected share. Its own prefill comes on top, at the same rate (its whole prompt: a cached
+prefix makes it shorter).
 
-A wait that depends on a rate not measured yet is unknown (`math.inf`) when the replica is
-already full; an idle replica that has measured nothing waits for nothing.
+The wait is what load adds, and what admission bounds; the prefill is the request's own cost,
+which no refusal would shorten. A wait that depends on a rate not measured yet is unknown
+(`math.inf`) when the replica is already full; an idle replica that has measured nothing
+waits for nothing.
 """
 
 from __future__ import annotations
@@ -46,23 +49,40 @@ class Preemption:
         return max_running if not self.enabled else math.floor(self.min_low_priority_share * max_running)
 
 
-def queue_delay_s(
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    wait_s: float  # until its prefill can start, and one step; math.inf: unknown yet
+    prefill_s: float  # its own prompt's prefill
+
+    @property
+    def first_token_s(self) -> float:
+        return self.wait_s + self.prefill_s
+
+
+def first_token_estimate(
     load: ReplicaLoad,
     prompt_tokens: int,
     priority: int,
     preemption: Preemption,
     ahead: Ahead = Ahead(),
-) -> float:
-    """Seconds from now until a request of `prompt_tokens` (uncached) at `priority` would have
-    its first token on this replica; `math.inf` when that cannot be estimated yet."""
+) -> Estimate:
+    """For a request of `prompt_tokens` at `priority` sent to this replica now."""
+    rate = load.prefill_tokens_per_s
+    own_s = prompt_tokens / rate if rate > 0 else 0.0
+    return Estimate(wait_s(load, priority, preemption, ahead), own_s)
+
+
+def wait_s(load: ReplicaLoad, priority: int, preemption: Preemption, ahead: Ahead = Ahead()) -> float:
+    """Seconds until a request at `priority` could start its prefill on this replica, plus one
+    step; `math.inf` when that cannot be estimated yet."""
     better = [c for c in load.by_priority if c.priority <= priority]
     worse = [c for c in load.by_priority if c.priority > priority]
     waiting_ahead = sum(c.waiting for c in better) + ahead.requests
     tokens_ahead = load.prefill_backlog_tokens + sum(c.waiting_tokens for c in better) + ahead.tokens
 
-    prefill_s = 0.0
-    if tokens_ahead + prompt_tokens > 0 and load.prefill_tokens_per_s > 0:
-        prefill_s = (tokens_ahead + prompt_tokens) / load.prefill_tokens_per_s
+    backlog_s = 0.0
+    if tokens_ahead > 0 and load.prefill_tokens_per_s > 0:
+        backlog_s = tokens_ahead / load.prefill_tokens_per_s
 
     worse_running = sum(c.running for c in worse)
     occupied = sum(c.running for c in better) + min(worse_running, preemption.protected(load.max_running))
@@ -75,4 +95,4 @@ def queue_delay_s(
         if load.finishes_per_s <= 0:
             return math.inf
         slot_s = must_wait_for / load.finishes_per_s
-    return max(prefill_s, slot_s) + load.step_s
+    return max(backlog_s, slot_s) + load.step_s

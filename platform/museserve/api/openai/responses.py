@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Function(BaseModel):
@@ -75,6 +75,10 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: CompletionUsage
+    degraded: str | None = Field(
+        None,
+        description="How an overloaded model served the request more cheaply (its tier's policy); absent: as asked.",
+    )
 
 
 class ToolCallDelta(ToolCallOut):
@@ -104,6 +108,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
+    degraded: str | None = Field(None, description="On the finishing chunk: as ChatCompletion.degraded.")
 
 
 class Model(BaseModel):
