@@ -14,6 +14,7 @@ import pytest
 
 from museserve.config import PoolConfig
 from museserve.engine.engine import MuseEngine
+from museserve.engine.late_requests import LateRequests
 from museserve.engine.load_meter import LoadMeter
 from museserve.engine.plan import RowSampling, RowToken, SchedulerPlan
 from museserve.errors import DeadlineExceeded, ResourceExhausted
@@ -105,6 +106,13 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0
         await asyncio.sleep(0.001)
 
 
+def measured_at(engine: MuseEngine, tokens_per_s: float) -> None:
+    """The engine's meter as if it had measured this prefill rate alone."""
+    engine.meter = LoadMeter()
+    engine.late = LateRequests(engine.scheduler, engine.meter)
+    engine.meter.step(1.0, int(tokens_per_s))
+
+
 def prompt(n: int, start: int = 200) -> list[int]:
     return list(range(start, start + n))
 
@@ -149,13 +157,11 @@ async def test_a_cached_prefix_counts_in_the_estimate(chat_format) -> None:
     document = prompt(400)
     try:
         assert await collect(engine, prepared_request("turn1", document)) == 12
-        engine.meter = LoadMeter()
-        engine.meter.step(1.0, 100)  # 100 tokens/s: the whole prompt would take 4 s, its new tokens 0.08 s
+        measured_at(engine, 100)  # 100 tokens/s: the whole prompt would take 4 s, its new tokens 0.08 s
         deadline = time.time() + 2
         turn2 = prepared_request("turn2", [*document, 7, 8, 9, 10, 11, 12, 13, 14], deadline_unix_s=deadline)
         assert await collect(engine, turn2) == 12
-        engine.meter = LoadMeter()  # turn2's own steps ran fast: measured at 100 tokens/s again
-        engine.meter.step(1.0, 100)
+        measured_at(engine, 100)  # turn2's own steps ran fast: measured at 100 tokens/s again
         other_tenant = prepared_request("other", document, tenant="tenant-b", deadline_unix_s=deadline)
         with pytest.raises(DeadlineExceeded):
             await collect(engine, other_tenant)  # the cache is per tenant

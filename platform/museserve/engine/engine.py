@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from museserve.config import PoolConfig
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_tier_index import TierIndex
+from museserve.engine.late_requests import LateRequests
 from museserve.engine.load_meter import LoadMeter, prefill_tokens, replica_load
 from museserve.engine.media import check_request_media
 from museserve.engine.plan import RowSampling, RowToken, SchedulerPlan, StepRunner
@@ -51,9 +52,6 @@ from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.preprocess.chat_format import ChatFormat
 
 logger = logging.getLogger(__name__)
-
-MAX_RETRY_AFTER_S = 60.0  # the most a request ended for its objective is told to wait
-UNCACHED_LOOKUP_S = 1.0  # how long a queued request's cached-prefix lookup stands
 
 
 @dataclass
@@ -108,6 +106,7 @@ class MuseEngine:
         self._priority_preemptions_reported = 0  # scheduler.num_priority_preemptions already passed on
         self.stats = EngineStats()
         self.meter = LoadMeter()
+        self.late = LateRequests(self.scheduler, self.meter)
         self._last_step_back = 0.0  # time.monotonic() when the last step's tokens came back
         self.requests: dict[str, Request] = {}
         self.overlap = engine.overlap_scheduling == "on" or (
@@ -343,40 +342,12 @@ class MuseEngine:
             self._finish(request, RequestPhase.FINISHED)  # blocks free now, not when the client reads
 
     def _end_late_requests(self) -> None:
-        """One pass before each plan. A request queued for its first token is dropped once its own
-        prefill, at the measured rate, ends past its deadline or its tier's TTFT objective (only
-        then are its cached blocks looked up: the pass stays cheap); any other request ends at
-        its deadline."""
-        now = time.time()
-        rate = self.meter.prefill_tokens_per_s  # 0.0 unmeasured: a prefill counts as instant
-
-        def prefill_s(tokens: int) -> float:
-            return tokens / rate if rate > 0 else 0.0
-
-        for request in list(self.requests.values()):
-            if not request.queued_before_first_token:
-                if now > request.prepared.deadline_unix_s:
-                    self._fail(request, DeadlineExceeded("the request ran past its deadline"))
-            elif request.too_late_to_start(now, prefill_s(request.seq.num_uncomputed_tokens)):
-                needs_s = prefill_s(self._uncached_tokens(request))
-                reason = request.too_late_to_start(now, needs_s)
-                if reason is not None:
-                    self._drop(request, reason, request.late_error(reason, now, needs_s, self._queue_drain_s()))
-
-    def _uncached_tokens(self, request: Request) -> int:
-        """Its tokens past the prefix the cache holds, looked up at most once a second: a lookup
-        walks the prompt's blocks."""
-        now = time.monotonic()
-        if request.uncached_lookup is None or now - request.uncached_lookup[1] >= UNCACHED_LOOKUP_S:
-            request.uncached_lookup = (self.scheduler.tokens_to_compute(request.seq), now)
-        return request.uncached_lookup[0]
-
-    def _queue_drain_s(self) -> float:
-        """How long the queue takes to empty at the recent finish rate; 1 s when unmeasured."""
-        finishes_per_s = self.meter.finishes_per_s
-        if finishes_per_s <= 0:
-            return 1.0
-        return min(max(1.0, self.scheduler.num_waiting / finishes_per_s), MAX_RETRY_AFTER_S)
+        """Before each plan: requests that can no longer be served in time end now (`late_requests`)."""
+        for request, error, reason in self.late.find(self.requests.values(), time.time()):
+            if reason is None:
+                self._fail(request, error)
+            else:
+                self._drop(request, reason, error)
 
     def shutdown(self, wait: bool = False) -> None:
         """`wait`: return only once the device thread has ended (after the step it is running)."""
