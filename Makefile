@@ -81,6 +81,7 @@ bench: install redis
 	$(PY) -m tests.bench.bench_kernels --out .bench/kernels.json  # GPU only: says so and exits 0 without CUDA
 	$(PY) -m tests.bench.bench_parallel --out .bench/parallel.json
 	$(PY) -m tests.bench.bench_prefix_routing --out .bench/prefix_routing.json
+	$(PY) -m tests.bench.bench_overload --out .bench/overload.json
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=platform --pyi_out=platform --grpc_python_out=platform \

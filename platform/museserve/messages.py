@@ -131,6 +131,8 @@ class PriorityLoad:
     running: int
     waiting: int
     waiting_tokens: int  # prompt tokens the waiting ones still have to prefill
+    # Measured: arrival to first scheduled step of its recent requests, p90 (0.0: none lately).
+    queue_p90_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,15 @@ def test_a_higher_priority_preempts_all_but_the_protected_share() -> None:
     assert wait_s(taken, 1, Preemption(True, 0.25)) == pytest.approx(1.0 + 0.05)  # 2 protected
 
 
+def test_the_wait_is_never_below_what_its_priority_or_better_met_lately() -> None:
+    load = ReplicaLoad(
+        running=2, max_running=8, step_s=0.05, prefill_tokens_per_s=1000.0, finishes_per_s=1.0,
+        by_priority=(PriorityLoad(0, 1, 0, 0, queue_p90_s=0.2), PriorityLoad(1, 1, 0, 0, queue_p90_s=3.0)),
+    )  # fmt: skip
+    assert wait_s(load, 1, NO_PREEMPTION) == pytest.approx(3.0)  # the model says 0.05 s; they waited 3
+    assert wait_s(load, 0, NO_PREEMPTION) == pytest.approx(0.2)  # a better priority is not held by worse
+
+
 def test_requests_sent_since_the_report_count_as_ahead() -> None:
     load = report(waiting=((1, 8, 0, 0),), max_running=8, finishes=4.0)
     assert wait_s(load, 1, NO_PREEMPTION, Ahead(requests=3, tokens=0)) == pytest.approx(4 / 4.0 + 0.05)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from museserve.engine.load_meter import RECENT_STEPS, LoadMeter, prefill_tokens
+from museserve.engine.load_meter import QUEUE_WINDOW_S, RECENT_STEPS, LoadMeter, prefill_tokens
 from museserve.engine.plan import ScheduledSequence, SchedulerPlan
 
 
@@ -120,3 +120,15 @@ def test_a_steps_prefill_tokens_exclude_its_decodes() -> None:
         (),
     )
     assert prefill_tokens(plan) == 21
+
+
+def test_queue_waits_are_kept_per_priority_over_a_short_window() -> None:
+    clock = Clock()
+    meter = LoadMeter(clock=clock)
+    for wait in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 3.0):
+        meter.started(1, wait)
+    meter.started(0, 0.05)
+    assert meter.queue_p90_s(1) == pytest.approx(0.9) and meter.queue_p90_s(0) == pytest.approx(0.05)
+    assert meter.queue_p90_s(2) == 0.0
+    clock.now += QUEUE_WINDOW_S + 0.1
+    assert meter.queue_p90_s(1) == 0.0  # a queue that drained reads so soon

@@ -275,6 +275,7 @@ class MuseEngine:
                 self.stats.start(request.record)
                 queue_s = time.monotonic() - request.arrival
                 self.metrics.scheduled_first(queue_s, request.prepared.num_prompt_tokens, request.seq.num_cached_tokens)
+                self.meter.started(request.seq.priority, queue_s)
             if item.samples:
                 rows.append(request.row(len(rows)))
         submitted = asyncio.wrap_future(self.runner.submit(plan, rows))

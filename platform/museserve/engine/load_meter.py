@@ -26,6 +26,8 @@ RECENT_STEPS = 64  # steps behind step_s, and prefill steps behind the prefill r
 WINDOW_S = 15.0  # finishes and first tokens count this far back
 MIN_SPAN_S = 1.0  # a rate over less time than this is noise: the span never counts as shorter
 MAX_FIRST_TOKENS = 2048  # first-token times kept for the percentile, newest
+QUEUE_WINDOW_S = 10.0  # queue waits count this far back: short, so a drained queue reads so soon
+MAX_STARTS = 512  # queue waits kept per priority, newest
 
 
 class LoadMeter:
@@ -39,6 +41,7 @@ class LoadMeter:
         self._finishes: deque[float] = deque()  # clock times, oldest first
         self._first_tokens: deque[tuple[float, float]] = deque(maxlen=MAX_FIRST_TOKENS)  # (clock, seconds)
         self._since: float | None = None  # the first observation: a young replica's rates span only this far
+        self._starts: dict[int, deque[tuple[float, float]]] = {}  # priority -> (clock, queue seconds)
 
     # -- fed by the engine -----------------------------------------------------------
 
@@ -61,6 +64,11 @@ class LoadMeter:
     def first_token(self, since_arrival_s: float) -> None:
         now = self._observed()
         self._first_tokens.append((now, since_arrival_s))
+
+    def started(self, priority: int, queue_s: float) -> None:
+        """A request of `priority` was scheduled for the first time, `queue_s` after its arrival."""
+        now = self._observed()
+        self._starts.setdefault(priority, deque(maxlen=MAX_STARTS)).append((now, queue_s))
 
     # -- read -----------------------------------------------------------------------
 
@@ -91,11 +99,13 @@ class LoadMeter:
     @property
     def ttft_p90_s(self) -> float:
         """The 90th percentile (nearest rank) of arrival to first token over the window; 0.0 when none."""
-        oldest = self._clock() - self._window_s
-        recent = sorted(s for at, s in self._first_tokens if at >= oldest)
-        if not recent:
-            return 0.0
-        return recent[math.ceil(0.9 * len(recent)) - 1]
+        return _p90([s for at, s in self._first_tokens if at >= self._clock() - self._window_s])
+
+    def queue_p90_s(self, priority: int) -> float:
+        """The 90th percentile of arrival to first scheduled step of `priority`'s requests over
+        the last `QUEUE_WINDOW_S`: the wait they met, measured; 0.0 when none started lately."""
+        starts = self._starts.get(priority, ())
+        return _p90([s for at, s in starts if at >= self._clock() - QUEUE_WINDOW_S])
 
     def _observed(self) -> float:
         now = self._clock()
@@ -106,6 +116,13 @@ class LoadMeter:
     def _forget_before(self, oldest: float) -> None:
         while self._finishes and self._finishes[0] < oldest:
             self._finishes.popleft()
+
+
+def _p90(values: list[float]) -> float:
+    """Nearest rank; 0.0 for none."""
+    if not values:
+        return 0.0
+    return sorted(values)[math.ceil(0.9 * len(values)) - 1]
 
 
 def prefill_tokens(plan: SchedulerPlan) -> int:
@@ -133,7 +150,7 @@ def replica_load(scheduler: Scheduler, kv_usage: float, meter: LoadMeter) -> Rep
         kv_usage=kv_usage,
         max_running=scheduler.limits.max_running,
         prefill_backlog_tokens=backlog,
-        by_priority=tuple(PriorityLoad(p, *counts[p]) for p in sorted(counts)),
+        by_priority=tuple(PriorityLoad(p, *counts[p], meter.queue_p90_s(p)) for p in sorted(counts)),
         prefill_tokens_per_s=meter.prefill_tokens_per_s,
         finishes_per_s=meter.finishes_per_s,
         step_s=meter.step_s,

@@ -13,7 +13,9 @@ schedules by priority and, with `priority_preemption`, takes their slots beyond 
 protected share. Its own prefill comes on top, at the same rate (its whole prompt: a cached
 prefix makes it shorter).
 
-The wait is what load adds, and what admission bounds; the prefill is the request's own cost,
+The wait is never below what requests at its priority or better actually waited lately (the
+replica's measured queue p90), so an estimate the model gets wrong corrects itself within
+seconds. The wait is what load adds, and what admission bounds; the prefill is the request's own cost,
 which no refusal would shorten. A wait that depends on a rate not measured yet is unknown
 (`math.inf`) when the replica is already full; an idle replica that has measured nothing
 waits for nothing.
@@ -95,4 +97,7 @@ def wait_s(load: ReplicaLoad, priority: int, preemption: Preemption, ahead: Ahea
         if load.finishes_per_s <= 0:
             return math.inf
         slot_s = must_wait_for / load.finishes_per_s
-    return max(backlog_s, slot_s) + load.step_s
+    # What the requests at its priority or better met lately, measured: where the model above
+    # misses (a core shared with another replica, steps slower than their mean), this does not.
+    measured_s = max((c.queue_p90_s for c in better), default=0.0)
+    return max(max(backlog_s, slot_s) + load.step_s, measured_s)
