@@ -63,8 +63,8 @@ def chaos_config(redis_url: str) -> MuseServeConfig:
             {"sha256": key_digest(GOLD_KEY), "tenant": "chaos-gold", "tier": "gold"},
         ],
         tiers={
-            "default": {"priority": 1, "user": generous, "tenant": generous},
-            "gold": {"priority": 0, "user": generous, "tenant": generous},
+            "default": {"priority": 1, "drop_late": True, "user": generous, "tenant": generous},
+            "gold": {"priority": 0, "drop_late": True, "user": generous, "tenant": generous},
         },
         redis={"url": redis_url, "timeout_ms": 250, "on_unavailable": "fail_open"},
     )

@@ -68,15 +68,15 @@ async def test_an_overloaded_pool_refuses_at_once_with_a_retry_delay_and_charges
     assert not any(kind == "prompt" for _, kind in observer.token_counts)
 
 
-async def test_an_admitted_request_carries_its_first_token_deadline_unless_its_tier_serves_late() -> None:
-    gateway, pool, observer = build(make_config(), loaded(waiting=2))  # 1.5 s: fits 2 s
+async def test_an_admitted_request_carries_its_first_token_deadline_where_its_tier_drops_late_ones() -> None:
+    gateway, pool, observer = build(make_config(drop_late=True), loaded(waiting=2))  # 1.5 s: fits 2 s
     before = time.time()
     await gateway.chat(chat())
     (sent,) = pool.calls
     own_prefill_s = sent.num_prompt_tokens / 1e6  # at the reported prefill rate
     assert before + 2.0 + own_prefill_s <= sent.first_token_by_unix_s <= time.time() + 2.0 + own_prefill_s
     assert observer.queue_estimates == [("main", pytest.approx(1.5))]
-    gateway, pool, _ = build(make_config(drop_late=False), loaded(waiting=2))
+    gateway, pool, _ = build(make_config(), loaded(waiting=2))  # drop_late is off by default
     await gateway.chat(chat())
     assert pool.calls[0].first_token_by_unix_s == 0.0
 

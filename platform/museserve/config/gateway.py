@@ -77,9 +77,10 @@ class TierConfig(Section):
         "admission.ttft_objective_s.",
     )
     drop_late: bool = Field(
-        True,
-        description="A queued request whose first token can no longer come within the objective is ended "
-        "(RESOURCE_EXHAUSTED) before any prefill is spent on it; false: only its deadline ends it.",
+        False,
+        description="A queued request whose first token can no longer come within the objective (plus its own "
+        "prefill) is ended (RESOURCE_EXHAUSTED) before any prefill is spent on it; false: only its deadline ends "
+        "it. For fast steps (a GPU): on a CPU one slow step can outlast the objective without any overload.",
     )
     degrade: DegradeConfig | None = Field(
         None, description="Make requests cheaper under overload instead of refusing them; null: never degrade."

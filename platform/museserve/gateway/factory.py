@@ -10,9 +10,11 @@ from museserve.config import MuseServeConfig
 from museserve.gateway.gateway import Gateway, PoolClient, PreprocessClient
 from museserve.gateway.identity import Authenticator, redis_key_lookup
 from museserve.gateway.inline_preprocess import InlineTextPreprocess
+from museserve.gateway.live_admission import LiveAdmission
 from museserve.gateway.mirror import Mirror
 from museserve.gateway.mirror_sinks import build_mirror_sink
 from museserve.gateway.observer import GatewayObserver
+from museserve.gateway.pool_loads import POOL_LOADS
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter
 from museserve.gateway.redis_ratelimit import RedisRateLimiter
@@ -44,6 +46,7 @@ def build_gateway(
         logger.warning("auth is none: every caller is tenant 'anonymous' (use only on a trusted network)")
     where = "Redis" if redis.url else "this replica's memory (not shared across replicas)"
     logger.info("rate limits kept in %s; mirroring %s", where, "on" if mirror else "off")
+    live = LiveAdmission(config.pools, gateway_config, POOL_LOADS)  # what this process's pool routers receive
     return Gateway(
-        config, preprocess, pools, authenticator=authenticator, quota=quota, mirror=mirror, observer=observer
+        config, preprocess, pools, authenticator=authenticator, quota=quota, mirror=mirror, observer=observer, live=live
     )

@@ -48,6 +48,7 @@ from museserve.gateway.live_admission import LiveAdmission
 from museserve.gateway.mirror import Mirror
 from museserve.gateway.observer import CountingObserver, GatewayObserver
 from museserve.gateway.overload import OverloadGate
+from museserve.gateway.pool_loads import PoolLoads
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.routing import Router
 from museserve.gateway.validation import validate_request
@@ -83,7 +84,8 @@ class Gateway:
         observer: GatewayObserver | None = None,
         live: LiveAdmission | None = None,
     ):
-        """`live`: the pools' live state (default: what this process's pool routers received)."""
+        """`live`: the pools' live state (`build_gateway` reads this process's routers' board);
+        default: no reports, so only the hard cap bounds."""
         missing = {p.name for p in config.pools} - set(pools)
         if missing:
             raise ValueError(f"no client for pools: {', '.join(sorted(missing))}")
@@ -104,7 +106,8 @@ class Gateway:
         self.quota = quota or QuotaGuard(config.gateway)
         self.mirror = mirror
         self.observer = observer or CountingObserver()
-        self.overload = OverloadGate(live or LiveAdmission(config.pools, config.gateway), config.gateway, self.observer)
+        live = live or LiveAdmission(config.pools, config.gateway, PoolLoads())
+        self.overload = OverloadGate(live, config.gateway, self.observer)
         self._settlements: set[asyncio.Task] = set()
 
     def list_models(self) -> list[tuple[ModelInfo, bool]]:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from museserve.config import GatewayConfig, PoolConfig
-from museserve.gateway import pool_loads
 from museserve.gateway.pool_loads import PoolLoads
 from museserve.gateway.queue_estimate import Ahead, Estimate, Preemption, first_token_estimate
 
@@ -43,12 +42,12 @@ class LiveAdmission:
         self,
         pools: Sequence[PoolConfig],
         gateway: GatewayConfig,
-        loads: PoolLoads | None = None,
+        loads: PoolLoads,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pools = {p.name: p for p in pools}
         self._gateway = gateway
-        self._loads = loads if loads is not None else pool_loads.POOL_LOADS  # this process's board
+        self._loads = loads  # in a Serve replica, this process's board (`pool_loads.POOL_LOADS`)
         self._clock = clock
         self._sent: dict[str, deque[tuple[float, int, int]]] = {p.name: deque() for p in pools}  # at, priority, tokens
 
