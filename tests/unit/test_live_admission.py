@@ -69,7 +69,7 @@ def test_a_full_batch_waits_for_finishes() -> None:
 
 def test_a_full_kv_cache_with_requests_waiting_is_a_full_batch() -> None:
     kv_full = report(waiting=((1, 2, 1, 10),), max_running=8, kv_usage=0.99, finishes=1.0)
-    assert wait_s(kv_full, 1, NO_PREEMPTION) == pytest.approx(2 / 1.0 + 0.05)
+    assert wait_s(kv_full, 1, NO_PREEMPTION, kv_full=0.95) == pytest.approx(2 / 1.0 + 0.05)
 
 
 def test_a_higher_priority_preempts_all_but_the_protected_share() -> None:
@@ -217,3 +217,14 @@ def test_degradation_cuts_reasoning_costs_and_says_how() -> None:
     assert contemplating is not None and contemplating.describe() == "thinking_budget=64,agents=2"
     instant = degrade(chat(Mode.CONTEMPLATING, agents=4), pool, DegradeConfig(to_instant=True))
     assert instant is not None and instant.request.mode == ModeParams(Mode.INSTANT) and instant.kind == "mode"
+
+
+def test_sent_requests_are_totalled_per_priority_until_a_report_shows_them() -> None:
+    from museserve.gateway.live_admission import SentSinceReport
+
+    sent = SentSinceReport()
+    for at, priority, tokens in ((1.0, 1, 10), (2.0, 0, 20), (3.0, 1, 30), (4.0, 2, 40)):
+        sent.add(at, priority, tokens)
+    assert sent.ahead_of(1) == (3, 60) and sent.ahead_of(0) == (1, 20) and sent.ahead_of(2) == (4, 100)
+    sent.shown(2.0)  # a report taken after the first two
+    assert sent.ahead_of(1) == (1, 30) and sent.ahead_of(0) == (0, 0) and sent.ahead_of(2) == (2, 70)

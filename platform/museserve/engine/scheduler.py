@@ -76,9 +76,7 @@ class Scheduler:
     def tokens_to_compute(self, seq: Sequence) -> int:
         """Tokens a waiting sequence would compute if admitted now: those past the prefix the
         device cache or its tier holds."""
-        cached = self.blocks.cached_prefix(seq)
-        from_tier = self.blocks.tier_prefix(seq, len(cached))
-        return seq.num_tokens - (len(cached) + len(from_tier)) * self.blocks.block_size
+        return self._first_chunk(seq, seq.num_tokens)[2]
 
     def add(self, seq: Sequence) -> None:
         # A sequence that could outgrow the whole cache would preempt itself forever.
@@ -134,7 +132,7 @@ class Scheduler:
             seq = self._waiting[0][1]
             if seq.num_pending:
                 break  # preempted while its last step ran: its tokens are not all known yet
-            cached, from_tier, num_new = self._first_chunk(seq, budget)
+            cached, from_tier, num_new = self._first_chunk(seq, min(budget, self.limits.max_prefill_chunk))
             if not self.blocks.can_admit(seq, cached, num_new, from_tier):
                 break
             heapq.heappop(self._waiting)
@@ -152,11 +150,12 @@ class Scheduler:
 
     def _first_chunk(self, seq: Sequence, budget: int) -> tuple[list[int], list[int], int]:
         """What admitting `seq` now takes: its device-cached prefix blocks, the tier slots after
-        them (loaded by this plan, before its step) and the tokens of its first chunk."""
+        them (loaded by this plan, before its step) and the tokens it computes now: what it
+        has past them, at most `budget`."""
         cached = self.blocks.cached_prefix(seq)
         from_tier = self.blocks.tier_prefix(seq, len(cached))
         cached_tokens = (len(cached) + len(from_tier)) * self.blocks.block_size
-        return cached, from_tier, min(seq.num_tokens - cached_tokens, budget, self.limits.max_prefill_chunk)
+        return cached, from_tier, min(seq.num_tokens - cached_tokens, budget)
 
     def _preempt_for_head(self) -> list[str]:
         """Preempts running sequences of worse priority than the waiting head, lowest first, while
@@ -174,7 +173,7 @@ class Scheduler:
         # `running` is in sort_key order: while any sequence is worse than the head, the last one is.
         while worse > kept:
             if len(self.running) < limits.max_running:
-                chunk = chunk or self._first_chunk(head, limits.max_batched_tokens)
+                chunk = chunk or self._first_chunk(head, min(limits.max_batched_tokens, limits.max_prefill_chunk))
                 cached, from_tier, num_new = chunk
                 if self.blocks.can_admit(head, cached, num_new, from_tier):
                     break

@@ -49,7 +49,7 @@ class LiveAdmission:
         self._gateway = gateway
         self._loads = loads  # in a Serve replica, this process's board (`pool_loads.POOL_LOADS`)
         self._clock = clock
-        self._sent: dict[str, deque[tuple[float, int, int]]] = {p.name: deque() for p in pools}  # at, priority, tokens
+        self._sent = {p.name: SentSinceReport() for p in pools}
 
     def objective_s(self, pool: str, tier: str) -> float:
         own = self._gateway.tier(tier).ttft_objective_s
@@ -64,16 +64,15 @@ class LiveAdmission:
         now, stale_after = self._clock(), config.admission.stale_after_s
         fresh = [load for load in self._loads.of(pool).values() if now - load.taken_at <= stale_after]
         sent = self._sent[pool]
-        shown_before = min((load.taken_at for load in fresh), default=now - stale_after) - IN_TRANSIT_S
-        while sent and sent[0][0] <= shown_before:
-            sent.popleft()
+        sent.shown(min((load.taken_at for load in fresh), default=now - stale_after) - IN_TRANSIT_S)
         if not fresh:
             return None
-        mine = [tokens for _, p, tokens in sent if p <= priority]
-        ahead = Ahead(math.ceil(len(mine) / len(fresh)), sum(mine) // len(fresh))
+        requests, tokens = sent.ahead_of(priority)
+        ahead = Ahead(math.ceil(requests / len(fresh)), tokens // len(fresh))
         engine = config.engine
         preemption = Preemption(engine.priority_preemption, engine.min_low_priority_share)
-        estimates = (first_token_estimate(load, prompt_tokens, priority, preemption, ahead) for load in fresh)
+        kv_full = config.routing.kv_saturation
+        estimates = (first_token_estimate(load, prompt_tokens, priority, preemption, ahead, kv_full) for load in fresh)
         return min(estimates, key=lambda e: e.wait_s)
 
     def check(self, pool: str, tier: str, priority: int, prompt_tokens: int, deadline_unix_s: float) -> Verdict:
@@ -88,4 +87,32 @@ class LiveAdmission:
 
     def sent(self, pool: str, priority: int, prompt_tokens: int) -> None:
         """A request admitted into `pool`: it counts as ahead of later ones until a report shows it."""
-        self._sent[pool].append((self._clock(), priority, prompt_tokens))
+        self._sent[pool].add(self._clock(), priority, prompt_tokens)
+
+
+class SentSinceReport:
+    """One pool's requests this gateway sent that no report shows yet, with running totals per
+    priority, so a decision costs the number of priorities, not of requests sent."""
+
+    def __init__(self) -> None:
+        self._sent: deque[tuple[float, int, int]] = deque()  # (sent at, priority, prompt tokens), oldest first
+        self._totals: dict[int, list[int]] = {}  # priority -> [requests, prompt tokens]
+
+    def add(self, at: float, priority: int, tokens: int) -> None:
+        self._sent.append((at, priority, tokens))
+        total = self._totals.setdefault(priority, [0, 0])
+        total[0] += 1
+        total[1] += tokens
+
+    def shown(self, before: float) -> None:
+        """Forgets those sent at or before `before`: a report taken since shows them."""
+        while self._sent and self._sent[0][0] <= before:
+            _, priority, tokens = self._sent.popleft()
+            total = self._totals[priority]
+            total[0] -= 1
+            total[1] -= tokens
+
+    def ahead_of(self, priority: int) -> tuple[int, int]:
+        """Requests and prompt tokens of `priority` or better."""
+        better = [total for p, total in self._totals.items() if p <= priority]
+        return sum(t[0] for t in better), sum(t[1] for t in better)

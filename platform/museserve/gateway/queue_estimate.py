@@ -28,8 +28,6 @@ from dataclasses import dataclass
 
 from museserve.messages import ReplicaLoad
 
-KV_FULL = 0.97  # a KV cache this full, with requests waiting, starts requests only as others end
-
 
 @dataclass(frozen=True, slots=True)
 class Ahead:
@@ -67,16 +65,21 @@ def first_token_estimate(
     priority: int,
     preemption: Preemption,
     ahead: Ahead = Ahead(),
+    kv_full: float = 1.0,
 ) -> Estimate:
     """For a request of `prompt_tokens` at `priority` sent to this replica now."""
     rate = load.prefill_tokens_per_s
     own_s = prompt_tokens / rate if rate > 0 else 0.0
-    return Estimate(wait_s(load, priority, preemption, ahead), own_s)
+    return Estimate(wait_s(load, priority, preemption, ahead, kv_full), own_s)
 
 
-def wait_s(load: ReplicaLoad, priority: int, preemption: Preemption, ahead: Ahead = Ahead()) -> float:
+def wait_s(
+    load: ReplicaLoad, priority: int, preemption: Preemption, ahead: Ahead = Ahead(), kv_full: float = 1.0
+) -> float:
     """Seconds until a request at `priority` could start its prefill on this replica, plus one
-    step; `math.inf` when that cannot be estimated yet."""
+    step; `math.inf` when that cannot be estimated yet. `kv_full`: a KV cache this full, with
+    requests waiting, starts requests only as others end (the pool's `routing.kv_saturation`,
+    the threshold its router passes such a replica over at)."""
     better = [c for c in load.by_priority if c.priority <= priority]
     worse = [c for c in load.by_priority if c.priority > priority]
     waiting_ahead = sum(c.waiting for c in better) + ahead.requests
@@ -89,7 +92,7 @@ def wait_s(load: ReplicaLoad, priority: int, preemption: Preemption, ahead: Ahea
     worse_running = sum(c.running for c in worse)
     occupied = sum(c.running for c in better) + min(worse_running, preemption.protected(load.max_running))
     free_slots = max(0, load.max_running - occupied) if load.max_running else math.inf
-    kv_bound = load.kv_usage >= KV_FULL and load.waiting > 0
+    kv_bound = load.kv_usage >= kv_full and load.waiting > 0
     must_wait_for = waiting_ahead + 1 if kv_bound else max(0, waiting_ahead + 1 - free_slots)
 
     slot_s = 0.0
