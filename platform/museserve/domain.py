@@ -125,6 +125,13 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per position, with logprobs
+    n: int = 1  # answers to the same prompt: one prefill, decoded in the same batches
+    min_tokens: int = 0  # answer tokens before an end token or stop string may end it
+    ignore_eos: bool = False  # generate past the model's end tokens (benchmarks): only budgets and stops end it
+    skip_special_tokens: bool = True  # special tokens are left out of the text
+    # With a RawPrompt: the log probability of each prompt token, and this many alternatives
+    # at each position (0-20). None: not computed (the prefix cache may then serve the prompt).
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +151,18 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
+class RawPrompt:
+    """A plain-text completion's prompt, sent to the model as is (no chat template): `text`,
+    tokenized by the model's tokenizer, or `token_ids`. Exactly one is set."""
+
+    text: str | None = None
+    token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     request_id: str
-    messages: tuple[Message, ...]
+    messages: tuple[Message, ...]  # empty when `prompt` is set
     model: str = ""  # empty: the default model
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
@@ -155,6 +171,12 @@ class ChatRequest:
     identity: Identity = field(default_factory=Identity)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     deadline_unix_s: float | None = None  # the client's own deadline (gRPC's), wall clock; None: the server's
+    prompt: RawPrompt | None = None  # a plain completion: instant mode, no messages, tools or format
+    # Conversation state: `messages` continue the stored response `previous_response_id` (its
+    # input and output come first); with `store`, this answer is kept for a follow-up.
+    previous_response_id: str = ""
+    store: bool = False
+    usage_in_stream: bool = False  # a RunningUsage event after each step's events
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +202,19 @@ class Usage:
 # Stream events, in the order a client sees them: deltas, then Usage, then Finish.
 
 
+# `index`: the answer (choice) an event belongs to when a request asks for n > 1; else 0.
+
+
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
     text: str
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +233,36 @@ class PositionLogprobs:
 @dataclass(frozen=True, slots=True)
 class LogprobsDelta:
     positions: tuple[PositionLogprobs, ...]
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """Every prompt token with its log probability given the tokens before it (the first
+    token's is NaN: nothing precedes it). Sent once, before any delta, when asked for."""
+
+    positions: tuple[PositionLogprobs, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCallEvent:
     call: ToolCall
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceEnd:
+    """One of n > 1 answers ended (the request's Finish still follows the last one)."""
+
+    index: int
+    reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class RunningUsage:
+    """The tokens so far (`ChatRequest.usage_in_stream`); the final Usage still follows."""
+
+    usage: Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +274,35 @@ class AgentProgress:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    reason: FinishReason
+    reason: FinishReason  # with n > 1: the first answer's (each one's is in its ChoiceEnd)
     model: str  # the pool that served the request
     degraded: str = ""  # how the request was made cheaper under overload (e.g. "thinking_budget=256"); "": it was not
+    response_id: str = ""  # with ChatRequest.store: the id a follow-up names as previous_response_id
 
 
-StreamEvent = TextDelta | ReasoningDelta | LogprobsDelta | ToolCallEvent | AgentProgress | Usage | Finish
+StreamEvent = (
+    TextDelta
+    | ReasoningDelta
+    | LogprobsDelta
+    | PromptLogprobs
+    | ToolCallEvent
+    | ChoiceEnd
+    | RunningUsage
+    | AgentProgress
+    | Usage
+    | Finish
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatChoice:
+    """One answer of a request with n > 1."""
+
+    text: str
+    reasoning: str
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: FinishReason
+    logprobs: tuple[PositionLogprobs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +317,9 @@ class ChatResult:
     model: str
     logprobs: tuple[PositionLogprobs, ...] = ()
     degraded: str = ""  # see Finish.degraded
+    prompt_logprobs: tuple[PositionLogprobs, ...] = ()  # see PromptLogprobs
+    response_id: str = ""  # see Finish.response_id
+    choices: tuple[ChatChoice, ...] = ()  # with n > 1: every answer, in order (the fields above are the first's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,6 @@ class PreparedRequest:
     response_format: ResponseFormat = ResponseFormat()
     num_agents: int = 0  # CONTEMPLATING: parallel agents; 0 for the other modes
     contemplation: ContemplationPrompts | None = None  # CONTEMPLATING: every pass's prompt
-    ignore_eos: bool = False  # generate past the format's stop ids (benchmarks): only budgets and stops end it
 
     def __post_init__(self) -> None:
         unset = [name for name in RESOLVED_SAMPLING if getattr(self.sampling, name) is None]
@@ -110,7 +109,9 @@ class PromptCount:
 class GenerationChunk:
     """What a model pool streams: deltas coalesced over a short window.
 
-    The last chunk of a request carries `finish` and `usage`; no chunk follows it.
+    The last chunk of a request carries `finish` and `usage`; no chunk follows it. With n > 1
+    (`ParallelChoices`) every chunk names its `choice`, each answer's last one carries its
+    `choice_finish`, and a last chunk of its own carries `finish` and the summed usage.
     """
 
     text: str = ""
@@ -121,6 +122,10 @@ class GenerationChunk:
     num_new_tokens: int = 0
     finish: FinishReason | None = None
     usage: Usage | None = None
+    # Of every prompt token, in the first chunk, when sampling.prompt_logprobs asks (`PromptLogprobs`).
+    prompt_logprobs: tuple[PositionLogprobs, ...] = ()
+    choice: int = 0
+    choice_finish: FinishReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ class RequestState:
     def __init__(self, request: PreparedRequest, tokenizer: Tokenizer, markers: Markers):
         self.request = request
         self._think_end_id = markers.think_close_id
-        stops = () if request.ignore_eos else markers.stop_ids
+        stops = () if request.sampling.ignore_eos else markers.stop_ids
         self._end_ids = frozenset((*stops, *request.sampling.stop_token_ids))
         self._steered = False  # a grammar cut the answer short to close it within its budget
         self.in_reasoning = request.thinking_budget > 0  # the template opened the segment

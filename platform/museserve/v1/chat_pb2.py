@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17museserve/v1/chat.proto\x12\x0cmuseserve.v1\"C\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\tB\x08\n\x06source\"%\n\x05\x41udio\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"q\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x13.museserve.v1.ImageH\x00\x12$\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x13.museserve.v1.AudioH\x00\x42\x06\n\x04part\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xa7\x01\n\x07Message\x12 \n\x04role\x18\x01 \x01(\x0e\x32\x12.museserve.v1.Role\x12*\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x19.museserve.v1.ContentPart\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12*\n\ntool_calls\x18\x05 \x03(\x0b\x32\x16.museserve.v1.ToolCall\"I\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"\xa6\x01\n\nToolChoice\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.museserve.v1.ToolChoice.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\"]\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_AUTO\x10\x01\x12\r\n\tKIND_NONE\x10\x02\x12\x11\n\rKIND_REQUIRED\x10\x03\x12\x0e\n\nKIND_NAMED\x10\x04\"\xcf\x01\n\x0eResponseFormat\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.museserve.v1.ResponseFormat.Kind\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x00\x88\x01\x01\"W\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_TEXT\x10\x01\x12\x14\n\x10KIND_JSON_OBJECT\x10\x02\x12\x14\n\x10KIND_JSON_SCHEMA\x10\x03\x42\t\n\x07_strict\"\xb8\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\n \x03(\x05\x12\x10\n\x08logprobs\x18\x0b \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0c \x01(\x05\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x14\n\x12_max_output_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penalty\"\x88\x01\n\nModeParams\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.museserve.v1.Mode\x12\x1c\n\x0fthinking_budget\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nnum_agents\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x12\n\x10_thinking_budgetB\r\n\x0b_num_agents\"\xba\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.museserve.v1.Message\x12!\n\x05tools\x18\x03 \x03(\x0b\x32\x12.museserve.v1.Tool\x12-\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x18.museserve.v1.ToolChoice\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.museserve.v1.SamplingParams\x12&\n\x04mode\x18\x06 \x01(\x0b\x32\x18.museserve.v1.ModeParams\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x35\n\x0fresponse_format\x18\x08 \x01(\x0b\x32\x1c.museserve.v1.ResponseFormat\"|\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x15\n\rcached_tokens\x18\x02 \x01(\x05\x12\x18\n\x10reasoning_tokens\x18\x03 \x01(\x05\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x05\"\x99\x02\n\x0c\x43hatResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12*\n\ntool_calls\x18\x03 \x03(\x0b\x32\x16.museserve.v1.ToolCall\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.museserve.v1.Usage\x12\x31\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1a.museserve.v1.FinishReason\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x30\n\x08logprobs\x18\x08 \x03(\x0b\x32\x1e.museserve.v1.PositionLogprobs\x12\x10\n\x08\x64\x65graded\x18\t \x01(\t\"@\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"g\n\x10PositionLogprobs\x12*\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x1a.museserve.v1.TokenLogprob\x12\'\n\x03top\x18\x02 \x03(\x0b\x32\x1a.museserve.v1.TokenLogprob\"B\n\rLogprobsDelta\x12\x31\n\tpositions\x18\x01 \x03(\x0b\x32\x1e.museserve.v1.PositionLogprobs\"L\n\rAgentProgress\x12\x13\n\x0b\x61gent_index\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"i\n\x06\x46inish\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.museserve.v1.FinishReason\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\t\"\xa8\x02\n\tChatEvent\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12\x19\n\x0freasoning_delta\x18\x02 \x01(\tH\x00\x12+\n\ttool_call\x18\x03 \x01(\x0b\x32\x16.museserve.v1.ToolCallH\x00\x12\x35\n\x0e\x61gent_progress\x18\x04 \x01(\x0b\x32\x1b.museserve.v1.AgentProgressH\x00\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x13.museserve.v1.UsageH\x00\x12&\n\x06\x66inish\x18\x06 \x01(\x0b\x32\x14.museserve.v1.FinishH\x00\x12/\n\x08logprobs\x18\x07 \x01(\x0b\x32\x1b.museserve.v1.LogprobsDeltaH\x00\x42\x07\n\x05\x65vent\"S\n\x13\x43ountTokensResponse\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"\x83\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x05\x12!\n\x05modes\x18\x04 \x03(\x0e\x32\x12.museserve.v1.Mode\x12\x12\n\nis_default\x18\x05 \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.museserve.v1.ModelInfo*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*Y\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_INSTANT\x10\x01\x12\x11\n\rMODE_THINKING\x10\x02\x12\x16\n\x12MODE_CONTEMPLATING\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\xae\x02\n\x0b\x43hatService\x12=\n\x04\x43hat\x12\x19.museserve.v1.ChatRequest\x1a\x1a.museserve.v1.ChatResponse\x12\x42\n\nChatStream\x12\x19.museserve.v1.ChatRequest\x1a\x17.museserve.v1.ChatEvent0\x01\x12K\n\x0b\x43ountTokens\x12\x19.museserve.v1.ChatRequest\x1a!.museserve.v1.CountTokensResponse\x12O\n\nListModels\x12\x1f.museserve.v1.ListModelsRequest\x1a .museserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17museserve/v1/chat.proto\x12\x0cmuseserve.v1\"C\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\tB\x08\n\x06source\"%\n\x05\x41udio\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"q\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x13.museserve.v1.ImageH\x00\x12$\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x13.museserve.v1.AudioH\x00\x42\x06\n\x04part\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xa7\x01\n\x07Message\x12 \n\x04role\x18\x01 \x01(\x0e\x32\x12.museserve.v1.Role\x12*\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x19.museserve.v1.ContentPart\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12*\n\ntool_calls\x18\x05 \x03(\x0b\x32\x16.museserve.v1.ToolCall\"I\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"\xa6\x01\n\nToolChoice\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.museserve.v1.ToolChoice.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\"]\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_AUTO\x10\x01\x12\r\n\tKIND_NONE\x10\x02\x12\x11\n\rKIND_REQUIRED\x10\x03\x12\x0e\n\nKIND_NAMED\x10\x04\"\xcf\x01\n\x0eResponseFormat\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.museserve.v1.ResponseFormat.Kind\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x00\x88\x01\x01\"W\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_TEXT\x10\x01\x12\x14\n\x10KIND_JSON_OBJECT\x10\x02\x12\x14\n\x10KIND_JSON_SCHEMA\x10\x03\x42\t\n\x07_strict\"\xf4\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\n \x03(\x05\x12\x10\n\x08logprobs\x18\x0b \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0c \x01(\x05\x12\x17\n\nmin_tokens\x18\r \x01(\x05H\x08\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x14\n\x12_max_output_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokens\"\x88\x01\n\nModeParams\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.museserve.v1.Mode\x12\x1c\n\x0fthinking_budget\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nnum_agents\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x12\n\x10_thinking_budgetB\r\n\x0b_num_agents\"\xe7\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.museserve.v1.Message\x12!\n\x05tools\x18\x03 \x03(\x0b\x32\x12.museserve.v1.Tool\x12-\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x18.museserve.v1.ToolChoice\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.museserve.v1.SamplingParams\x12&\n\x04mode\x18\x06 \x01(\x0b\x32\x18.museserve.v1.ModeParams\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x35\n\x0fresponse_format\x18\x08 \x01(\x0b\x32\x1c.museserve.v1.ResponseFormat\x12\x1c\n\x14previous_response_id\x18\t \x01(\t\x12\r\n\x05store\x18\n \x01(\x08\"|\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x15\n\rcached_tokens\x18\x02 \x01(\x05\x12\x18\n\x10reasoning_tokens\x18\x03 \x01(\x05\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x05\"\xae\x02\n\x0c\x43hatResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12*\n\ntool_calls\x18\x03 \x03(\x0b\x32\x16.museserve.v1.ToolCall\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.museserve.v1.Usage\x12\x31\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1a.museserve.v1.FinishReason\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x30\n\x08logprobs\x18\x08 \x03(\x0b\x32\x1e.museserve.v1.PositionLogprobs\x12\x10\n\x08\x64\x65graded\x18\t \x01(\t\x12\x13\n\x0bresponse_id\x18\n \x01(\t\"@\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"g\n\x10PositionLogprobs\x12*\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x1a.museserve.v1.TokenLogprob\x12\'\n\x03top\x18\x02 \x03(\x0b\x32\x1a.museserve.v1.TokenLogprob\"B\n\rLogprobsDelta\x12\x31\n\tpositions\x18\x01 \x03(\x0b\x32\x1e.museserve.v1.PositionLogprobs\"L\n\rAgentProgress\x12\x13\n\x0b\x61gent_index\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"~\n\x06\x46inish\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.museserve.v1.FinishReason\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\xa8\x02\n\tChatEvent\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12\x19\n\x0freasoning_delta\x18\x02 \x01(\tH\x00\x12+\n\ttool_call\x18\x03 \x01(\x0b\x32\x16.museserve.v1.ToolCallH\x00\x12\x35\n\x0e\x61gent_progress\x18\x04 \x01(\x0b\x32\x1b.museserve.v1.AgentProgressH\x00\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x13.museserve.v1.UsageH\x00\x12&\n\x06\x66inish\x18\x06 \x01(\x0b\x32\x14.museserve.v1.FinishH\x00\x12/\n\x08logprobs\x18\x07 \x01(\x0b\x32\x1b.museserve.v1.LogprobsDeltaH\x00\x42\x07\n\x05\x65vent\"S\n\x13\x43ountTokensResponse\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"\x83\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x05\x12!\n\x05modes\x18\x04 \x03(\x0e\x32\x12.museserve.v1.Mode\x12\x12\n\nis_default\x18\x05 \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.museserve.v1.ModelInfo*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*Y\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_INSTANT\x10\x01\x12\x11\n\rMODE_THINKING\x10\x02\x12\x16\n\x12MODE_CONTEMPLATING\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\xae\x02\n\x0b\x43hatService\x12=\n\x04\x43hat\x12\x19.museserve.v1.ChatRequest\x1a\x1a.museserve.v1.ChatResponse\x12\x42\n\nChatStream\x12\x19.museserve.v1.ChatRequest\x1a\x17.museserve.v1.ChatEvent0\x01\x12K\n\x0b\x43ountTokens\x12\x19.museserve.v1.ChatRequest\x1a!.museserve.v1.CountTokensResponse\x12O\n\nListModels\x12\x1f.museserve.v1.ListModelsRequest\x1a .museserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'museserve.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=3285
-  _globals['_ROLE']._serialized_end=3380
-  _globals['_MODE']._serialized_start=3382
-  _globals['_MODE']._serialized_end=3471
-  _globals['_FINISHREASON']._serialized_start=3474
-  _globals['_FINISHREASON']._serialized_end=3628
+  _globals['_ROLE']._serialized_start=3432
+  _globals['_ROLE']._serialized_end=3527
+  _globals['_MODE']._serialized_start=3529
+  _globals['_MODE']._serialized_end=3618
+  _globals['_FINISHREASON']._serialized_start=3621
+  _globals['_FINISHREASON']._serialized_end=3775
   _globals['_IMAGE']._serialized_start=41
   _globals['_IMAGE']._serialized_end=108
   _globals['_AUDIO']._serialized_start=110
@@ -58,35 +58,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSEFORMAT_KIND']._serialized_start=850
   _globals['_RESPONSEFORMAT_KIND']._serialized_end=937
   _globals['_SAMPLINGPARAMS']._serialized_start=951
-  _globals['_SAMPLINGPARAMS']._serialized_end=1391
-  _globals['_MODEPARAMS']._serialized_start=1394
-  _globals['_MODEPARAMS']._serialized_end=1530
-  _globals['_CHATREQUEST']._serialized_start=1533
-  _globals['_CHATREQUEST']._serialized_end=1847
-  _globals['_USAGE']._serialized_start=1849
-  _globals['_USAGE']._serialized_end=1973
-  _globals['_CHATRESPONSE']._serialized_start=1976
-  _globals['_CHATRESPONSE']._serialized_end=2257
-  _globals['_TOKENLOGPROB']._serialized_start=2259
-  _globals['_TOKENLOGPROB']._serialized_end=2323
-  _globals['_POSITIONLOGPROBS']._serialized_start=2325
-  _globals['_POSITIONLOGPROBS']._serialized_end=2428
-  _globals['_LOGPROBSDELTA']._serialized_start=2430
-  _globals['_LOGPROBSDELTA']._serialized_end=2496
-  _globals['_AGENTPROGRESS']._serialized_start=2498
-  _globals['_AGENTPROGRESS']._serialized_end=2574
-  _globals['_FINISH']._serialized_start=2576
-  _globals['_FINISH']._serialized_end=2681
-  _globals['_CHATEVENT']._serialized_start=2684
-  _globals['_CHATEVENT']._serialized_end=2980
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2982
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=3065
-  _globals['_LISTMODELSREQUEST']._serialized_start=3067
-  _globals['_LISTMODELSREQUEST']._serialized_end=3086
-  _globals['_MODELINFO']._serialized_start=3089
-  _globals['_MODELINFO']._serialized_end=3220
-  _globals['_LISTMODELSRESPONSE']._serialized_start=3222
-  _globals['_LISTMODELSRESPONSE']._serialized_end=3283
-  _globals['_CHATSERVICE']._serialized_start=3631
-  _globals['_CHATSERVICE']._serialized_end=3933
+  _globals['_SAMPLINGPARAMS']._serialized_end=1451
+  _globals['_MODEPARAMS']._serialized_start=1454
+  _globals['_MODEPARAMS']._serialized_end=1590
+  _globals['_CHATREQUEST']._serialized_start=1593
+  _globals['_CHATREQUEST']._serialized_end=1952
+  _globals['_USAGE']._serialized_start=1954
+  _globals['_USAGE']._serialized_end=2078
+  _globals['_CHATRESPONSE']._serialized_start=2081
+  _globals['_CHATRESPONSE']._serialized_end=2383
+  _globals['_TOKENLOGPROB']._serialized_start=2385
+  _globals['_TOKENLOGPROB']._serialized_end=2449
+  _globals['_POSITIONLOGPROBS']._serialized_start=2451
+  _globals['_POSITIONLOGPROBS']._serialized_end=2554
+  _globals['_LOGPROBSDELTA']._serialized_start=2556
+  _globals['_LOGPROBSDELTA']._serialized_end=2622
+  _globals['_AGENTPROGRESS']._serialized_start=2624
+  _globals['_AGENTPROGRESS']._serialized_end=2700
+  _globals['_FINISH']._serialized_start=2702
+  _globals['_FINISH']._serialized_end=2828
+  _globals['_CHATEVENT']._serialized_start=2831
+  _globals['_CHATEVENT']._serialized_end=3127
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=3129
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=3212
+  _globals['_LISTMODELSREQUEST']._serialized_start=3214
+  _globals['_LISTMODELSREQUEST']._serialized_end=3233
+  _globals['_MODELINFO']._serialized_start=3236
+  _globals['_MODELINFO']._serialized_end=3367
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3369
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3430
+  _globals['_CHATSERVICE']._serialized_start=3778
+  _globals['_CHATSERVICE']._serialized_end=4080
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,7 @@ _TOOL_CHOICES = {"none": ToolChoiceKind.NONE, "auto": ToolChoiceKind.AUTO, "requ
 def request_from_openai(
     body: s.ChatCompletionRequest, request_id: str, identity: Identity, models: Mapping[str, ModelInfo]
 ) -> ChatRequest:
+    """`models`: the served ones, the default first (`Gateway.list_models`)."""
     _refuse_unsupported(body)
     model, mode = _model_and_mode(body, models)
     return ChatRequest(
@@ -79,13 +80,20 @@ def _refuse_unsupported(body: s.ChatCompletionRequest) -> None:
             raise InvalidArgument("is not supported by this server", field=name)
 
 
+def served_model(name: str, models: Mapping[str, ModelInfo]) -> ModelInfo:
+    """`models`: the served ones, the default first (`Gateway.list_models`); an empty name is the
+    default, as over gRPC."""
+    model = models.get(name) if name else next(iter(models.values()), None)
+    if model is None:
+        raise NotFound(f"the model {name!r} does not exist (served: {', '.join(models)})", field="model")
+    return model
+
+
 def _model_and_mode(body: s.ChatCompletionRequest, models: Mapping[str, ModelInfo]) -> tuple[ModelInfo, ModeParams]:
     name, colon, suffix = body.model.partition(":")
     if colon and not suffix:
         raise InvalidArgument("a mode must follow ':' (instant, thinking, contemplating)", field="model")
-    model = models.get(name)
-    if model is None:
-        raise NotFound(f"the model {body.model!r} does not exist (served: {', '.join(models)})", field="model")
+    model = served_model(name, models)
     modes = [m for m in (suffix or None, body.mode) if m is not None]
     if suffix and suffix not in Mode.__members__.values():
         raise InvalidArgument(f"unknown mode suffix {suffix!r} (instant, thinking, contemplating)", field="model")
