@@ -176,6 +176,7 @@ class ChatRequest:
     # input and output come first); with `store`, this answer is kept for a follow-up.
     previous_response_id: str = ""
     store: bool = False
+    instructions: str = ""  # a system message for this turn only: never stored with the conversation
     usage_in_stream: bool = False  # a RunningUsage event after each step's events
 
 

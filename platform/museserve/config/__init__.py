@@ -3,6 +3,7 @@
 from museserve.config.base import DeploymentConfig, Section, ServerConfig
 from museserve.config.gateway import (
     ApiKey,
+    ConversationsConfig,
     DegradeConfig,
     GatewayConfig,
     RateSpec,
@@ -52,6 +53,7 @@ __all__ = [
     "PoolConfig",
     "PreprocessConfig",
     "RateSpec",
+    "ConversationsConfig",
     "RedisConfig",
     "RequestLimits",
     "RoutingConfig",

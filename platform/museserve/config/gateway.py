@@ -118,6 +118,22 @@ class RedisConfig(Section):
     mirror_stream_maxlen: int = Field(100_000, ge=1, description="Approximate cap on the mirror record stream.")
 
 
+class ConversationsConfig(Section):
+    """Stored answers that a follow-up continues (`previous_response_id`; the Responses API's
+    `store`). With `gateway.redis.url` they live in Redis, so any gateway replica, also after a
+    restart, continues any conversation; without it, in each replica's memory."""
+
+    ttl_s: float = Field(30 * 24 * 3600.0, gt=0, description="How long a stored answer can be continued or read.")
+    max_bytes: int = Field(
+        32 << 20,
+        ge=1024,
+        description="Largest stored conversation (its messages, media included, as stored); a request whose "
+        "conversation is larger is refused before any work (INVALID_ARGUMENT on store).",
+    )
+    timeout_s: float = Field(2.0, gt=0, description="Bound on one read or write of a stored answer.")
+    max_in_memory: int = Field(10_000, ge=1, description="Without Redis: answers kept per replica, oldest dropped.")
+
+
 class GatewayConfig(Section):
     deployment: DeploymentConfig = DeploymentConfig(max_ongoing_requests=1024)
     auth: Literal["none", "api_key"] = Field(
@@ -131,6 +147,7 @@ class GatewayConfig(Section):
     )
     disabled_modes: tuple[Mode, ...] = Field((), description="Modes refused with FAILED_PRECONDITION.")
     limits: RequestLimits = RequestLimits()
+    conversations: ConversationsConfig = ConversationsConfig()
     tiers: dict[str, TierConfig] = Field({"default": TierConfig()}, description="Account tiers by name.")
     inline_text_preprocess: bool = Field(
         True,

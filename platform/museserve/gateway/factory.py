@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 
 from museserve.config import MuseServeConfig
+from museserve.gateway.conversations import build_conversations
 from museserve.gateway.gateway import Gateway, PoolClient, PreprocessClient
 from museserve.gateway.identity import Authenticator, redis_key_lookup
 from museserve.gateway.inline_preprocess import InlineTextPreprocess
@@ -47,6 +48,8 @@ def build_gateway(
     where = "Redis" if redis.url else "this replica's memory (not shared across replicas)"
     logger.info("rate limits kept in %s; mirroring %s", where, "on" if mirror else "off")
     live = LiveAdmission(config.pools, gateway_config, POOL_LOADS)  # what this process's pool routers receive
+    conversations = build_conversations(gateway_config.conversations, redis.url, redis.key_prefix)
     return Gateway(
-        config, preprocess, pools, authenticator=authenticator, quota=quota, mirror=mirror, observer=observer, live=live
-    )
+        config, preprocess, pools, authenticator=authenticator, quota=quota, mirror=mirror, observer=observer,
+        live=live, conversations=conversations,
+    )  # fmt: skip

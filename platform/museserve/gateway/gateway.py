@@ -24,25 +24,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
 from museserve.config import MuseServeConfig, PoolConfig
-from museserve.domain import (
-    ChatRequest,
-    ChatResult,
-    Finish,
-    FinishReason,
-    Identity,
-    LogprobsDelta,
-    ModelInfo,
-    PositionLogprobs,
-    ReasoningDelta,
-    StreamEvent,
-    TextDelta,
-    ToolCall,
-    ToolCallEvent,
-    Usage,
-)
+from museserve.domain import ChatRequest, ChatResult, Identity, ModelInfo, StreamEvent
 from museserve.errors import MuseError, ResourceExhausted, Unauthenticated, Unavailable
 from museserve.gateway.admission import AdmissionControl
 from museserve.gateway.capture import StreamCapture
+from museserve.gateway.conversations import ConversationStore, MemoryConversations, new_response_id
+from museserve.gateway.events import ResultFold, StreamEvents
 from museserve.gateway.identity import Authenticator, Credentials
 from museserve.gateway.live_admission import LiveAdmission
 from museserve.gateway.mirror import Mirror
@@ -71,6 +58,22 @@ class PoolClient(Protocol):
     def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]: ...
 
 
+class Conversations(Protocol):
+    """Stored answers a follow-up continues (`ChatRequest.previous_response_id`, `store`)."""
+
+    async def resolve(self, request: ChatRequest) -> ChatRequest:
+        """The request with its instructions and the stored conversation before its new turn;
+        NotFound when the id is unknown, expired or another tenant's."""
+        ...
+
+    async def save(self, asked: ChatRequest, resolved: ChatRequest, result: ChatResult, response_id: str) -> None:
+        """Keeps `resolved`'s conversation and its answer under `response_id`; `asked`: the request
+        as sent, before `resolve`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -83,9 +86,12 @@ class Gateway:
         mirror: Mirror | None = None,
         observer: GatewayObserver | None = None,
         live: LiveAdmission | None = None,
+        conversations: Conversations | None = None,
     ):
         """`live`: the pools' live state (`build_gateway` reads this process's routers' board);
-        default: no reports, so only the hard cap bounds."""
+        default: no reports, so only the hard cap bounds. `conversations`: where stored answers
+        live (`build_gateway`: the configured store, Redis across replicas); default: this
+        process's memory."""
         missing = {p.name for p in config.pools} - set(pools)
         if missing:
             raise ValueError(f"no client for pools: {', '.join(sorted(missing))}")
@@ -108,6 +114,7 @@ class Gateway:
         self.observer = observer or CountingObserver()
         live = live or LiveAdmission(config.pools, config.gateway, PoolLoads())
         self.overload = OverloadGate(live, config.gateway, self.observer)
+        self.conversations = conversations or ConversationStore(MemoryConversations(), config.gateway.conversations)
         self._settlements: set[asyncio.Task] = set()
 
     def list_models(self) -> list[tuple[ModelInfo, bool]]:
@@ -132,8 +139,12 @@ class Gateway:
         return await self._preprocess.count(request, route.pool.name)
 
     async def stream(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> AsyncIterator[StreamEvent]:
-        """Events in order: deltas, then one Usage, then one Finish. Errors are MuseErrors."""
+        """Events in order (`events.StreamEvents`): deltas, then one Usage, then one Finish.
+        Errors are MuseErrors."""
         arrived = time.time()
+        asked = request
+        if request.previous_response_id or request.instructions or request.store:
+            request = await self.conversations.resolve(request)  # before any check: they see the whole prompt
         route = self.router.route(request)
         pool = route.pool.name
         self._validate(request, route.pool)
@@ -145,14 +156,27 @@ class Gateway:
             prepared = self.overload.admit(prepared, identity.tier, arrived)
             metadata = await self._charge(identity, prepared.num_prompt_tokens)  # only after every check
             how = degraded.describe() if degraded is not None else ""
+            events = StreamEvents(prepared, pool, how, request.usage_in_stream)
+            fold = ResultFold() if request.store else None
+            if request.store:
+                events.response_id = new_response_id()
             if on_metadata is not None:
-                on_metadata((("x-served-by", pool), *((("x-museserve-degraded", how),) if how else ()), *metadata))
+                extra = (("x-museserve-degraded", how),) if how else ()
+                if events.response_id:
+                    extra += (("x-museserve-response-id", events.response_id),)
+                on_metadata((("x-served-by", pool), *extra, *metadata))
             ticket = self.mirror.start(request, pool, route.mirror) if self.mirror and route.mirror else None
             capture = StreamCapture(pool, keep_text=ticket is not None)
             try:
                 async for chunk in self._pools[pool].generate(prepared):
                     capture.observe(chunk)
-                    for event in _events(chunk, prepared, pool, how):
+                    out = events.of(chunk)
+                    if fold is not None:
+                        for event in out:
+                            fold.add(event)
+                        if chunk.finish is not None:  # kept before the client hears it ended
+                            await self.conversations.save(asked, request, fold.result(), events.response_id)
+                    for event in out:
                         yield event
                 if not capture.finish:
                     logger.warning("request %s: pool %s ended its stream without finishing", request.request_id, pool)
@@ -168,28 +192,10 @@ class Gateway:
                     ticket.primary_ended(capture)
 
     async def chat(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> ChatResult:
-        text: list[str] = []
-        reasoning: list[str] = []
-        calls: list[ToolCall] = []
-        logprobs: list[PositionLogprobs] = []
-        usage, finish, model, degraded = Usage(), FinishReason.STOP, "", ""
+        fold = ResultFold()
         async for event in self.stream(request, on_metadata):
-            match event:
-                case TextDelta(t):
-                    text.append(t)
-                case ReasoningDelta(t):
-                    reasoning.append(t)
-                case ToolCallEvent(call):
-                    calls.append(call)
-                case LogprobsDelta(positions):
-                    logprobs.extend(positions)
-                case Usage():
-                    usage = event
-                case Finish(reason, pool, how):
-                    finish, model, degraded = reason, pool, how
-        return ChatResult(
-            "".join(text), "".join(reasoning), tuple(calls), usage, finish, model, tuple(logprobs), degraded
-        )
+            fold.add(event)
+        return fold.result()
 
     async def drain(self, timeout_s: float) -> int:
         """Refuses new requests (UNAVAILABLE) and waits up to `timeout_s` for those in
@@ -207,6 +213,7 @@ class Gateway:
         if self.mirror is not None:
             await self.mirror.close()
         await self.quota.close()
+        await self.conversations.close()
 
     def _validate(self, request: ChatRequest, pool: PoolConfig) -> None:
         cap = self.windows[pool.name].max_output_tokens
@@ -243,19 +250,3 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(self.quota.settle(identity, output_tokens))
         self._settlements.add(task)
         task.add_done_callback(self._settlements.discard)
-
-
-def _events(chunk: GenerationChunk, prepared: PreparedRequest, pool: str, degraded: str) -> list[StreamEvent]:
-    events: list[StreamEvent] = []
-    events.extend(chunk.agent_progress)
-    if chunk.reasoning:
-        events.append(ReasoningDelta(chunk.reasoning))
-    if chunk.text:
-        events.append(TextDelta(chunk.text))
-    events.extend(ToolCallEvent(call) for call in chunk.tool_calls)
-    if chunk.logprobs:
-        events.append(LogprobsDelta(chunk.logprobs))
-    if chunk.finish is not None:
-        events.append(chunk.usage or Usage(prompt_tokens=prepared.num_prompt_tokens))
-        events.append(Finish(chunk.finish, pool, degraded))
-    return events
