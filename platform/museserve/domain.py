@@ -126,7 +126,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per position, with logprobs
     n: int = 1  # answers to the same prompt: one prefill, decoded in the same batches
-    min_tokens: int = 0  # answer tokens before an end token or stop string may end it
+    min_tokens: int = 0  # generated tokens before an end token may end it (stop strings still apply)
     ignore_eos: bool = False  # generate past the model's end tokens (benchmarks): only budgets and stops end it
     skip_special_tokens: bool = True  # special tokens are left out of the text
     # With a RawPrompt: the log probability of each prompt token, and this many alternatives

@@ -22,6 +22,9 @@ class RequestLimits(Section):
     max_stop_strings: int = Field(8, ge=0, description="Entries in sampling.stop.")
     max_stop_string_chars: int = Field(64, ge=1, description="Characters per stop string.")
     max_tools: int = Field(128, ge=0, description="Tools per request.")
+    max_choices: int = Field(
+        16, ge=1, le=128, description="Answers per request (n): each holds a batch slot and its own KV blocks."
+    )
 
 
 class RateSpec(Section):

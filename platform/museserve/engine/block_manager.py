@@ -86,8 +86,8 @@ class BlockManager:
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix of `seq`, in full blocks, leaving at least
         one token to compute (its logits start generation). Takes no references."""
-        if not self.enable_prefix_caching:
-            return []
+        if not self.enable_prefix_caching or seq.scores_prompt:
+            return []  # every position of a prompt being scored is computed
         hashes = self._chain_for(seq, (seq.num_tokens - 1) // self.block_size)
         found = []
         for block_hash in hashes:

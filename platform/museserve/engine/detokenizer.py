@@ -28,8 +28,10 @@ class IncrementalDetokenizer:
         tokenizer: Tokenizer,
         prompt_ids_tail: Sequence[int] = (),
         stop: tuple[str, ...] = (),
+        skip_special_tokens: bool = True,
     ) -> None:
         self._tokenizer = tokenizer
+        self._skip_special = skip_special_tokens
         # Invariant: the text of every id before `_read` has been released to the stop-string
         # stage and ends on a character boundary; only the last of them is kept, as context.
         self._ids: list[int] = list(prompt_ids_tail[-1:])
@@ -64,8 +66,8 @@ class IncrementalDetokenizer:
         if self._read == len(self._ids):
             return ""
         start = self._read - 1 if self._read > 0 else 0
-        context = self._tokenizer.decode(self._ids[start : self._read])
-        window = self._tokenizer.decode(self._ids[start:])
+        context = self._tokenizer.decode(self._ids[start : self._read], self._skip_special)
+        window = self._tokenizer.decode(self._ids[start:], self._skip_special)
         if not final and window.endswith(REPLACEMENT_CHAR):
             return ""
         del self._ids[: len(self._ids) - 1]

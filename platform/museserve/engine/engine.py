@@ -159,6 +159,7 @@ class MuseEngine:
                 self.context_window,
             ),
             media=prepared.media,
+            prompt_logprobs=prepared.sampling.prompt_logprobs,
         )
         try:
             self.scheduler.add(seq)
@@ -312,15 +313,26 @@ class MuseEngine:
             now - max(step.submitted_at, self._last_step_back), prefill_tokens(step.plan), step.plan.num_batched_tokens
         )
         self._last_step_back = now
-        sampled = {row.request_id: token for row, token in zip(step.rows, tokens, strict=True)}
+        scores = iter(tokens[len(step.rows) :])  # scored prompt positions, in plan order
+        sampled = {row.request_id: token for row, token in zip(step.rows, tokens[: len(step.rows)], strict=True)}
         self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage, len(sampled))
         for item, request in zip(step.plan.sequences, step.requests, strict=True):
+            positions = [next(scores) for _ in item.prompt_targets]
             if request.ended:
                 continue  # ended while the step ran: its token is dropped
+            if positions:
+                self._scored(request, item.first_position + item.targets_from, positions)
             token = sampled.get(item.request_id)
             self.scheduler.update(request.seq, item, None if token is None else token.token)
             if token is not None:
                 self._emit(request, token, now)
+
+    def _scored(self, request: Request, first: int, positions: list[RowToken]) -> None:
+        """Prompt positions first .. first + len - 1 scored: each the next prompt token's logprob."""
+        seq = request.seq
+        if first == seq.num_scored_positions:  # in order; a recompute after preemption scores nothing twice
+            request.output.add_prompt_logprobs([position_logprobs(self.tokenizer, p) for p in positions])
+            seq.num_scored_positions += len(positions)
 
     def _emit(self, request: Request, token: RowToken, now: float) -> None:
         """One sampled token into the request's output; a chunk goes out at the stream interval."""

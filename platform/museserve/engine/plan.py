@@ -45,6 +45,12 @@ class ScheduledSequence:
     block_ids: tuple[int, ...]
     samples: bool  # the step reaches the last known token, so it yields the next one
     media: tuple[MediaSlice, ...] = ()  # feature rows of the media placeholders among token_ids
+    # Prompt scoring (`sampling.prompt_logprobs`): the step's tokens targets_from .. targets_from +
+    # len(prompt_targets) - 1 each get logits too, and prompt_targets[i] is the prompt token that
+    # follows the i-th of them; its log probability comes back, with prompt_top alternatives.
+    prompt_targets: tuple[int, ...] = ()
+    targets_from: int = 0
+    prompt_top: int = 0
 
     @property
     def num_new_tokens(self) -> int:
@@ -102,7 +108,8 @@ class Executor(Protocol):
 
     def execute(self, plan: SchedulerPlan) -> Tensor:
         """Runs the plan (no PENDING left in it): its tier copies, then its step. Returns float32
-        logits [num_sampling_sequences, vocab], already computed."""
+        logits, already computed: one row per sampling sequence in plan order, then one per
+        scored prompt position (`ScheduledSequence.prompt_targets`) in plan order."""
         ...
 
 
@@ -120,7 +127,8 @@ class StepRunner(Protocol):
         ...
 
     def submit(self, plan: SchedulerPlan, rows: list[RowSampling]) -> Future[list[RowToken]]:
-        """Queues a step behind the ones submitted before; one token per entry of `rows`."""
+        """Queues a step behind the ones submitted before; one token per entry of `rows`, then
+        one per scored prompt position in plan order (the target token with its logprob)."""
         ...
 
     def shutdown(self, wait: bool = False) -> None: ...

@@ -12,7 +12,9 @@ completion at the budget (a token that comes `steered`) finishes with LENGTH, wh
 
 from __future__ import annotations
 
-from museserve.domain import FinishReason, PositionLogprobs, ToolCall, Usage
+import math
+
+from museserve.domain import FinishReason, PositionLogprobs, TokenLogprob, ToolCall, Usage
 from museserve.engine.detokenizer import IncrementalDetokenizer
 from museserve.engine.tool_calls import TextSpans, TokenSpans
 from museserve.messages import GenerationChunk, PreparedRequest
@@ -32,7 +34,9 @@ class RequestState:
         self.output_tokens = 0
         self.finish: FinishReason | None = None
         self._reasoning = IncrementalDetokenizer(tokenizer)
-        self._answer = IncrementalDetokenizer(tokenizer, stop=request.sampling.stop)
+        self._answer = IncrementalDetokenizer(
+            tokenizer, stop=request.sampling.stop, skip_special_tokens=request.sampling.skip_special_tokens
+        )
         self._pending_reasoning: list[str] = []
         self._pending_text: list[str] = []
         self._pending_logprobs: list[PositionLogprobs] = []
@@ -41,6 +45,12 @@ class RequestState:
         self._text_calls = TextSpans(*markers.tool_call_text) if request.tools and markers.tool_call_text else None
         self._pending_calls: list[ToolCall] = []
         self._ends_in_call = False  # the last answer token closed a call
+        # With sampling.prompt_logprobs: every prompt token's, the first one's NaN; sent once, when whole.
+        self._prompt_logprobs: list[PositionLogprobs] | None = None
+        if request.sampling.prompt_logprobs is not None:
+            first = request.prompt_token_ids[0]
+            token = TokenLogprob(tokenizer.decode([first], skip_special_tokens=False), first, math.nan)
+            self._prompt_logprobs = [PositionLogprobs(token)]
 
     @property
     def num_generated_tokens(self) -> int:
@@ -49,6 +59,18 @@ class RequestState:
     @property
     def num_tokens(self) -> int:
         return self.request.num_prompt_tokens + self.num_generated_tokens
+
+    def add_prompt_logprobs(self, positions: list[PositionLogprobs]) -> None:
+        """The next prompt positions' (in order): the logprob of each prompt token after the first."""
+        assert self._prompt_logprobs is not None, "the request did not ask for prompt logprobs"
+        self._prompt_logprobs.extend(positions)
+
+    def _take_prompt_logprobs(self) -> tuple[PositionLogprobs, ...]:
+        scores = self._prompt_logprobs
+        if scores is None or len(scores) < self.request.num_prompt_tokens:
+            return ()
+        self._prompt_logprobs = None
+        return tuple(scores)
 
     def forced_token(self, num_pending: int = 0) -> int | None:
         """The token the next sample must be: the reasoning close marker once the budget is spent.
@@ -141,6 +163,7 @@ class RequestState:
             num_new_tokens=self._pending_tokens,
             finish=self.finish,
             usage=self.usage(num_cached_tokens) if self.finish is not None else None,
+            prompt_logprobs=self._take_prompt_logprobs(),
         )
         self._pending_text.clear()
         self._pending_reasoning.clear()

@@ -210,6 +210,7 @@ class Scheduler:
             tuple(seq.block_ids),
             samples=first + num_new == seq.num_tokens,
             media=step_slices(seq.media, first, num_new) if seq.media else (),
+            **_prompt_targets(seq, first, num_new),
         )
         seq.num_computed_tokens = first + num_new
         seq.num_pending += item.samples
@@ -241,3 +242,16 @@ class Scheduler:
             seq.append_token(token)
         if seq.status is SequenceStatus.RUNNING:
             self.blocks.cache_computed_blocks(seq, item.first_position + item.num_new_tokens)
+
+
+def _prompt_targets(seq: Sequence, first: int, num_new: int) -> dict[str, object]:
+    """For a sequence that scores its prompt: the prompt token that follows each of the step's
+    first positions (position p predicts token p + 1), from the first one not scored yet."""
+    if seq.prompt_logprobs is None or first + num_new <= seq.num_scored_positions:
+        return {}
+    start = max(first, seq.num_scored_positions)
+    end = min(first + num_new, seq.num_prompt_tokens - 1)  # the last prompt position predicts an output
+    if start >= end:
+        return {}
+    return {"prompt_targets": tuple(seq.token_ids[start + 1 : end + 1]), "targets_from": start - first,
+            "prompt_top": seq.prompt_logprobs}  # fmt: skip

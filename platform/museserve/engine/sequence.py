@@ -31,6 +31,7 @@ class Sequence:
         priority: int = 0,
         max_num_tokens: int | None = None,
         media: tuple[MediaSegment, ...] = (),
+        prompt_logprobs: int | None = None,
     ):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
@@ -43,6 +44,10 @@ class Sequence:
         # Images / audio over prompt placeholders; kept through preemption so recompute sees them.
         self.media = media
         self.priority = priority  # lower runs first
+        # Score every prompt token (with this many alternatives): the prompt is computed in
+        # full, never served from the prefix cache, until every position has been scored once.
+        self.prompt_logprobs = prompt_logprobs
+        self.num_scored_positions = 0  # prompt positions whose next token's logprob came back
         self.arrival = 0  # set by the scheduler on arrival; ties within a priority: earlier first
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
@@ -54,6 +59,11 @@ class Sequence:
         # per block index with media, the extra bytes its hash takes.
         self.block_hashes: list[bytes] = []
         self.media_keys: dict[int, bytes] | None = None
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Prompt positions are still to be scored (`prompt_logprobs`)."""
+        return self.prompt_logprobs is not None and self.num_scored_positions < self.num_prompt_tokens - 1
 
     @property
     def num_tokens(self) -> int:

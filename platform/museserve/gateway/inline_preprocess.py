@@ -28,7 +28,8 @@ def text_only(request: ChatRequest) -> bool:
 
 
 def _text_chars(request: ChatRequest) -> int:
-    return sum(len(part.text) for message in request.messages for part in message.parts)
+    prompt = request.prompt.text if request.prompt is not None else None
+    return len(prompt or "") + sum(len(part.text) for message in request.messages for part in message.parts)
 
 
 class InlineTextPreprocess:

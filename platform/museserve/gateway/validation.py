@@ -39,10 +39,14 @@ def validate_request(
     """`max_output_tokens`: the pool's cap within its context window (`ContextWindow.max_output_tokens`);
     None: `engine.max_output_tokens`."""
     cap = pool.engine.max_output_tokens if max_output_tokens is None else max_output_tokens
-    _check_messages(request.messages, limits)
+    if request.prompt is not None:
+        _check_raw_prompt(request, limits)
+    else:
+        _check_messages(request.messages, limits)
     _check_tools(request, limits)
     _check_response_format(request)
     _check_sampling(request, pool, limits, cap)
+    _check_answers(request, limits, cap)
     _check_mode(request, pool, cap)
 
 
@@ -80,6 +84,52 @@ def _check_messages(messages: tuple[Message, ...], limits: RequestLimits) -> Non
         raise InvalidArgument(
             "the last message must not be from the assistant", field=f"messages[{len(messages) - 1}].role"
         )
+
+
+def _check_raw_prompt(request: ChatRequest, limits: RequestLimits) -> None:
+    """A plain completion: the prompt as sent, answered in Instant mode as free text."""
+    prompt = request.prompt
+    assert prompt is not None
+    if request.messages:
+        raise InvalidArgument("a request has a prompt or messages, not both", field="messages")
+    if (prompt.text is None) == (prompt.token_ids is None):
+        raise InvalidArgument("exactly one of text and token ids must be set", field="prompt")
+    if prompt.text is not None:
+        if not prompt.text:
+            raise InvalidArgument("must not be empty", field="prompt")
+        size = len(prompt.text.encode("utf-8", errors="surrogatepass"))
+        if size > limits.max_text_bytes:
+            raise InvalidArgument(f"text exceeds {limits.max_text_bytes} bytes ({size})", field="prompt")
+    elif not prompt.token_ids:
+        raise InvalidArgument("must not be empty", field="prompt")
+    elif min(prompt.token_ids) < 0:
+        raise InvalidArgument("token ids must not be negative", field="prompt")
+    if request.mode.mode is not Mode.INSTANT:
+        raise InvalidArgument("a plain completion is answered in instant mode", field="mode.mode")
+    if request.tools or request.tool_choice.kind not in (ToolChoiceKind.AUTO, ToolChoiceKind.NONE):
+        raise InvalidArgument("a plain completion takes no tools", field="tools")
+    if request.response_format.kind is not ResponseFormatKind.TEXT:
+        raise InvalidArgument("a plain completion is free text", field="response_format")
+
+
+def _check_answers(request: ChatRequest, limits: RequestLimits, cap: int) -> None:
+    """n answers, min_tokens and prompt log probabilities."""
+    s = request.sampling
+    if not 1 <= s.n <= limits.max_choices:
+        raise InvalidArgument(f"must be between 1 and {limits.max_choices}", field="sampling.n")
+    contemplating = request.mode.mode is Mode.CONTEMPLATING
+    if s.n > 1 and contemplating:
+        raise InvalidArgument("contemplating gives one answer: its agents are its parallel attempts", field="sampling.n")
+    upper = min(cap, s.max_output_tokens or cap)
+    if not 0 <= s.min_tokens <= upper:
+        raise InvalidArgument(f"must be between 0 and max_output_tokens ({upper})", field="sampling.min_tokens")
+    if s.min_tokens and request.response_format.kind is not ResponseFormatKind.TEXT:
+        raise InvalidArgument("a JSON answer ends when its value closes: leave min_tokens out", field="sampling.min_tokens")
+    if s.prompt_logprobs is not None:
+        if not 0 <= s.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"must be between 0 and {MAX_TOP_LOGPROBS}", field="sampling.prompt_logprobs")
+        if contemplating:
+            raise InvalidArgument("not with contemplating", field="sampling.prompt_logprobs")
 
 
 def _check_tools(request: ChatRequest, limits: RequestLimits) -> None:

@@ -98,7 +98,8 @@ class RayExecutor:
 
     def _run(self, replica: _Replica, plan: SchedulerPlan) -> Tensor:
         outputs, refs = [], []
-        for part in split_plan(plan, self.num_microbatches):
+        parts = split_plan(plan, self.num_microbatches)
+        for part in parts:
             hidden = None  # first stage: the plan's tokens; later ones: the previous stage's rank 0 output
             for stage in replica.stages:
                 step = [worker.forward.remote(part, hidden) for worker in stage]
@@ -106,7 +107,12 @@ class RayExecutor:
                 hidden = step[0]
             outputs.append(hidden)
         self._wait(refs, time.monotonic() + self.config.step_timeout_s)
-        return torch.cat(ray.get(outputs))  # [sampled rows in plan order, vocab]
+        logits = ray.get(outputs)  # per part: its sampling rows, then its scored prompt positions
+        if not any(item.prompt_targets for item in plan.sequences):
+            return torch.cat(logits)  # [sampled rows in plan order, vocab]
+        sampling = [sum(item.samples for item in part.sequences) for part in parts]
+        return torch.cat([x[:n] for x, n in zip(logits, sampling, strict=True)]
+                         + [x[n:] for x, n in zip(logits, sampling, strict=True)])  # fmt: skip
 
     @staticmethod
     def _wait(refs: list, deadline: float) -> None:

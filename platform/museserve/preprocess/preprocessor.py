@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from museserve.config import MediaLimits, MuseServeConfig, PoolConfig
 from museserve.config.context_window import ContextWindow
-from museserve.domain import ChatRequest, Mode, SamplingParams, ToolChoiceKind, ToolSpec
+from museserve.domain import ChatRequest, Mode, RawPrompt, SamplingParams, ToolChoiceKind, ToolSpec
 from museserve.errors import FailedPrecondition, InvalidArgument
 from museserve.messages import ContemplationPrompts, PreparedRequest, PromptCount
 from museserve.preprocess.chat_format import MediaTokens
@@ -81,7 +81,7 @@ class Preprocessor:
         budget = self._requested_budget(request, pool)
         media = self._encode(request, pool, fetched)
         ids = self._render(request, budget > 0, media)
-        room = _room_after_prompt(ids, window)
+        room = _room_after_prompt(ids, window, "prompt" if request.prompt is not None else "messages")
         requested = request.sampling.max_output_tokens
         if requested is not None:
             if _reasoning_positions(budget) + requested > room:
@@ -137,6 +137,16 @@ class Preprocessor:
                     field=f"sampling.stop_token_ids[{i}]",
                 )
 
+    def _raw_prompt(self, prompt: RawPrompt) -> list[int]:
+        if prompt.text is not None:
+            return self.tokenizer.encode_prompt(prompt.text)
+        ids = list(prompt.token_ids or ())
+        vocab = self.tokenizer.vocab_size
+        for i, token_id in enumerate(ids):
+            if token_id >= vocab:
+                raise InvalidArgument(f"{token_id} is not a token of this model (vocabulary of {vocab})", field=f"prompt[{i}]")
+        return ids
+
     def _encode(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None) -> list[EncodedMedia]:
         return self._media.encode(request, pool.name, fetched)
 
@@ -144,6 +154,8 @@ class Preprocessor:
         return placeholders(media, self.chat_format.markers.media_ids) if media else None
 
     def _render(self, request: ChatRequest, reasoning: bool, media: list[EncodedMedia]) -> list[int]:
+        if request.prompt is not None:
+            return self._raw_prompt(request.prompt)
         return self.chat_format.render(
             request.messages, offered_tools(request), reasoning=reasoning, media_tokens=self._media_tokens(media)
         )
@@ -180,14 +192,14 @@ def _reasoning_positions(budget: int) -> int:
     return budget + 1 if budget > 0 else 0
 
 
-def _room_after_prompt(ids: list[int], window: ContextWindow) -> int:
+def _room_after_prompt(ids: list[int], window: ContextWindow, field: str = "messages") -> int:
     """Positions left for generation; at least one, or the prompt is refused."""
     room = window.tokens - len(ids)
     if room < 1:
         raise InvalidArgument(
             f"the prompt is {len(ids)} tokens; model {window.pool} reads at most {window.tokens - 1} prompt "
             f"tokens: its context window is {window.tokens} tokens {window.limit}",
-            field="messages",
+            field=field,
         )
     return room
 

@@ -68,6 +68,12 @@ class Tokenizer:
             return []
         return self._plain.encode(text, add_special_tokens=False).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A plain completion's prompt, as the checkpoint's tokenizer encodes it by default: its
+        added tokens recognized (the caller writes the whole prompt) and its own special tokens
+        (a BOS, for tokenizers that add one) added."""
+        return self._tokenizer.encode(text, add_special_tokens=True).ids
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 

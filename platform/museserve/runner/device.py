@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from museserve.engine.plan import PENDING, Executor, RowSampling, RowToken, SchedulerPlan
 from museserve.messages import PreparedRequest
 from museserve.preprocess.chat_format import ChatFormat
+from museserve.runner.prompt_scores import num_scored, score_prompts
 from museserve.runner.request_sampler import RequestSampler
 from museserve.runner.sampling import sample_rows
 from museserve.structured.constraint_factory import ConstraintFactory
@@ -35,16 +36,22 @@ class DeviceRunner:
         self.on_accelerator = bool(getattr(self.executor, "on_accelerator", False))
         self.kv_tier_slots = int(getattr(self.executor, "kv_tier_slots", 0))
         self.constraints = ConstraintFactory(chat_format.tokenizer, chat_format.markers)
+        self._stop_ids = tuple(chat_format.markers.stop_ids)
 
     async def prepare(self, request: PreparedRequest) -> RequestSampler:
         constraint = await self.constraints.build(request)  # compiles off the loop; InvalidArgument
-        return RequestSampler.for_request(request, constraint)
+        return RequestSampler.for_request(request, constraint, self._stop_ids)
 
     def submit(self, plan: SchedulerPlan, rows: list[RowSampling]) -> Future[list[RowToken]]:
         return self._thread.submit(self._step, plan, rows)
 
     def _step(self, plan: SchedulerPlan, rows: list[RowSampling]) -> list[RowToken]:
-        return sample_rows(rows, self.executor.execute(resolve_pending(plan, rows)))
+        logits = self.executor.execute(resolve_pending(plan, rows))
+        scored = num_scored(plan)
+        if not scored:
+            return sample_rows(rows, logits)
+        sampling = logits.shape[0] - scored  # rows of the plan's sampling sequences come first
+        return sample_rows(rows, logits[:sampling]) + score_prompts(plan, logits[sampling:])
 
     def shutdown(self, wait: bool = False) -> None:
         """`wait`: return only once the device thread has ended (after the step it is running)."""

@@ -44,9 +44,29 @@ class Penalties:
         return logits
 
 
-def processors_for(request: PreparedRequest, constraint: LogitsProcessor | None = None) -> tuple[LogitsProcessor, ...]:
-    """Penalties first; a grammar `constraint` last, so nothing after it can lift its mask."""
+@dataclass(frozen=True, slots=True)
+class MinTokens:
+    """No end token (the model's own or the request's stop_token_ids) before `min_tokens`
+    generated tokens (vLLM's semantics: stop strings still apply)."""
+
+    end_ids: tuple[int, ...]
+    min_tokens: int
+
+    def __call__(self, prompt_ids: Sequence[int], output_ids: Sequence[int], logits: Tensor) -> Tensor:
+        if len(output_ids) < self.min_tokens:
+            logits[list(self.end_ids)] = -torch.inf
+        return logits
+
+
+def processors_for(
+    request: PreparedRequest, constraint: LogitsProcessor | None = None, end_ids: tuple[int, ...] = ()
+) -> tuple[LogitsProcessor, ...]:
+    """Penalties, then min_tokens' ban on `end_ids` (the format's stop ids); a grammar `constraint`
+    last, so nothing after it can lift its mask."""
     s = request.sampling
     penalties = Penalties(s.presence_penalty, s.frequency_penalty, s.repetition_penalty)
-    chain = () if penalties == Penalties() else (penalties,)
+    chain: tuple[LogitsProcessor, ...] = () if penalties == Penalties() else (penalties,)
+    banned = tuple(sorted({*end_ids, *s.stop_token_ids}))
+    if s.min_tokens and banned:
+        chain = (*chain, MinTokens(banned, s.min_tokens))
     return chain if constraint is None else (*chain, constraint)

@@ -23,6 +23,10 @@ class RequestSampler:
     last_token: int = 0  # the token this request's latest row sampled (fills PENDING)
 
     @staticmethod
-    def for_request(request: PreparedRequest, constraint: OutputConstraint | None) -> RequestSampler:
+    def for_request(
+        request: PreparedRequest, constraint: OutputConstraint | None, end_ids: tuple[int, ...] = ()
+    ) -> RequestSampler:
+        """`end_ids`: the format's stop ids, which min_tokens holds back."""
         params = request.sampling
-        return RequestSampler(params, make_generator(params.seed), processors_for(request, constraint), constraint)
+        processors = processors_for(request, constraint, end_ids)
+        return RequestSampler(params, make_generator(params.seed), processors, constraint)

@@ -16,7 +16,7 @@ from museserve.runner.kv_pool import BatchLayout
 class StepInputs:
     ids: Tensor  # [T] long: the step's new tokens, sequence after sequence
     positions: Tensor  # [T] long
-    rows: Tensor  # [S] long: the rows of the sequences that sample, in plan order
+    rows: Tensor  # [S + P] long: the rows of the sequences that sample, then the scored prompt positions
     layout: BatchLayout
 
 
@@ -26,11 +26,16 @@ def step_inputs(plan: SchedulerPlan, block_size: int, decode_group: int, device:
     token_ids: list[int] = []
     token_positions: list[int] = []
     sample_rows: list[int] = []
+    scored_rows: list[int] = []
     for item in plan.sequences:
+        if item.prompt_targets:
+            first = len(token_ids) + item.targets_from
+            scored_rows.extend(range(first, first + len(item.prompt_targets)))
         token_ids.extend(item.token_ids)
         token_positions.extend(range(item.first_position, item.first_position + item.num_new_tokens))
         if item.samples:
             sample_rows.append(len(token_ids) - 1)
+    sample_rows += scored_rows
     sequences = plan.sequences
     layout = BatchLayout.build(
         [item.block_ids for item in sequences],

@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from museserve.config import MediaLimits, PoolConfig
-from museserve.domain import Mode
 from museserve.logs import setup_logging
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import EngineMetrics
-from museserve.modes.contemplating import Contemplation
+from museserve.modes.dispatch import ReplicaModes
 from museserve.preprocess.pool_model import pool_model
 from museserve.replica import build_engine
 from museserve.routing.feed import LOAD_STATS_KEY, ROUTING_STATS_KEY
@@ -26,7 +25,7 @@ class ModelPoolDeployment:
         setup_logging(log_level)
         chat_format = pool_model(pool, media, tokenizer_path).chat_format
         self.engine = build_engine(pool, chat_format, media=media, metrics=EngineMetrics(pool.name))
-        self.contemplation = Contemplation(self.engine, chat_format.tokenizer, pool.contemplating)
+        self.modes = ReplicaModes(self.engine, chat_format.tokenizer, pool.contemplating)
         blocks = self.engine.blocks
         self.kv_feed = None
         if pool.routes_by_prefix:
@@ -41,9 +40,7 @@ class ModelPoolDeployment:
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         """A gateway that stops reading cancels this call (Ray cancels the task); the stream's
         cleanup ends the request in the engine at once and frees its blocks."""
-        contemplating = request.mode is Mode.CONTEMPLATING
-        chunks = self.contemplation.generate(request) if contemplating else self.engine.generate(request)
-        async for chunk in chunks:
+        async for chunk in self.modes.generate(request):
             yield chunk
 
     async def record_routing_stats(self) -> dict:
