@@ -143,6 +143,13 @@ def _record(
         {"role": m.role.value, "text": m.text, "parts": len(m.parts), "name": m.name, "tool_call_id": m.tool_call_id}
         for m in request.messages
     ]
+    if request.prompt is not None:  # a plain completion: its prompt, as one user turn
+        text = (
+            request.prompt.text
+            if request.prompt.text is not None
+            else " ".join(map(str, request.prompt.token_ids or ()))
+        )
+        messages = [{"role": "prompt", "text": text, "parts": 1, "name": "", "tool_call_id": ""}]
     record = MirrorRecord(
         request_id=request.request_id,
         tenant=request.identity.tenant,

@@ -46,7 +46,7 @@ def validate_request(
     _check_tools(request, limits)
     _check_response_format(request)
     _check_sampling(request, pool, limits, cap)
-    _check_answers(request, limits, cap)
+    _check_answers(request, pool, limits, cap)
     _check_mode(request, pool, cap)
 
 
@@ -112,11 +112,12 @@ def _check_raw_prompt(request: ChatRequest, limits: RequestLimits) -> None:
         raise InvalidArgument("a plain completion is free text", field="response_format")
 
 
-def _check_answers(request: ChatRequest, limits: RequestLimits, cap: int) -> None:
-    """n answers, min_tokens and prompt log probabilities."""
+def _check_answers(request: ChatRequest, pool: PoolConfig, limits: RequestLimits, cap: int) -> None:
+    """n answers (decoded together: at most the pool's batch), min_tokens and prompt log probabilities."""
     s = request.sampling
-    if not 1 <= s.n <= limits.max_choices:
-        raise InvalidArgument(f"must be between 1 and {limits.max_choices}", field="sampling.n")
+    most = min(limits.max_choices, pool.engine.max_running_requests)
+    if not 1 <= s.n <= most:
+        raise InvalidArgument(f"must be between 1 and {most} for model {pool.name}", field="sampling.n")
     contemplating = request.mode.mode is Mode.CONTEMPLATING
     if s.n > 1 and contemplating:
         raise InvalidArgument("contemplating gives one answer: its agents are its parallel attempts", field="sampling.n")
