@@ -78,6 +78,7 @@ bench: install redis
 	$(PY) -m tests.bench.bench_gateway --out .bench/gateway.json
 	$(PY) -m tests.bench.bench_ingress --out .bench/ingress.json
 	$(PY) -m tests.bench.bench_modes --out .bench/modes.json
+	$(PY) -m tests.bench.bench_answers --out .bench/answers.json
 	$(PY) -m tests.bench.bench_kernels --out .bench/kernels.json  # GPU only: says so and exits 0 without CUDA
 	$(PY) -m tests.bench.bench_parallel --out .bench/parallel.json
 	$(PY) -m tests.bench.bench_prefix_routing --out .bench/prefix_routing.json
