@@ -7,15 +7,14 @@ from collections.abc import AsyncIterator
 
 from museserve.config import ContemplatingConfig
 from museserve.domain import Mode
-from museserve.engine.engine import MuseEngine
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.modes.contemplating import Contemplation
-from museserve.modes.parallel_choices import ParallelChoices
+from museserve.modes.parallel_choices import Engine, ParallelChoices
 from museserve.preprocess.tokenizer import Tokenizer
 
 
 class ReplicaModes:
-    def __init__(self, engine: MuseEngine, tokenizer: Tokenizer, contemplating: ContemplatingConfig):
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, contemplating: ContemplatingConfig):
         self.engine = engine
         self.contemplation = Contemplation(engine, tokenizer, contemplating)
         self.choices = ParallelChoices(engine)
