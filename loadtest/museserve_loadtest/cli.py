@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from museserve.client import RetryPolicy
+
 from .arrivals import ARRIVALS, gamma_shape_for_cv
 from .capacity_report import add_capacity_parser
 from .compare import compare_files
@@ -34,6 +36,16 @@ def _pairs(items: Sequence[str], flag: str) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
         out.append((key.strip().lower(), value))
     return tuple(out)
+
+
+# flag, RetryPolicy field, type, help
+RETRY_FLAGS = (
+    ("--max-attempts", "max_attempts", int, "attempts per request, the first included; 1: never retry"),
+    ("--retry-backoff", "initial_backoff_s", float, "seconds of back-off before the second attempt"),
+    ("--retry-max-backoff", "max_backoff_s", float, "the back-off grows no further"),
+    ("--retry-multiplier", "multiplier", float, "growth of each back-off over the previous"),
+    ("--retry-jitter", "jitter", float, "each back-off is drawn from [b * (1 - jitter), b]"),
+)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -72,11 +84,24 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("loadtest-report.json"), help="JSON report path")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots beside the report")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
+    retry = p.add_argument_group(
+        "retries",
+        "a request that fails with UNAVAILABLE (HTTP 503, a connection that failed) or CANCELLED before any "
+        "output is sent again after an exponential back-off with jitter, or the server's RetryInfo / "
+        "retry-after delay where longer, within its --deadline; the report counts them (requests.retries)",
+    )
+    policy = RetryPolicy()
+    for flag, name, kind, what in RETRY_FLAGS:
+        retry.add_argument(
+            flag, dest=name, type=kind, default=getattr(policy, name), help=f"{what} (default %(default)s)"
+        )
 
 
 def _target(args: argparse.Namespace) -> Target:
     default = "127.0.0.1:50051" if args.transport == "grpc" else "http://127.0.0.1:8000"
-    target = Target(args.target or default, args.transport, args.tls, args.ca_file, _pairs(args.metadata, "--metadata"))
+    retry = RetryPolicy(**{name: getattr(args, name) for _, name, _, _ in RETRY_FLAGS})
+    target = Target(args.target or default, args.transport, args.tls, args.ca_file, _pairs(args.metadata, "--metadata"),
+                    retry)  # fmt: skip
     if not target.is_loopback() and not args.allow_remote:
         raise UsageError(f"{target.address} is not a loopback address: pass --allow-remote to load it")
     return target
@@ -127,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     r = report["requests"]
     ttft = report["latency_s"]["ttft"]["p50"]
     print(f"ok {r['ok']}/{r['scheduled']}  errors {r['errors_by_code']}  cancelled {r['cancelled']}  "
+          f"retries {r['retries']} ({r['retried']} requests)  "
           f"ttft p50 {'-' if ttft is None else f'{ttft:.3f}s'}  goodput {report['goodput']['fraction']:.3f}")  # fmt: skip
     if "conversations" in report:
         print(format_conversation_summary(report))

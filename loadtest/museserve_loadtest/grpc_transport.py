@@ -1,14 +1,17 @@
-"""ChatStream over gRPC (grpc.aio): plaintext or TLS, `authorization: Bearer` metadata."""
+"""ChatStream over gRPC (grpc.aio): plaintext or TLS, `authorization: Bearer` metadata, retries
+before the first event as `museserve.client.RetryPolicy` says."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
-from museserve.client import MODES
+from museserve.client import MODES, NO_RETRY, RetryPolicy, next_attempt_delay_s
 from museserve.v1 import chat_pb2 as pb
 from museserve.v1 import chat_pb2_grpc
 
@@ -42,11 +45,12 @@ def to_proto(spec: RequestSpec) -> pb.ChatRequest:
 class GrpcTransport:
     """`channels` > 1 opens that many connections and sends round-robin over them, as a
     fleet of clients would: a server that spreads connections (SO_REUSEPORT, an L4 load
-    balancer) then spreads the load."""
+    balancer) then spreads the load. `retry`: how a stream that failed before its first
+    event is sent again (the default, `NO_RETRY`, records every refusal as it came)."""
 
     def __init__(
         self, address: str, *, tls: bool = False, ca_file: Path | None = None,
-        metadata: Sequence[tuple[str, str]] = (), channels: int = 1,
+        metadata: Sequence[tuple[str, str]] = (), channels: int = 1, retry: RetryPolicy = NO_RETRY,
     ):  # fmt: skip
         options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
         if channels > 1:
@@ -61,17 +65,39 @@ class GrpcTransport:
         ]
         self.stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in self.channels]
         self.metadata = tuple(metadata)
+        self.retry = retry
         self._next = itertools.count()
 
     async def send(self, spec: RequestSpec, sample: Sample, clock: Clock, timeout_s: float | None) -> None:
         metadata = [*self.metadata, ("x-user-id", spec.user)]
         if spec.api_key:
             metadata.append(("authorization", f"Bearer {spec.api_key}"))
+        request = to_proto(spec)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s  # of every attempt together
+        for attempt in itertools.count(1):
+            error, received = await self._stream(request, metadata, sample, clock, deadline)
+            if error is None:
+                return
+            sample.status, sample.error = error.code().name, error.details() or ""
+            delay = next_attempt_delay_s(self.retry, error, attempt, received, deadline)
+            if delay is None:
+                return
+            sample.retries += 1
+            await asyncio.sleep(delay)
+
+    async def _stream(
+        self, request: pb.ChatRequest, metadata: list[tuple[str, str]], sample: Sample, clock: Clock,
+        deadline: float | None,
+    ) -> tuple[grpc.aio.AioRpcError | None, bool]:  # fmt: skip
+        """One attempt: the error it ended with (None: it ended OK, status set) and whether
+        any event had arrived."""
         stub = self.stubs[next(self._next) % len(self.stubs)]
-        call = stub.ChatStream(to_proto(spec), metadata=metadata, timeout=timeout_s)
-        finished = False
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        call = stub.ChatStream(request, metadata=metadata, timeout=timeout)
+        finished = received = False
         try:
             async for event in call:
+                received = True
                 kind = event.WhichOneof("event")
                 if kind in ("text_delta", "reasoning_delta"):
                     sample.token_times.append(clock())
@@ -85,8 +111,9 @@ class GrpcTransport:
                     finished = True
             # A stream that ends OK without its finish event was cut short somewhere.
             sample.status = "OK" if finished else "STREAM_TRUNCATED"
+            return None, received
         except grpc.aio.AioRpcError as e:
-            sample.status, sample.error = e.code().name, e.details() or ""
+            return e, received
         finally:
             call.cancel()  # a no-op once finished; frees the server's work if we were cancelled
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from museserve.client import NO_RETRY, RetryPolicy
+
 from .arrivals import schedule
 from .grpc_transport import GrpcTransport
 from .http_transport import HttpTransport
@@ -31,6 +33,7 @@ class Target:
     tls: bool = False
     ca_file: str | None = None
     metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    retry: RetryPolicy = NO_RETRY  # what is sent again after a failure before any output
 
     @property
     def host(self) -> str:
@@ -49,15 +52,16 @@ class Target:
     def transport_factory(self) -> Transport:
         if self.transport == "grpc":
             ca = Path(self.ca_file) if self.ca_file else None
-            return GrpcTransport(self.address, tls=self.tls, ca_file=ca, metadata=self.metadata)
+            return GrpcTransport(self.address, tls=self.tls, ca_file=ca, metadata=self.metadata, retry=self.retry)
         if self.transport == "http":
-            return HttpTransport(self.address, ca_file=self.ca_file, headers=self.metadata)
+            return HttpTransport(self.address, ca_file=self.ca_file, headers=self.metadata, retry=self.retry)
         raise ValueError(f"unknown transport {self.transport!r} (grpc or http)")
 
     def describe(self) -> dict:
         # Metadata values may hold secrets: the report keeps only their names.
         return {"address": self.address, "transport": self.transport, "tls": self.tls or self.transport == "http"
-                and self.address.startswith("https"), "metadata_keys": [k for k, _ in self.metadata]}  # fmt: skip
+                and self.address.startswith("https"), "metadata_keys": [k for k, _ in self.metadata],
+                "retry": asdict(self.retry)}  # fmt: skip
 
 
 def config_section(config: RunConfig, slo: Mapping[str, float]) -> dict:

@@ -1,12 +1,20 @@
-"""The OpenAI-compatible HTTP API: streaming `/v1/chat/completions` over aiohttp, SSE parsed here."""
+"""The OpenAI-compatible HTTP API: streaming `/v1/chat/completions` over aiohttp, SSE parsed here.
+
+An empty `model` (the workload's default) is sent as it is: the API serves it with its default
+model, as gRPC does."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 import aiohttp
+
+from museserve.client import NO_RETRY, RetryPolicy
 
 from .plan import RequestSpec
 from .records import Clock, Sample
@@ -66,10 +74,31 @@ def record_chunk(chunk: dict, sample: Sample, now: float) -> None:
         sample.output_tokens = (usage.get("completion_tokens") or 0) - reasoning
 
 
+# Statuses that mean "not served, nothing produced": gRPC's UNAVAILABLE, which RetryPolicy retries.
+UNAVAILABLE_STATUSES = frozenset({"503", "CONNECTION_ERROR"})
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The server's delay: `retry-after-ms`, else `retry-after` in seconds (a date is ignored)."""
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) * scale
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
 class HttpTransport:
-    def __init__(self, base_url: str, *, ca_file: str | None = None, headers: Sequence[tuple[str, str]] = ()):
+    """`retry`: how a request that got no answer (503, a connection that failed before any
+    response) is sent again; a 200 has begun its stream, and is never sent again."""
+
+    def __init__(
+        self, base_url: str, *, ca_file: str | None = None, headers: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy = NO_RETRY,
+    ):  # fmt: skip
         self.url = base_url.rstrip("/") + "/v1/chat/completions"
         self.headers = dict(headers)
+        self.retry = retry
         ssl_context = None
         if ca_file:
             import ssl
@@ -88,12 +117,34 @@ class HttpTransport:
         headers = {**self.headers, "content-type": "application/json"}
         if spec.api_key:
             headers["authorization"] = f"Bearer {spec.api_key}"
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        body = to_openai(spec)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s  # of every attempt together
+        for attempt in itertools.count(1):
+            answered, server_delay_s = await self._post(body, headers, sample, clock, deadline)
+            code = "UNAVAILABLE" if sample.status in UNAVAILABLE_STATUSES else sample.status or ""
+            if not self.retry.retries(code, attempt, answered):
+                return
+            delay = self.retry.delay_s(attempt, server_delay_s)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                return
+            sample.retries += 1
+            await asyncio.sleep(delay)
+
+    async def _post(
+        self, body: dict, headers: dict[str, str], sample: Sample, clock: Clock, deadline: float | None
+    ) -> tuple[bool, float | None]:
+        """One attempt, its status set: whether a 200 began a stream, and the server's
+        retry-after delay where it sent one."""
+        sample.status, sample.error = None, ""
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        timeout = aiohttp.ClientTimeout(total=remaining)
+        answered = False
         try:
-            async with self._client().post(self.url, json=to_openai(spec), headers=headers, timeout=timeout) as resp:
+            async with self._client().post(self.url, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
                     sample.status, sample.error = str(resp.status), (await resp.text())[:500]
-                    return
+                    return False, retry_after_s(resp.headers)
+                answered = True
                 buffer = b""
                 async for data in resp.content.iter_any():
                     now = clock()
@@ -107,13 +158,14 @@ class HttpTransport:
                             payload = line[5:].strip()
                             if payload == b"[DONE]":
                                 sample.status = sample.status or "200"
-                                return
+                                return True, None
                             record_chunk(json.loads(payload), sample, now)
                 sample.status = sample.status or "STREAM_TRUNCATED"
         except TimeoutError:
             sample.status = "DEADLINE_EXCEEDED"
         except aiohttp.ClientError as e:
             sample.status, sample.error = "CONNECTION_ERROR", str(e)
+        return answered, None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -35,6 +35,7 @@ class Sample:
     conversation: int | None = None  # multi-turn runs: which conversation, and which turn of it (0-based)
     turn: int | None = None
     answer_parts: list[str] | None = None  # a list: the transport appends each answer text delta to it
+    retries: int = 0  # attempts sent after the first (RetryPolicy); the status is the last attempt's
 
     @property
     def answer(self) -> str:
@@ -77,7 +78,9 @@ Clock = Callable[[], float]
 class Transport(Protocol):
     """Sends one request and records into `sample`: a `token_times` entry per content event
     (read `clock()` as each arrives), the token counts from the usage event, and `status`.
-    It must not raise for a server error: that is a status. Cancellation must propagate."""
+    It must not raise for a server error: that is a status. Cancellation must propagate.
+    A retry (`museserve.client.RetryPolicy`) is sent only while nothing was received, and
+    counted in `retries`; the latency still runs from `scheduled`, through every attempt."""
 
     async def send(self, spec: RequestSpec, sample: Sample, clock: Clock, timeout_s: float | None) -> None: ...
 

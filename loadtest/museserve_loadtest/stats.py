@@ -3,7 +3,9 @@
 Rules (they define the report's numbers):
 - Only measured requests count: those scheduled at or after the warm-up.
 - `completed` = finished with a status from the server (OK or error); `cancelled` = stopped
-  by the hard stop; `sent` = left the client (passed the concurrency cap).
+  by the hard stop; `sent` = left the client (passed the concurrency cap). A request sent
+  again after a failure before any output is one request: `retries` counts the extra
+  attempts, `retried` the requests that needed any, and its status is its last attempt's.
 - TTFT/ITL/TPOT/e2e percentiles are over OK requests; ITL pools every gap of every request.
 - Throughput divides by the measured window: from the end of warm-up to the later of the
   last dispatch and the last measured completion.
@@ -103,6 +105,8 @@ def summarize(
             "errors_by_code": dict(sorted(errors.items())),
             "cancelled": len(cancelled),
             "warmup": len(samples) - len(measured),
+            "retries": sum(s.retries for s in measured),
+            "retried": sum(1 for s in measured if s.retries),
         },
         "latency_s": {
             "ttft": percentiles([s.ttft for s in ok if s.ttft is not None]),

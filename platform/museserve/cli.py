@@ -156,9 +156,17 @@ def _mirror_report(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     env = read_environment()
     from museserve.preprocess.pool_model import check_pools
+    from museserve.serve.preflight import preflight
 
     try:
-        config = check_pools(load_config(args.config or env.config_path, env))
+        config = load_config(args.config or env.config_path, env)
+        # Before Ray starts: a busy port or an unreadable model file fails here, in a line
+        # that names it, not minutes later inside a replica.
+        if problems := preflight(config):
+            for problem in problems:
+                print(f"museserve serve: {problem}", file=sys.stderr)
+            return 1
+        config = check_pools(config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -182,7 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  gRPC  127.0.0.1:{s.grpc_port}  (ChatService, grpc.health.v1, reflection; all interfaces)")
         if s.direct_grpc_enabled:
             print(f"  gRPC  {s.direct_grpc_host}:{s.direct_grpc_port}  (the same API served by the gateway itself)")
-        print(f"  HTTP  http://{s.http_host}:{s.http_port}  (OpenAI API: /v1/chat/completions, /v1/models; /healthz)")
+        print(f"  HTTP  http://{s.http_host}:{s.http_port}  (OpenAI API: /v1/chat/completions, /v1/completions, /v1/responses, /v1/models; /healthz)")
         for line in _gateway_summary(config):
             print(f"  {line}")
         print("Press Ctrl-C to stop.", flush=True)

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from museserve.config import MuseServeConfig
 from museserve_loadtest.cli import main
 from museserve_loadtest.multiturn import run_conversations_blocking
+from museserve_loadtest.workload import SHIPPED_WORKLOADS
 
 from .conftest import REAL_POOL, TEST_KEY
 
@@ -133,3 +135,57 @@ def test_multiturn_turns_find_their_history_cached(
                                          max_conversations=3, drain_timeout_s=15, salt="over http ")  # fmt: skip
     assert samples and all(s.ok for s in samples) and {s.turn for s in samples} >= {0, 1}
     assert all(s.cached_tokens > 0 for s in samples if s.turn > 0)
+
+
+def scaled_down(data: dict) -> dict:
+    """A shipped workload with the same shape (modes, media kinds, shared prefixes, tenants,
+    conversations, its model) and small sizes: short prompts and answers, small media, tiny
+    thinking budgets, two agents. Every request then fits the session app's window and media
+    limits, and a run takes seconds."""
+    data = {
+        **data,
+        "prompt_words": {"dist": "uniform", "min": 4, "max": 16},
+        "output_tokens": {"dist": "fixed", "value": 4},
+    }
+    small = {"thinking_budget": 8, "agents": 2}
+    data["modes"] = [{**m, **{k: v for k, v in small.items() if k in m}} for m in data.get("modes", [])] or [
+        {"mode": "instant"}
+    ]
+    data["modalities"] = [
+        {**m, "width": 16, "height": 16, "seconds": 0.25} if m["kind"] != "text" else m
+        for m in data.get("modalities", [{"kind": "text"}])
+    ]
+    if data.get("shared_prefix"):
+        data["shared_prefix"] = {**data["shared_prefix"], "words": 32}
+    if data.get("conversation"):
+        data["conversation"] = {
+            "turns": {"dist": "fixed", "value": 2},
+            "system_prompt_words": {"dist": "fixed", "value": 32},
+            "user_words": {"dist": "fixed", "value": 6},
+            "think_time_s": {"min": 0.0, "max": 0.05},
+        }
+    return data
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+@pytest.mark.parametrize("shipped", sorted(SHIPPED_WORKLOADS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_workload_runs_without_an_error(
+    app_config: MuseServeConfig, grpc_address: str, shipped: Path, transport: str, tmp_path: Path, monkeypatch
+):
+    """Each shipped workload as it is written (an empty model is the default model, muse-tiny
+    here), only smaller and briefer, over either transport: every request answered, none
+    sent twice."""
+    for variable in ("MUSESERVE_LOADTEST_KEY", "MUSESERVE_LOADTEST_LIMITED_KEY"):  # every tenant unlimited here
+        monkeypatch.setenv(variable, TEST_KEY)
+    workload = tmp_path / shipped.name
+    workload.write_text(yaml.safe_dump(scaled_down(yaml.safe_load(shipped.read_text()))))
+    out = tmp_path / "report.json"
+    target = f"http://127.0.0.1:{app_config.server.http_port}" if transport == "http" else grpc_address
+    argv = ["run", "--workload", str(workload), "--target", target, "--transport", transport, "--rate", "4",
+            "--duration", "1", "--max-requests", "3", "--drain-timeout", "30", "--deadline", "30", "--seed", "5",
+            "--out", str(out), "--quiet", "--no-plots"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    r = report["requests"]
+    assert r["scheduled"] > 0 and r["ok"] == r["completed"] == r["scheduled"], r
+    assert r["errors_by_code"] == {} and r["cancelled"] == 0 and r["retries"] == 0

@@ -37,14 +37,15 @@ def test_summary_counts_throughput_goodput_and_errors():
         _ok(3, 3.0, 3.1, 3.3, out=2, reasoning=3),  # ttft 0.1, e2e 0.3
         Sample(4, 4.0, sent=4.0, end=4.1, status="RESOURCE_EXHAUSTED"),
         Sample(5, 4.5, sent=4.5, end=4.6, status="RESOURCE_EXHAUSTED"),
-        Sample(6, 5.0, sent=5.0, end=9.0, status="UNAVAILABLE"),
+        Sample(6, 5.0, sent=5.0, end=9.0, status="UNAVAILABLE", retries=3),  # every attempt refused
         Sample(7, 5.5, sent=5.5, end=11.0, status=CANCELLED),
         Sample(8, 6.0, end=11.0, status=CANCELLED),  # never left the client
     ]
+    samples[2].retries = 1  # refused once, then served: one OK request
     r = summarize(samples, {"ttft": 0.5}, warmup_s=0.5, dispatch_end_s=10.0, wall_s=11.0)
     req = r["requests"]
     assert req == {"scheduled": 8, "sent": 7, "completed": 6, "ok": 3, "cancelled": 2, "warmup": 1,
-                   "errors_by_code": {"RESOURCE_EXHAUSTED": 2, "UNAVAILABLE": 1}}  # fmt: skip
+                   "errors_by_code": {"RESOURCE_EXHAUSTED": 2, "UNAVAILABLE": 1}, "retries": 4, "retried": 2}  # fmt: skip
     window = 11.0 - 0.5  # from the warm-up's end to the last measured end
     assert r["duration_s"] == pytest.approx(window)
     assert r["throughput"]["requests_per_s"] == pytest.approx(6 / window)
