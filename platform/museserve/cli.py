@@ -190,7 +190,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  gRPC  127.0.0.1:{s.grpc_port}  (ChatService, grpc.health.v1, reflection; all interfaces)")
         if s.direct_grpc_enabled:
             print(f"  gRPC  {s.direct_grpc_host}:{s.direct_grpc_port}  (the same API served by the gateway itself)")
-        print(f"  HTTP  http://{s.http_host}:{s.http_port}  (OpenAI API: /v1/chat/completions, /v1/completions, /v1/responses, /v1/models; /healthz)")
+        print(
+            f"  HTTP  http://{s.http_host}:{s.http_port}  (OpenAI API: /v1/chat/completions, /v1/completions, /v1/responses, /v1/models; /healthz)"
+        )
         for line in _gateway_summary(config):
             print(f"  {line}")
         print("Press Ctrl-C to stop.", flush=True)

@@ -177,6 +177,9 @@ class ChatRequest:
     previous_response_id: str = ""
     store: bool = False
     instructions: str = ""  # a system message for this turn only: never stored with the conversation
+    # With `store`: the API edge's own record of the request's settings (JSON, e.g. the Responses
+    # API's tools, text format and metadata), kept verbatim with the answer for a read-back.
+    stored_echo: str = ""
     usage_in_stream: bool = False  # a RunningUsage event after each step's events
 
 

@@ -62,7 +62,12 @@ def prepared(pool: PoolConfig, prompt: list[int], max_output_tokens: int, tenant
         mode=Mode.INSTANT,
         thinking_budget=0,
         sampling=SamplingParams(
-            temperature=0.0, top_p=1.0, top_k=0, seed=0, max_output_tokens=max_output_tokens, repetition_penalty=1.0,
+            temperature=0.0,
+            top_p=1.0,
+            top_k=0,
+            seed=0,
+            max_output_tokens=max_output_tokens,
+            repetition_penalty=1.0,
             ignore_eos=True,
         ),
         deadline_unix_s=time.time() + 3600,

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API under fuzzing: schemathesis from the served OpenAPI document,
+"""The OpenAI-compatible API under fuzzing: schemathesis from the served OpenAPI document
+(every operation, then the Responses API's alone: create, retrieve, delete, input items),
 then hand-made raw bodies for /v1/chat/completions (malformed JSON, wrong types, huge
 numbers, deep nesting). No request gets a 5xx or shows server internals; every 4xx is in
 OpenAI's error shape."""
@@ -43,22 +44,37 @@ def openapi(http_base: str) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{http_base}/openapi.json")
 
 
-def test_every_operation_of_the_openapi_document_survives_fuzzing(openapi, http_base: str):
+def _survives_fuzzing(schema: schemathesis.BaseSchema, http_base: str, share: float) -> None:
     strategy = st.one_of(
-        openapi.as_strategy(schemathesis.GenerationMode.POSITIVE),
-        openapi.as_strategy(schemathesis.GenerationMode.NEGATIVE),
+        schema.as_strategy(schemathesis.GenerationMode.POSITIVE),
+        schema.as_strategy(schemathesis.GenerationMode.NEGATIVE),
     )
 
     @given(case=strategy)
-    @settings(max_examples=fuzz_cases(0.3), **SETTINGS)
+    @settings(max_examples=fuzz_cases(share), **SETTINGS)
     def check(case: schemathesis.Case) -> None:
-        if isinstance(case.body, dict) and "max_tokens" not in case.body:
+        if isinstance(case.body, dict) and case.path == "/v1/responses":
+            case.body.setdefault("max_output_tokens", 2)  # its only budget field
+        elif isinstance(case.body, dict) and case.path == "/v1/completions":
+            case.body.setdefault("max_tokens", 2)  # its only budget field (OpenAI's default is 16)
+        elif isinstance(case.body, dict) and "max_tokens" not in case.body:
             case.body.setdefault("max_completion_tokens", 2)  # keeps each served case cheap
         case.call_and_validate(
             base_url=http_base, headers=HEADERS, checks=[not_a_server_error, no_traceback], timeout=30
         )
 
     check()
+
+
+def test_every_operation_of_the_openapi_document_survives_fuzzing(openapi, http_base: str):
+    _survives_fuzzing(openapi, http_base, 0.2)
+
+
+def test_the_responses_api_survives_fuzzing(openapi, http_base: str):
+    """POST /v1/responses, GET and DELETE /v1/responses/{response_id}, GET its input_items."""
+    responses = openapi.include(path_regex="^/v1/responses")
+    assert len(list(responses.get_all_operations())) == 4
+    _survives_fuzzing(responses, http_base, 0.1)
 
 
 BASE = {"model": "muse-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -112,7 +112,7 @@ def test_a_rate_limit_is_429_with_retry_after(app_config: MuseServeConfig):
     ("fields", "param"),
     [
         ({"temperature": 7}, "temperature"),
-        ({"n": 2}, "n"),
+        ({"n": 200}, "n"),
         ({"max_tokens": 10**6}, "max_tokens"),
         ({"extra_body": {"thinking_budget": 4}}, "thinking_budget"),
         ({"stop": ["x"] * 20}, "stop"),

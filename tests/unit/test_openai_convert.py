@@ -100,6 +100,21 @@ def test_sampling_fields():
     assert convert(top_k=4, repetition_penalty=1.2).sampling.top_k == 4
 
 
+def test_answers_and_vllm_sampling_extensions():
+    s = convert(n=3, min_tokens=4, ignore_eos=True, skip_special_tokens=False).sampling
+    assert (s.n, s.min_tokens, s.ignore_eos, s.skip_special_tokens) == (3, 4, True, False)
+    default = convert().sampling
+    assert (default.n, default.min_tokens, default.ignore_eos, default.skip_special_tokens) == (1, 0, False, True)
+    assert default.prompt_logprobs is None and convert().prompt is None
+
+
+def test_continuous_usage_stats_ask_for_usage_in_the_stream():
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    assert convert(stream=True, stream_options=options).usage_in_stream
+    assert not convert(stream=True, stream_options={"include_usage": True}).usage_in_stream
+    assert not convert(stream_options=options).usage_in_stream  # nothing streams
+
+
 def test_tools_tool_choice_and_response_format():
     tools = [{"type": "function", "function": {"name": "get", "parameters": {"type": "object"}}}]
     assert convert().tool_choice.kind is ToolChoiceKind.NONE
@@ -183,7 +198,11 @@ def test_harmless_fields_of_the_official_client_are_ignored():
     ("body", "param"),
     [
         ({"temperature": 7}, "temperature"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"min_tokens": -1}, "min_tokens"),
+        ({"best_of": 2}, "best_of"),
+        ({"stream_options": {"continuous_usage_stats": "often"}}, "stream_options.continuous_usage_stats"),
         ({"seed": 2**64}, "seed"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"messages": []}, "messages"),
@@ -235,6 +254,11 @@ def test_invalid_json_has_no_param():
         ("metadata.authorization", None),
         ("messages[0].content[1].image_url.url", "messages[0].content[1].image_url.url"),
         ("temperature", "temperature"),
+        ("sampling.n", "n"),
+        ("sampling.min_tokens", "min_tokens"),
+        ("sampling.prompt_logprobs", "logprobs"),
+        ("prompt", "prompt"),
+        ("prompt[3]", "prompt[3]"),
     ],
 )
 def test_domain_fields_become_openai_params(field, param):
@@ -254,3 +278,10 @@ def test_error_response_status_headers_and_shape():
     bad = error_response(InvalidArgument("too big", field="sampling.max_output_tokens"), "r", "max_tokens")
     assert bad.status_code == 400 and json.loads(bad.body)["error"]["param"] == "max_tokens"
     assert error_response(MuseError("boom"), "r").status_code == 500
+
+
+def test_an_empty_model_leaves_the_pool_to_the_gateways_mode_routes():
+    thinking = convert(model="", reasoning_effort="low")
+    assert thinking.model == "" and thinking.mode.mode is Mode.THINKING
+    assert thinking.mode.thinking_budget == REASONING_BUDGETS["low"]  # capped by the default model's window
+    assert convert(model="muse-tiny").model == "muse-tiny"

@@ -16,8 +16,10 @@ from museserve.api.openai.http_api import OpenAIHttpApi
 from museserve.api.openai.output import DONE, ChunkStream, completion_json
 from museserve.api.openai.schemas import ChatCompletionRequest
 from museserve.domain import (
+    ChatChoice,
     ChatRequest,
     ChatResult,
+    ChoiceEnd,
     Finish,
     FinishReason,
     Identity,
@@ -26,6 +28,7 @@ from museserve.domain import (
     ModelInfo,
     PositionLogprobs,
     ReasoningDelta,
+    RunningUsage,
     StreamEvent,
     TextDelta,
     TokenLogprob,
@@ -73,7 +76,7 @@ def test_completion_matches_the_official_types():
 
 def test_stream_chunks_match_the_official_types_and_end_with_usage_then_done():
     stream = ChunkStream("rid", "muse-tiny", include_usage=True)
-    lines = [stream.start()] + [line for e in EVENTS for line in stream.event(e)]
+    lines = stream.start() + [line for e in EVENTS for line in stream.event(e)]
     chunks = parse_sse(lines)
     for chunk in chunks:
         oai.ChatCompletionChunk.model_validate(chunk)
@@ -112,6 +115,72 @@ def test_stream_without_include_usage_has_no_usage_chunk():
     )
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "stop"]
     assert all("usage" not in c for c in chunks)
+
+
+def test_n_answers_are_every_choice_of_the_completion():
+    first = ChatChoice("one", "", (), FinishReason.STOP, (POSITION,))
+    second = ChatChoice("", "", (ToolCall("c", "f", "{}"),), FinishReason.TOOL_CALLS)
+    result = ChatResult("one", "", (), USAGE, FinishReason.STOP, "muse-tiny", choices=(first, second))
+    data = completion_json(result, "rid", want_logprobs=True)
+    parsed = oai.ChatCompletion.model_validate(data)
+    responses.ChatCompletion.model_validate(data)
+    assert [c.index for c in parsed.choices] == [0, 1]
+    assert parsed.choices[0].message.content == "one" and parsed.choices[0].logprobs.content[0].token == "a"
+    assert parsed.choices[1].message.tool_calls[0].id == "c" and parsed.choices[1].finish_reason == "tool_calls"
+
+
+# Two answers, interleaved as the pool sends them; answer 1 ends first.
+N2_EVENTS: list[StreamEvent] = [
+    TextDelta("a", 0),
+    TextDelta("b", 1),
+    RunningUsage(Usage(prompt_tokens=10, output_tokens=2)),
+    ToolCallEvent(ToolCall("call_1", "get", "{}"), 1),
+    ChoiceEnd(1, FinishReason.TOOL_CALLS),
+    TextDelta("c", 0),
+    LogprobsDelta((POSITION,), 0),
+    RunningUsage(Usage(prompt_tokens=10, output_tokens=4)),
+    ChoiceEnd(0, FinishReason.LENGTH),
+    Usage(prompt_tokens=10, output_tokens=4),
+    Finish(FinishReason.LENGTH, "muse-tiny", "thinking_budget=64"),
+]
+
+
+def validated_chunks(lines: list[str]) -> list[dict[str, Any]]:
+    chunks = parse_sse(lines)
+    for chunk in chunks:
+        oai.ChatCompletionChunk.model_validate(chunk)
+        responses.ChatCompletionChunk.model_validate(chunk)
+    return chunks
+
+
+def test_n_answers_stream_with_their_index_and_a_finishing_chunk_each():
+    stream = ChunkStream("rid", "muse-tiny", include_usage=True, n=2)
+    chunks = validated_chunks(stream.start() + [line for e in N2_EVENTS for line in stream.event(e)])
+    choices = [(c["choices"][0]["index"], c["choices"][0]) for c in chunks if c["choices"]]
+    assert [i for i, c in choices if c["delta"].get("role")] == [0, 1]
+    text = {i: "".join(c["delta"].get("content") or "" for j, c in choices if j == i) for i in (0, 1)}
+    assert text == {0: "ac", 1: "b"}
+    call = next(c["delta"]["tool_calls"][0] for i, c in choices if c["delta"].get("tool_calls"))
+    assert call["index"] == 0  # the first call of answer 1
+    ends = [(i, c["finish_reason"]) for i, c in choices if c["finish_reason"]]
+    assert ends == [(1, "tool_calls"), (0, "length")]
+    assert chunks[-2]["degraded"] == "thinking_budget=64"  # the last finishing chunk
+    assert [c for c in chunks if "usage" in c] == [chunks[-1]] and chunks[-1]["usage"]["completion_tokens"] == 4
+    assert all(c["id"] == "chatcmpl-rid" for c in chunks)
+
+
+def test_continuous_usage_puts_the_running_counts_on_every_chunk():
+    stream = ChunkStream("rid", "muse-tiny", include_usage=True, n=2, continuous_usage=True)
+    lines = stream.start()
+    assert lines == []  # the role chunks wait for the prompt's count
+    chunks = validated_chunks(lines + [line for e in N2_EVENTS for line in stream.event(e)])
+    counts = [(c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"]) for c in chunks]
+    assert counts == [(10, 0), (10, 0), (10, 2), (10, 2)] + [(10, 4)] * (len(chunks) - 4)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[2:4]] == ["a", "b"]
+    assert chunks[-1]["choices"] == [] and chunks[-2]["choices"][0]["finish_reason"] == "length"
+    without_final = ChunkStream("rid", "m", include_usage=False, continuous_usage=True)
+    tail = [line for e in (TextDelta("x"), USAGE, Finish(FinishReason.STOP, "m")) for line in without_final.event(e)]
+    assert all(c["choices"] and c["usage"]["total_tokens"] == 18 for c in parse_sse(tail))
 
 
 class StubGateway:
@@ -214,6 +283,18 @@ async def test_unary_models_and_unknown_model():
     assert gateway.observer.requests == {("http", "OK"): 1, ("http", "NOT_FOUND"): 1}
 
 
+async def test_a_request_for_n_answers_reaches_the_gateway_and_lists_them():
+    gateway = StubGateway(N2_EVENTS)
+    api = OpenAIHttpApi(gateway)  # type: ignore[arg-type]
+    data = json.loads((await api.chat_completions(body(n=2, min_tokens=1), http_request())).body)
+    assert [c.finish_reason for c in oai.ChatCompletion.model_validate(data).choices] == ["length", "tool_calls"]
+    assert data["choices"][0]["message"]["content"] == "ac" and gateway.requests[0].sampling.n == 2
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    streamed = await api.chat_completions(body(n=2, stream=True, stream_options=options), http_request())
+    chunks = validated_chunks(await read_stream(streamed))
+    assert gateway.requests[1].usage_in_stream and all("usage" in c for c in chunks)
+
+
 def test_the_openapi_document_describes_the_routes_without_422():
     from museserve.serve.gateway_ingress import http_app
 
@@ -223,3 +304,6 @@ def test_the_openapi_document_describes_the_routes_without_422():
     assert {"200", "400", "401", "404", "429", "503", "504"} <= set(chat["responses"]) and "422" not in json.dumps(doc)
     assert "text/event-stream" in chat["responses"]["200"]["content"] and chat["security"] == [{"bearer": []}]
     assert {"ChatCompletionChunk", "ErrorResponse", "ModelList"} <= set(doc["components"]["schemas"])
+    completions = doc["paths"]["/v1/completions"]["post"]
+    assert completions["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CompletionRequest")
+    assert "text/event-stream" in completions["responses"]["200"]["content"] and "Completion" in json.dumps(completions)

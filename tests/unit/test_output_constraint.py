@@ -29,7 +29,7 @@ from museserve.domain import (
 from museserve.engine.request_state import RequestState
 from museserve.engine.tool_calls import TokenSpans
 from museserve.errors import InvalidArgument
-from museserve.gateway.gateway import _events
+from museserve.gateway.events import StreamEvents
 from museserve.gateway.validation import validate_request
 from museserve.messages import GenerationChunk
 from museserve.preprocess.muse_format import MuseFormat
@@ -184,7 +184,9 @@ def test_response_format_from_pb() -> None:
 
 def test_gateway_emits_tool_call_events_after_text() -> None:
     call = ToolCall("call_1", "lookup", '{"q": "x"}')
-    events = _events(GenerationChunk(text="ok", tool_calls=(call,)), prepared_request(), "p", "")
+    events = StreamEvents(prepared_request(), "p", "", usage_in_stream=False).of(
+        GenerationChunk(text="ok", tool_calls=(call,))
+    )
     assert [type(e).__name__ for e in events] == ["TextDelta", "ToolCallEvent"]
     assert events[1] == ToolCallEvent(call)
 

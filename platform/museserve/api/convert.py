@@ -85,6 +85,8 @@ def request_from_pb(msg: pb.ChatRequest, request_id: str, identity: Identity) ->
         mode=_mode_from_pb(msg.mode),
         identity=identity,
         response_format=_response_format_from_pb(msg.response_format),
+        previous_response_id=msg.previous_response_id,
+        store=msg.store,
     )
 
 
@@ -144,6 +146,8 @@ def _sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
         stop_token_ids=tuple(s.stop_token_ids),
         logprobs=s.logprobs,
         top_logprobs=s.top_logprobs,
+        min_tokens=s.min_tokens,
+        ignore_eos=s.ignore_eos,
     )
 
 
@@ -186,8 +190,14 @@ def event_to_pb(event: StreamEvent, request_id: str) -> pb.ChatEvent:
             return pb.ChatEvent(agent_progress=pb.AgentProgress(agent_index=index, generated_tokens=tokens, done=done))
         case Usage():
             return pb.ChatEvent(usage=usage_to_pb(event))
-        case Finish(reason, model, degraded):
-            finish = pb.Finish(reason=_FINISH_PB[reason], model=model, request_id=request_id, degraded=degraded)
+        case Finish(reason, model, degraded, response_id):
+            finish = pb.Finish(
+                reason=_FINISH_PB[reason],
+                model=model,
+                request_id=request_id,
+                degraded=degraded,
+                response_id=response_id,
+            )
             return pb.ChatEvent(finish=finish)
     raise TypeError(f"not a stream event: {event!r}")
 
@@ -203,6 +213,7 @@ def result_to_pb(result: ChatResult, request_id: str) -> pb.ChatResponse:
         request_id=request_id,
         logprobs=[_position_to_pb(p) for p in result.logprobs],
         degraded=result.degraded,
+        response_id=result.response_id,
     )
 
 

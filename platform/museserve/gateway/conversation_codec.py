@@ -1,14 +1,16 @@
 """A stored answer as JSON: its conversation (domain messages, media as base64) and the answer.
 
-The format is versioned (`v`); a record of another version reads as absent, so a rolling
-upgrade that changes it loses old conversations, never misreads them.
+The format is versioned (`v`); a record of a version this code does not read reads as absent,
+so a rolling upgrade that changes it loses old conversations, never misreads them. Version 2
+added `echo`; a version 1 record reads with an empty one.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from museserve.domain import (
@@ -24,7 +26,8 @@ from museserve.domain import (
     Usage,
 )
 
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,13 @@ class StoredResponse:
     tool_calls: tuple[ToolCall, ...]
     finish_reason: FinishReason
     usage: Usage
+    # The API edge's own copy of the request's settings (JSON), shown again when the answer is
+    # read back (the Responses API's tools, text format, metadata, ...); opaque here.
+    echo: Mapping[str, Any] = field(default_factory=dict)
+
+    def input_messages(self) -> tuple[Message, ...]:
+        """This turn's own input: the last `num_input_messages` of `messages`."""
+        return self.messages[len(self.messages) - self.num_input_messages :]
 
     def conversation(self) -> tuple[Message, ...]:
         """The messages a follow-up continues: the conversation, then the answer."""
@@ -52,10 +62,12 @@ class StoredResponse:
 
     @classmethod
     def of(cls, response_id: str, tenant: str, created_at: float, messages: tuple[Message, ...],
-           num_input_messages: int, instructions: str, previous_response_id: str, result: ChatResult) -> StoredResponse:  # fmt: skip
+           num_input_messages: int, instructions: str, previous_response_id: str, result: ChatResult,
+           echo: Mapping[str, Any] | None = None) -> StoredResponse:  # fmt: skip
         return cls(
             response_id, tenant, created_at, result.model, messages, num_input_messages, instructions,
             previous_response_id, result.text, result.reasoning, result.tool_calls, result.finish_reason, result.usage,
+            dict(echo or {}),
         )  # fmt: skip
 
 
@@ -80,13 +92,14 @@ def encode(stored: StoredResponse) -> bytes:
             stored.usage.reasoning_tokens,
             stored.usage.output_tokens,
         ],  # fmt: skip
+        "echo": dict(stored.echo),
     }
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> StoredResponse | None:
     record = json.loads(data)
-    if record.get("v") != VERSION:
+    if record.get("v") not in READABLE:
         return None
     return StoredResponse(
         record["id"],
@@ -102,6 +115,7 @@ def decode(data: bytes) -> StoredResponse | None:
         tuple(_call(c) for c in record["tool_calls"]),
         FinishReason(record["finish_reason"]),
         Usage(*record["usage"]),
+        record.get("echo", {}),
     )
 
 

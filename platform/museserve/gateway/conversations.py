@@ -8,11 +8,16 @@ Responses API; system messages sent as messages are part of the conversation.
 
 Backends: Redis (`RedisConversations`, shared by every replica and surviving restarts) or this
 process's memory (`MemoryConversations`, bounded, for a single replica).
+
+An API edge may keep its own view of a request's settings with the answer
+(`ChatRequest.stored_echo`: the Responses API's tools, text format, metadata), so reading the
+answer back shows them as they were sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -120,9 +125,10 @@ class ConversationStore:
         """Keeps `resolved`'s conversation (its instructions left out) and the answer. `asked`:
         the request as sent, before `resolve`."""
         messages = resolved.messages[1:] if asked.instructions else resolved.messages
+        echo = json.loads(asked.stored_echo) if asked.stored_echo else None
         stored = StoredResponse.of(
             response_id, asked.identity.tenant, time.time(), messages, len(asked.messages), asked.instructions,
-            asked.previous_response_id, result,
+            asked.previous_response_id, result, echo,
         )  # fmt: skip
         await self._call(self._backend.put(self._key(asked.identity, response_id), encode(stored), self._config.ttl_s))
 

@@ -134,6 +134,8 @@ class Gateway:
             raise
 
     async def count_tokens(self, request: ChatRequest) -> PromptCount:
+        if request.previous_response_id or request.instructions:
+            request = await self.conversations.resolve(request)  # the whole prompt a follow-up sends
         route = self.router.route(request)
         self._validate(request, route.pool)
         return await self._preprocess.count(request, route.pool.name)

@@ -120,12 +120,16 @@ def _check_answers(request: ChatRequest, pool: PoolConfig, limits: RequestLimits
         raise InvalidArgument(f"must be between 1 and {most} for model {pool.name}", field="sampling.n")
     contemplating = request.mode.mode is Mode.CONTEMPLATING
     if s.n > 1 and contemplating:
-        raise InvalidArgument("contemplating gives one answer: its agents are its parallel attempts", field="sampling.n")
+        raise InvalidArgument(
+            "contemplating gives one answer: its agents are its parallel attempts", field="sampling.n"
+        )
     upper = min(cap, s.max_output_tokens or cap)
     if not 0 <= s.min_tokens <= upper:
         raise InvalidArgument(f"must be between 0 and max_output_tokens ({upper})", field="sampling.min_tokens")
     if s.min_tokens and request.response_format.kind is not ResponseFormatKind.TEXT:
-        raise InvalidArgument("a JSON answer ends when its value closes: leave min_tokens out", field="sampling.min_tokens")
+        raise InvalidArgument(
+            "a JSON answer ends when its value closes: leave min_tokens out", field="sampling.min_tokens"
+        )
     if s.prompt_logprobs is not None:
         if not 0 <= s.prompt_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"must be between 0 and {MAX_TOP_LOGPROBS}", field="sampling.prompt_logprobs")

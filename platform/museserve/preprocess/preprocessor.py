@@ -144,7 +144,9 @@ class Preprocessor:
         vocab = self.tokenizer.vocab_size
         for i, token_id in enumerate(ids):
             if token_id >= vocab:
-                raise InvalidArgument(f"{token_id} is not a token of this model (vocabulary of {vocab})", field=f"prompt[{i}]")
+                raise InvalidArgument(
+                    f"{token_id} is not a token of this model (vocabulary of {vocab})", field=f"prompt[{i}]"
+                )
         return ids
 
     def _encode(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None) -> list[EncodedMedia]:

@@ -12,8 +12,9 @@ FastAPI then reads their annotations as they are, so they must be real types.
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Query, Request
 from fastapi.responses import Response
 from grpc_health.v1 import health_pb2
 from ray import serve
@@ -21,8 +22,26 @@ from ray.serve.handle import DeploymentHandle
 
 from museserve.api.grpc_api import GrpcChatApi
 from museserve.api.openai.body_limit import BodyLimit
+from museserve.api.openai.completions_schemas import CompletionRequest
 from museserve.api.openai.http_api import OpenAIHttpApi, install_error_handlers
-from museserve.api.openai.responses import CHAT_RESPONSES, OPENAI_ERRORS, ChatCompletion, Model, ModelList
+from museserve.api.openai.responses import (
+    CHAT_RESPONSES,
+    COMPLETION_RESPONSES,
+    OPENAI_ERRORS,
+    ChatCompletion,
+    Completion,
+    Model,
+    ModelList,
+)
+from museserve.api.openai.responses_http import ResponsesHttpApi
+from museserve.api.openai.responses_models import (
+    CREATE_RESPONSES,
+    STORED_RESPONSES,
+    InputItemList,
+    ResponseDeleted,
+    ResponseObject,
+)
+from museserve.api.openai.responses_schemas import ResponseCreateRequest
 from museserve.api.openai.schemas import ChatCompletionRequest
 from museserve.config import MuseServeConfig
 from museserve.gateway.factory import build_gateway
@@ -31,9 +50,10 @@ from museserve.serve.direct_ingress import DirectGrpcIngress
 from museserve.serve.drain_board import current_app_name, watch_for_drain
 from museserve.serve.gateway_metrics import GatewayMetrics
 from museserve.serve.handles import HandlePoolClient, HandlePreprocessClient
+from museserve.serve.request_id_header import ServeIngressApp
 from museserve.v1 import chat_pb2 as pb
 
-http_app = FastAPI(title="museserve", version="1", docs_url=None, redoc_url=None)
+http_app = ServeIngressApp(title="museserve", version="1", docs_url=None, redoc_url=None)
 install_error_handlers(http_app)
 http_app.add_middleware(BodyLimit)  # reads app.state.max_request_bytes, set per replica below
 
@@ -55,6 +75,7 @@ class GatewayIngress:
         self._gateway = build_gateway(config, preprocess_client, pool_clients, GatewayMetrics())
         self._api = GrpcChatApi(self._gateway)
         self._openai = OpenAIHttpApi(self._gateway)
+        self._responses = ResponsesHttpApi(self._gateway)
         self._direct = DirectGrpcIngress.from_config(self._api, config)
         if self._direct is not None:
             await self._direct.start()
@@ -125,6 +146,43 @@ class GatewayIngress:
     )
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
         return await self._openai.chat_completions(body, request)
+
+    @http_app.post(
+        "/v1/completions",
+        response_model=Completion,
+        responses=COMPLETION_RESPONSES,
+        summary="Text completion of a raw prompt; with stream: true, server-sent text_completion events",
+    )
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        return await self._openai.completions(body, request)
+
+    @http_app.post(
+        "/v1/responses",
+        response_model=ResponseObject,
+        responses=CREATE_RESPONSES,
+        summary="Create a response (stored by default); with stream: true, server-sent response events",
+    )
+    async def create_response(self, body: ResponseCreateRequest, request: Request) -> Response:
+        return await self._responses.create(body, request)
+
+    @http_app.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=STORED_RESPONSES)
+    async def retrieve_response(self, response_id: str, request: Request, stream: bool | None = None) -> Response:
+        return await self._responses.retrieve(response_id, request, stream)
+
+    @http_app.delete("/v1/responses/{response_id}", response_model=ResponseDeleted, responses=STORED_RESPONSES)
+    async def delete_response(self, response_id: str, request: Request) -> Response:
+        return await self._responses.delete(response_id, request)
+
+    @http_app.get("/v1/responses/{response_id}/input_items", response_model=InputItemList, responses=STORED_RESPONSES)
+    async def list_response_input_items(
+        self,
+        response_id: str,
+        request: Request,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> Response:
+        return await self._responses.list_input_items(response_id, request, after, limit, order)
 
     @http_app.get("/v1/models", response_model=ModelList, responses=OPENAI_ERRORS)
     async def list_models(self, request: Request) -> Response:

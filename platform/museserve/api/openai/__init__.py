@@ -1,8 +1,15 @@
-"""The OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`).
+"""The OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
+`/v1/models`).
 
-schemas: the request body, as pydantic models (also the OpenAPI document).
-convert: request body -> domain `ChatRequest` (mode, sampling, media, tools).
-output: domain results and stream events -> `chat.completion` JSON and SSE chunks.
+schemas: the chat request body, as pydantic models (also the OpenAPI document).
+convert: chat request body -> domain `ChatRequest` (mode, sampling, media, tools).
+output, choice_stream: domain results and stream events -> `chat.completion` JSON and SSE
+chunks; choice_stream is what chat and text-completion streams share (n answers, usage).
+completions_schemas, completions_convert, completions_output: `/v1/completions` (a plain
+prompt, echo, legacy logprobs).
+responses_schemas, responses_convert, responses_items, responses_output, responses_stream,
+responses_models, responses_http: the Responses API (typed events, stored responses).
 errors: `MuseError` and validation errors -> OpenAI's error JSON and HTTP status.
-http_api: the route handlers over a `Gateway`; the Serve ingress only wires them.
+http_common: identity, request ids and error responses every route shares.
+http_api: the chat and completion route handlers over a `Gateway`; the Serve ingress only wires them.
 """

@@ -61,13 +61,14 @@ def request_from_openai(
     return ChatRequest(
         request_id=request_id,
         messages=tuple(_message(m, f"messages[{i}]") for i, m in enumerate(body.messages)),
-        model=model.name,
+        model=model.name if body.model.partition(":")[0] else "",  # empty: the gateway routes by mode
         tools=tuple(_tool(t, f"tools[{i}]") for i, t in enumerate(body.tools or ())),
         tool_choice=_tool_choice(body),
         sampling=_sampling(body),
         mode=mode,
         identity=identity,
         response_format=_response_format(body.response_format),
+        usage_in_stream=bool(body.stream and body.stream_options and body.stream_options.continuous_usage_stats),
     )
 
 
@@ -206,4 +207,8 @@ def _sampling(body: s.ChatCompletionRequest) -> SamplingParams:
         repetition_penalty=body.repetition_penalty,
         logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs or 0,
+        n=body.n or 1,
+        min_tokens=body.min_tokens or 0,
+        ignore_eos=bool(body.ignore_eos),
+        skip_special_tokens=body.skip_special_tokens is not False,
     )

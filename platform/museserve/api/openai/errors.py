@@ -35,6 +35,7 @@ _RENAMES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(p), r)
     for p, r in [
         (r"^sampling\.max_output_tokens$", "max_completion_tokens"),
+        (r"^sampling\.prompt_logprobs$", "logprobs"),  # /v1/completions: `logprobs` with `echo`
         (r"^sampling\.", ""),
         (r"^mode\.mode$", "mode"),
         (r"^mode\.", ""),

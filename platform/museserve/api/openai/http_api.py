@@ -6,14 +6,12 @@ waits for its first event before answering, so anything refused before generatio
 (identity, validation, limits, shedding) is an HTTP error status, not a broken stream;
 an error after that arrives as `data: {"error": ...}` and ends the stream. A client that
 disconnects cancels the response task: the gateway stream is closed and the pool call
-with it. Every chat completion ends with one `observer.request("http", code)`: the gRPC
-code name of its final status (OK, the error's code, CANCELLED when the client went away).
+with it. Every completion (chat or text) ends with one `observer.request("http", code)`: the
+gRPC code name of its final status (OK, the error's code, CANCELLED when the client went away).
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,20 +21,25 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from museserve.api.grpc_api import REQUEST_ID
+from museserve.api.openai.choice_stream import ChoiceStream, sse
+from museserve.api.openai.completions_convert import completion_request_from_openai
+from museserve.api.openai.completions_output import CompletionChunks, CompletionShape, text_completion_json
+from museserve.api.openai.completions_schemas import CompletionRequest
 from museserve.api.openai.convert import request_from_openai
 from museserve.api.openai.errors import STATUSES, error_json, error_response, validation_message
-from museserve.api.openai.output import ChunkStream, completion_json, sse
+from museserve.api.openai.http_common import (
+    SSE_HEADERS,
+    as_muse_error,
+    credentials_of,
+    failure_response,
+    request_id_of,
+)
+from museserve.api.openai.output import ChunkStream, completion_json
 from museserve.api.openai.responses import ChatCompletionChunk
 from museserve.api.openai.schemas import ChatCompletionRequest
-from museserve.domain import ChatRequest, ModelInfo, StreamEvent
-from museserve.errors import Internal, MuseError, NotFound
+from museserve.domain import ChatRequest, ChatResult, Identity, ModelInfo, StreamEvent
+from museserve.errors import NotFound
 from museserve.gateway.gateway import Gateway
-from museserve.gateway.identity import Credentials
-
-logger = logging.getLogger(__name__)
-
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class OpenAIHttpApi:
@@ -44,40 +47,56 @@ class OpenAIHttpApi:
         self.gateway = gateway
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
-        request_id = _request_id(request)
-        headers = {"x-request-id": request_id}
-        max_tokens_field = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
-        try:
-            identity = await self.gateway.identify(_credentials(request, body.user))
-            chat = request_from_openai(body, request_id, identity, self._models())
-            if body.stream:
-                return await self._stream(chat, body, headers)
-            result = await self.gateway.chat(chat, headers.update)
-        except Exception as e:
-            error = _as_muse_error(e, request_id)
-            self._ended(error.code.name)
-            return error_response(error, request_id, max_tokens_field)
-        self._ended("OK")
-        return JSONResponse(completion_json(result, request_id, bool(body.logprobs)), headers=headers)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunks(chat: ChatRequest, model: str) -> ChoiceStream:
+            n, continuous = chat.sampling.n, chat.usage_in_stream
+            return ChunkStream(chat.request_id, model, include_usage, n=n, continuous_usage=continuous)
+
+        return await self._serve(
+            request,
+            body.user,
+            lambda identity, request_id: request_from_openai(body, request_id, identity, self._models()),
+            chunks if body.stream else None,
+            lambda result, chat: completion_json(result, chat.request_id, bool(body.logprobs)),
+            "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens",
+        )
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        echo = bool(body.echo)
+
+        def chunks(chat: ChatRequest, model: str) -> ChoiceStream:
+            shape = CompletionShape.of(chat, echo)
+            return CompletionChunks(chat.request_id, model, shape, include_usage, chat.usage_in_stream)
+
+        return await self._serve(
+            request,
+            body.user,
+            lambda identity, request_id: completion_request_from_openai(body, request_id, identity, self._models()),
+            chunks if body.stream else None,
+            lambda result, chat: text_completion_json(result, chat.request_id, CompletionShape.of(chat, echo)),
+            "max_tokens",
+        )
 
     async def list_models(self, request: Request) -> Response:
         try:
-            await self.gateway.identify(_credentials(request, None))
+            await self.gateway.identify(credentials_of(request, None))
         except Exception as e:
-            return _failure(e, _request_id(request))
+            return failure_response(e, request_id_of(request))
         data = [model_json(info, default) for info, default in self.gateway.list_models()]
         return JSONResponse({"object": "list", "data": data})
 
     async def retrieve_model(self, model_id: str, request: Request) -> Response:
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         try:
-            await self.gateway.identify(_credentials(request, None))
+            await self.gateway.identify(credentials_of(request, None))
             for info, default in self.gateway.list_models():
                 if info.name == model_id:
                     return JSONResponse(model_json(info, default))
             raise NotFound(f"the model {model_id!r} does not exist", field="model")
         except Exception as e:
-            return _failure(e, request_id)
+            return failure_response(e, request_id)
 
     def _ended(self, code: str) -> None:
         self.gateway.observer.request("http", code)
@@ -85,13 +104,40 @@ class OpenAIHttpApi:
     def _models(self) -> dict[str, ModelInfo]:
         return {info.name: info for info, _ in self.gateway.list_models()}
 
-    async def _stream(self, chat: ChatRequest, body: ChatCompletionRequest, headers: dict[str, str]) -> Response:
+    async def _serve(
+        self,
+        request: Request,
+        body_user: str | None,
+        convert: Callable[[Identity, str], ChatRequest],
+        chunks: Callable[[ChatRequest, str], ChoiceStream] | None,
+        answer: Callable[[ChatResult, ChatRequest], dict[str, Any]],
+        max_tokens_field: str,
+    ) -> Response:
+        """One completion, streamed when `chunks` is given (it builds the stream's lines from the
+        request and the model that serves it), else answered whole as `answer` shapes it."""
+        request_id = request_id_of(request)
+        headers = {"x-request-id": request_id}
+        try:
+            identity = await self.gateway.identify(credentials_of(request, body_user))
+            chat = convert(identity, request_id)
+            if chunks is not None:
+                return await self._stream(chat, chunks, headers)
+            result = await self.gateway.chat(chat, headers.update)
+        except Exception as e:
+            error = as_muse_error(e, request_id)
+            self._ended(error.code.name)
+            return error_response(error, request_id, max_tokens_field)
+        self._ended("OK")
+        return JSONResponse(answer(result, chat), headers=headers)
+
+    async def _stream(
+        self, chat: ChatRequest, chunks: Callable[[ChatRequest, str], ChoiceStream], headers: dict[str, str]
+    ) -> Response:
         events = self.gateway.stream(chat, headers.update)
         first = await anext(events)  # errors before the first event become the HTTP status
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = ChunkStream(chat.request_id, headers.get("x-served-by", chat.model), include_usage)
+        lines = chunks(chat, headers.get("x-served-by", chat.model))
         return StreamingResponse(
-            _sse_lines(events, first, chunks, chat.request_id, self._ended),
+            _sse_lines(events, first, lines, chat.request_id, self._ended),
             media_type="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
@@ -100,13 +146,14 @@ class OpenAIHttpApi:
 async def _sse_lines(
     events: AsyncIterator[StreamEvent],
     first: StreamEvent,
-    chunks: ChunkStream,
+    chunks: ChoiceStream,
     request_id: str,
     ended: Callable[[str], None],
 ) -> AsyncIterator[str]:
     code = "CANCELLED"  # unless the stream ends: the client went away
     try:
-        yield chunks.start()
+        for line in chunks.start():
+            yield line
         for line in chunks.event(first):
             yield line
         async for event in events:
@@ -114,7 +161,7 @@ async def _sse_lines(
                 yield line
         code = "OK"
     except Exception as e:
-        error = _as_muse_error(e, request_id)
+        error = as_muse_error(e, request_id)
         code = error.code.name
         yield sse(error_json(str(error), STATUSES[error.code][1], None, error.code.value))
     finally:
@@ -136,31 +183,6 @@ def model_json(info: ModelInfo, is_default: bool) -> dict[str, Any]:
     }
 
 
-def _request_id(request: Request) -> str:
-    candidate = request.headers.get("x-request-id", "")
-    return candidate if REQUEST_ID.fullmatch(candidate) else uuid.uuid4().hex
-
-
-def _credentials(request: Request, body_user: str | None) -> Credentials:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    api_key = token.strip() if scheme.lower() == "bearer" else ""
-    user = request.headers.get("x-user-id") or body_user or ""
-    return Credentials(api_key=api_key or request.headers.get("x-api-key", ""), user=user)
-
-
-def _as_muse_error(error: BaseException, request_id: str) -> MuseError:
-    if isinstance(error, MuseError):
-        if error.code.name in ("INTERNAL", "UNAVAILABLE"):
-            logger.warning("request %s: %s %s", request_id, error.code.name, error)
-        return error
-    logger.error("request %s failed in the server", request_id, exc_info=error)
-    return Internal(f"internal error; request id {request_id}")
-
-
-def _failure(error: BaseException, request_id: str, max_tokens_field: str = "max_completion_tokens") -> Response:
-    return error_response(_as_muse_error(error, request_id), request_id, max_tokens_field)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Every error the framework itself answers, in OpenAI's shape: bad bodies are 400, not 422."""
 
@@ -174,7 +196,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def fault(request: Request, exc: Exception) -> Response:
-        return _failure(exc, _request_id(request))
+        return failure_response(exc, request_id_of(request))
 
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]

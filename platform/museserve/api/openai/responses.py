@@ -107,8 +107,41 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: CompletionUsage | None = None
-    degraded: str | None = Field(None, description="On the finishing chunk: as ChatCompletion.degraded.")
+    usage: CompletionUsage | None = Field(
+        None, description="On the last chunk with include_usage; on every chunk with continuous_usage_stats."
+    )
+    degraded: str | None = Field(None, description="On the last finishing chunk: as ChatCompletion.degraded.")
+
+
+class LegacyLogprobs(BaseModel):
+    """One entry per token; the first prompt token (with echo) has no log probability: null."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] = Field(description="Each token's first character in the choice's text.")
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: LegacyLogprobs | None
+    finish_reason: Literal["stop", "length"] | None = Field(description="Null on stream chunks until the answer ends.")
+
+
+class Completion(BaseModel):
+    """A `text_completion`: the answer of POST /v1/completions, and each `data:` event of its
+    stream (the last is `data: [DONE]`)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = Field(
+        None, description="Always on an answer; on a stream as on ChatCompletionChunk."
+    )
+    degraded: str | None = Field(None, description="As ChatCompletion.degraded.")
 
 
 class Model(BaseModel):
@@ -154,3 +187,9 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorResponse, "description": "Deadline exceeded"},
 }
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": _STREAM}, **OPENAI_ERRORS}
+_COMPLETION_STREAM = {
+    "text/event-stream": {
+        "schema": {"type": "string", "description": "`data: <Completion>` events, then `data: [DONE]`"}
+    }
+}
+COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": _COMPLETION_STREAM}, **OPENAI_ERRORS}

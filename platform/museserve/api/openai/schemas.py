@@ -2,9 +2,10 @@
 
 Fields the official client may send that change nothing here (`metadata`, `store`,
 `service_tier`, ...) are accepted and ignored; fields museserve cannot honour
-(`audio`, `functions`, `n` > 1, ...) are declared so the refusal names them; any other
+(`audio`, `functions`, `logit_bias`, ...) are declared so the refusal names them; any other
 field is refused by `extra="forbid"`, so a client never silently loses a setting.
 Bounds mirror the proto's integer widths, so no value can overflow a tier below.
+vLLM's sampling extensions (`top_k`, `min_tokens`, `ignore_eos`, ...) keep vLLM's names.
 """
 
 from __future__ import annotations
@@ -157,13 +158,20 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 
 
 class StreamOptions(Strict):
-    include_usage: bool | None = None
+    include_usage: bool | None = Field(None, description="A last chunk, with no choices, carries the usage.")
+    continuous_usage_stats: bool | None = Field(
+        None, description="vLLM's: every chunk carries `usage` with the token counts so far."
+    )
     include_obfuscation: bool | None = Field(None, description="Accepted and ignored.")
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+# The schema's bound is the most `gateway.limits.max_choices` may allow; the gateway refuses
+# more than the configured limit (16 by default): each answer holds a batch slot and KV blocks.
+Choices = Annotated[int, Field(ge=1, le=128)]
+N_DESCRIPTION = "Answers to the prompt (one prefill, decoded together): at most gateway.limits.max_choices (16)."
 
 # Fields of OpenAI's API that museserve refuses when set (not null, not empty).
 UNSUPPORTED_FIELDS = (
@@ -193,7 +201,7 @@ class ChatCompletionRequest(Strict):
     frequency_penalty: Penalty | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = Field(None, description="Only 1.")
+    n: Choices | None = Field(None, description=N_DESCRIPTION)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     tools: list[Tool] | None = None
@@ -210,6 +218,10 @@ class ChatCompletionRequest(Strict):
     num_agents: Count | None = Field(None, description="Parallel reasoners in contemplating mode.")
     top_k: Count | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    # vLLM's sampling extensions.
+    min_tokens: Count | None = Field(None, description="Tokens generated before an end token may end the answer.")
+    ignore_eos: bool | None = Field(None, description="Generate past end tokens: only max_tokens and stop end it.")
+    skip_special_tokens: bool | None = Field(None, description="Leave special tokens out of the text (default true).")
     # Accepted and ignored: they change nothing about the answer.
     metadata: dict[str, str] | None = None
     store: bool | None = None
