@@ -1,8 +1,7 @@
 """A stored answer as JSON: its conversation (domain messages, media as base64) and the answer.
 
-The format is versioned (`v`); a record of a version this code does not read reads as absent,
-so a rolling upgrade that changes it loses old conversations, never misreads them. Version 2
-added `echo`; a version 1 record reads with an empty one.
+The format is versioned (`v`); a record of another version reads as absent, so a rolling
+upgrade that changes it loses old conversations, never misreads them.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from museserve.domain import (
     Usage,
 )
 
-VERSION = 2
-READABLE = (1, 2)
+VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +97,7 @@ def encode(stored: StoredResponse) -> bytes:
 
 def decode(data: bytes) -> StoredResponse | None:
     record = json.loads(data)
-    if record.get("v") not in READABLE:
+    if record.get("v") != VERSION:
         return None
     return StoredResponse(
         record["id"],
