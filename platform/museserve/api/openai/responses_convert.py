@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from museserve.api.openai import responses_input as items_schema
 from museserve.api.openai import responses_schemas as s
 from museserve.api.openai.convert import REASONING_BUDGETS, served_model
 from museserve.domain import (
@@ -105,56 +106,56 @@ def _model_and_mode(body: s.ResponseCreateRequest, models: Mapping[str, ModelInf
     return model, ModeParams(mode, budget, body.num_agents)
 
 
-def input_messages(items: str | list[s.InputItem]) -> tuple[Message, ...]:
+def input_messages(items: str | list[items_schema.InputItem]) -> tuple[Message, ...]:
     if isinstance(items, str):
         return (Message(Role.USER, (TextPart(items),)),)
     messages: list[Message] = []
     for i, item in enumerate(items):
         where = f"input[{i}]"
-        if isinstance(item, s.MessageItem):
+        if isinstance(item, items_schema.MessageItem):
             role = _ROLES[item.role]
             messages.append(Message(role, _parts(item.content, role, f"{where}.content")))
-        elif isinstance(item, s.FunctionCallItem):
+        elif isinstance(item, items_schema.FunctionCallItem):
             call = ToolCall(item.call_id, item.name, item.arguments)
             last = messages[-1] if messages else None
             if last is not None and last.role is Role.ASSISTANT:
                 messages[-1] = Message(Role.ASSISTANT, last.parts, last.name, tool_calls=(*last.tool_calls, call))
             else:
                 messages.append(Message(Role.ASSISTANT, tool_calls=(call,)))
-        elif isinstance(item, s.FunctionCallOutputItem):
+        elif isinstance(item, items_schema.FunctionCallOutputItem):
             parts = _parts(item.output, Role.TOOL, f"{where}.output")
             messages.append(Message(Role.TOOL, parts, tool_call_id=item.call_id))
-        elif isinstance(item, s.ItemReference):
+        elif isinstance(item, items_schema.ItemReference):
             raise InvalidArgument("item references are not supported: use previous_response_id", field=where)
         # ReasoningItem: left out (see the module docstring)
     return tuple(messages)
 
 
-def _parts(content: str | list[s.ContentPart], role: Role, where: str) -> tuple[ContentPart, ...]:
+def _parts(content: str | list[items_schema.ContentPart], role: Role, where: str) -> tuple[ContentPart, ...]:
     if isinstance(content, str):
         return (TextPart(content),)
     return tuple(_part(p, role, f"{where}[{j}]") for j, p in enumerate(content))
 
 
-def _part(p: s.ContentPart, role: Role, where: str) -> ContentPart:
-    if isinstance(p, s.InputText):
+def _part(p: items_schema.ContentPart, role: Role, where: str) -> ContentPart:
+    if isinstance(p, items_schema.InputText):
         return TextPart(p.text)
-    if isinstance(p, s.OutputText | s.Refusal):
+    if isinstance(p, items_schema.OutputText | items_schema.Refusal):
         if role is not Role.ASSISTANT:
             raise InvalidArgument(f"{p.type} is for assistant messages (send input_text)", field=f"{where}.type")
-        return TextPart(p.text if isinstance(p, s.OutputText) else p.refusal)
-    if isinstance(p, s.InputFile):
+        return TextPart(p.text if isinstance(p, items_schema.OutputText) else p.refusal)
+    if isinstance(p, items_schema.InputFile):
         raise InvalidArgument("files are not supported: send text, images or audio", field=f"{where}.type")
     if role is Role.ASSISTANT or role is Role.SYSTEM:
         raise InvalidArgument(f"{p.type} is for user messages", field=f"{where}.type")
-    if isinstance(p, s.InputAudio):
+    if isinstance(p, items_schema.InputAudio):
         if p.input_audio.format != "wav":
             raise InvalidArgument("only wav audio is supported", field=f"{where}.input_audio.format")
         return AudioPart(_base64(p.input_audio.data, f"{where}.input_audio.data"), "wav")
     return _image(p, where)
 
 
-def _image(p: s.InputImage, where: str) -> ImagePart:
+def _image(p: items_schema.InputImage, where: str) -> ImagePart:
     if p.file_id is not None:
         raise InvalidArgument("files are not supported: send image_url", field=f"{where}.file_id")
     url = p.image_url
