@@ -92,7 +92,10 @@ def test_bomb_headers_are_refused_fast_without_allocating(data: bytes):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert refused.value.field == FIELD
-    assert peak < 1 << 20  # the header was read; no pixel buffer was allocated
+    # The header was read and no pixel buffer allocated: the smallest of these would take 150 MB.
+    # The bound leaves room for what other threads of the test process allocate meanwhile
+    # (tracemalloc counts every thread): 1 MiB was once exceeded by 5%.
+    assert peak < 16 << 20
 
 
 def test_byte_bound_is_checked_first():
