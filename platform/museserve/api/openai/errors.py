@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -66,9 +66,18 @@ def error_json(message: str, kind: str, param: str | None, code: str | None) -> 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(error: MuseError, request_id: str, max_tokens_field: str = "max_completion_tokens") -> JSONResponse:
+def error_response(
+    error: MuseError,
+    request_id: str,
+    max_tokens_field: str = "max_completion_tokens",
+    param_of: Callable[[str], str | None] | None = None,
+) -> JSONResponse:
+    """`param_of`: the API's name of a domain field (default: `openai_param`, chat's names)."""
     status, kind = STATUSES.get(error.code, (500, "server_error"))
-    param = openai_param(error.field, max_tokens_field) if error.field else None
+    if not error.field:
+        param = None
+    else:
+        param = param_of(error.field) if param_of is not None else openai_param(error.field, max_tokens_field)
     headers = {"x-request-id": request_id, **dict(error.metadata)}
     if error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))

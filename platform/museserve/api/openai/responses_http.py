@@ -14,7 +14,6 @@ only: another tenant's id is NOT_FOUND, as an expired one is.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from museserve.api.openai.errors import STATUSES, error_json
+from museserve.api.openai.errors import error_response as chat_error_response
 from museserve.api.openai.http_common import SSE_HEADERS, as_muse_error, credentials_of, request_id_of
 from museserve.api.openai.responses_convert import request_from_responses
 from museserve.api.openai.responses_items import input_items, item_page
@@ -67,15 +66,8 @@ def responses_param(field: str) -> str | None:
 
 
 def error_response(error: MuseError, request_id: str) -> JSONResponse:
-    """As `errors.error_response`, with the Responses API's field names."""
-    status, kind = STATUSES.get(error.code, (500, "server_error"))
-    param = responses_param(error.field) if error.field else None
-    headers = {"x-request-id": request_id, **dict(error.metadata)}
-    if error.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
-        headers["retry-after-ms"] = str(max(1, math.ceil(error.retry_after_s * 1000)))
-    message = f"{param}: {error.message}" if param else error.message
-    return JSONResponse(error_json(message, kind, param, error.code.value), status_code=status, headers=headers)
+    """As chat's, with the Responses API's field names."""
+    return chat_error_response(error, request_id, param_of=responses_param)
 
 
 def stored_json(stored: StoredResponse) -> dict[str, Any]:
