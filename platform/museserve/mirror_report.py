@@ -1,7 +1,9 @@
 """`museserve mirror report`: how a candidate pool's shadow answers compare with the primary's.
 
 Statistics over mirror records (latency, errors, agreement, similarity), a PNG plot, and an
-optional external grader that scores each pair where both sides answered.
+optional external grader that scores each pair where both sides answered. Records come from
+a JSONL file or Redis (a single server or a cluster, `redis+cluster://`): the stream and
+every group stream of `redis.mirror_streams`, merged oldest first (`mirror_sinks.read_records`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ token limits, set too high to ever refuse) and routes by mode.
 - `mirror_primary_p99_ratio`: p99 of requests to `bench-mirrored` (mirrored at fraction
   1.0 to `bench-slow`: the small model, one running request at a time) over p99 of
   `bench-plain` (same model and seed, no mirror), alternating one to each.
+- `redis_decision_p99_ms` and `redis_cluster_decision_p99_ms`: one rate-limit decision
+  (the admission's script, user and tenant limits) from `RedisRateLimiter`, 16 at a time, on
+  one redis-server and on a Redis Cluster of three masters, both on loopback
+  (`tests/bench/redis_decisions.py`, runnable alone).
 
     python -m tests.bench.bench_gateway --out .bench/gateway.json
 """
@@ -49,6 +53,7 @@ from museserve.messages import PreparedRequest
 from museserve.preprocess.preprocessor import Preprocessor
 from museserve.v1 import chat_pb2 as pb
 from tests.bench.machine import machine
+from tests.bench.redis_decisions import bench_decisions
 from tests.redis_server import RedisServer
 from tests.support import free_port, start_local_app
 
@@ -360,6 +365,7 @@ def main() -> None:
             ingress.close()
         finally:
             ray.shutdown()
+    decisions = bench_decisions()
     report = {
         "benchmark": "gateway",
         "machine": machine(),
@@ -379,6 +385,7 @@ def main() -> None:
         **overhead,
         "mirror": mirror,
         "mirror_primary_p99_ratio": mirror["mirror_primary_p99_ratio"],
+        **decisions,
         "wall_s": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

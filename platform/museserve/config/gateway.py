@@ -108,7 +108,12 @@ class ApiKey(Section):
 
 
 class RedisConfig(Section):
-    url: str | None = Field(None, description="redis:// or rediss:// URL; none: state lives in each gateway replica.")
+    url: str | None = Field(
+        None,
+        description="redis:// or rediss:// URL of one server, or redis+cluster:// (rediss+cluster://) with one or "
+        "more comma-separated startup nodes of a Redis Cluster (host:port,host:port); none: state lives in each "
+        "gateway replica.",
+    )
     timeout_ms: float = Field(50.0, gt=0, description="Bound on one Redis call, connecting included.")
     max_connections: int = Field(64, ge=1, description="Connections per gateway replica; callers wait for a free one.")
     key_prefix: str = Field("museserve", pattern=r"^[A-Za-z0-9._-]{1,32}$", description="Prefix of every key.")
@@ -118,7 +123,14 @@ class RedisConfig(Section):
         "refuses with UNAVAILABLE.",
     )
     api_key_cache_s: float = Field(60.0, ge=0, description="How long a key looked up in Redis is trusted.")
-    mirror_stream_maxlen: int = Field(100_000, ge=1, description="Approximate cap on the mirror record stream.")
+    mirror_stream_maxlen: int = Field(100_000, ge=1, description="Approximate cap on each mirror record stream.")
+    mirror_streams: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Mirror record streams ({key_prefix}:mirror:{g<k>}, k < this), a record's chosen by its request "
+        "id: on a cluster they spread over slots, so no single stream carries every record.",
+    )
 
 
 class ConversationsConfig(Section):

@@ -26,13 +26,13 @@ from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from museserve.config import ConversationsConfig
 from museserve.domain import ChatRequest, ChatResult, Identity, Message, Role, TextPart
 from museserve.errors import InvalidArgument, NotFound, Unavailable
 from museserve.gateway.conversation_codec import StoredResponse, decode, encode, stored_size
+from museserve.gateway.redis_client import build_client, close_client
 
 T = TypeVar("T")
 RESPONSE_ID = re.compile(r"resp_[0-9a-f]{32}")
@@ -81,10 +81,10 @@ class MemoryConversations:
 
 class RedisConversations:
     """One string per answer, with a TTL. Keys carry the tenant as the hash tag, so a cluster
-    keeps a tenant's conversations in one slot."""
+    keeps a tenant's conversations in one slot. `url`: one server or a cluster (redis_client)."""
 
-    def __init__(self, url: str, timeout_s: float):
-        self._redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    def __init__(self, url: str, timeout_s: float, max_connections: int = 64):
+        self._redis = build_client(url, timeout_s=timeout_s, max_connections=max_connections)
 
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)
@@ -96,7 +96,7 @@ class RedisConversations:
         return bool(await self._redis.delete(key))
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await close_client(self._redis)
 
 
 class ConversationStore:

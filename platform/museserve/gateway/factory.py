@@ -18,6 +18,7 @@ from museserve.gateway.observer import GatewayObserver
 from museserve.gateway.pool_loads import POOL_LOADS
 from museserve.gateway.quota import QuotaGuard
 from museserve.gateway.ratelimit import LocalRateLimiter
+from museserve.gateway.redis_client import is_cluster_url
 from museserve.gateway.redis_ratelimit import RedisRateLimiter
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ def build_gateway(
         mirror = Mirror(preprocess, pools, build_mirror_sink(gateway_config, client), observer)
     if gateway_config.auth == "none":
         logger.warning("auth is none: every caller is tenant 'anonymous' (use only on a trusted network)")
-    where = "Redis" if redis.url else "this replica's memory (not shared across replicas)"
+    where = "this replica's memory (not shared across replicas)"
+    if redis.url:
+        where = "Redis Cluster" if is_cluster_url(redis.url) else "Redis"
     logger.info("rate limits kept in %s; mirroring %s", where, "on" if mirror else "off")
     live = LiveAdmission(config.pools, gateway_config, POOL_LOADS)  # what this process's pool routers receive
     conversations = build_conversations(gateway_config.conversations, redis.url, redis.key_prefix)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from museserve.config import GatewayConfig
 from museserve.domain import Identity
 from museserve.errors import InvalidArgument, Unauthenticated, Unavailable
+from museserve.gateway.redis_client import AnyRedis
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ class Authenticator:
         return answer
 
 
-def redis_key_lookup(client, key_prefix: str) -> KeyLookup:
-    """Looks a key digest up in Redis: `HGETALL {prefix}:apikey:<sha256>` -> tenant, tier."""
+def redis_key_lookup(client: AnyRedis, key_prefix: str) -> KeyLookup:
+    """Looks a key digest up in Redis: `HGETALL {prefix}:apikey:<sha256>` -> tenant, tier.
+    One key per call, so a cluster client sends it to the key's own slot."""
 
     async def lookup(digest: str) -> tuple[str, str] | None:
         fields = await client.hgetall(f"{key_prefix}:apikey:{digest}")

@@ -1,5 +1,11 @@
-"""Where mirror records go (a JSONL file or a Redis stream) and how `museserve mirror report`
+"""Where mirror records go (a JSONL file or Redis streams) and how `museserve mirror report`
 reads them back.
+
+With `redis.mirror_streams` N > 1 the records spread over N streams `<base>:{g<k>}`, a
+record's chosen by hashing its request id; on a Redis Cluster each group's tag lands on its
+own slot, so one hot stream cannot hold every shard back. N = 1 is the single stream
+`<base>` (`{key_prefix}:mirror`). The reader reads the base stream and every group stream
+there is, merged oldest first by entry id.
 
 Sinks never raise to the caller: a mirror must not hurt the request it copies. They count
 failures in `failed` and log a rate-limited warning that carries no user content.
@@ -8,6 +14,7 @@ failures in `failed` and log a rate-limited warning that carries no user content
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import os
@@ -16,10 +23,12 @@ from pathlib import Path
 from typing import Protocol
 
 import redis
-import redis.asyncio as aioredis
 
 from museserve.config import GatewayConfig
 from museserve.gateway.mirror_records import DEFAULT_STREAM, MirrorRecord
+from museserve.gateway.redis_client import AnyRedis, build_client, build_sync_client, group_of
+
+MAX_STREAM_GROUPS = 64  # the bound of redis.mirror_streams: the reader looks for this many
 
 logger = logging.getLogger(__name__)
 
@@ -81,23 +90,34 @@ class JsonlMirrorSink:
             pass
 
 
-class RedisMirrorSink:
-    """XADD to a stream trimmed to about maxlen entries, each entry {"record": <json>}."""
+def group_streams(base: str, groups: int) -> list[str]:
+    """The stream keys of `groups` groups: `base` itself when there is one."""
+    return [base] if groups == 1 else [f"{base}:{{g{k}}}" for k in range(groups)]
 
-    def __init__(self, client: str | aioredis.Redis, stream_key: str, maxlen: int, timeout_s: float):
+
+class RedisMirrorSink:
+    """XADD to one of `groups` streams, each trimmed to about maxlen entries, each entry
+    {"record": <json>}."""
+
+    def __init__(self, client: str | AnyRedis, stream_key: str, maxlen: int, timeout_s: float, groups: int = 1):
         self._owned = isinstance(client, str)
         if isinstance(client, str):
-            client = aioredis.Redis.from_url(client, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.client: aioredis.Redis = client
+            client = build_client(client, timeout_s=timeout_s)
+        self.client: AnyRedis = client
         self.stream_key, self.maxlen, self.timeout_s = stream_key, maxlen, timeout_s
+        self.streams = group_streams(stream_key, groups)
         self.failed = 0
         self.written = 0
         self._warn = _RateLimitedWarning(f"mirror stream {stream_key} unavailable")
 
+    def stream_of(self, record: MirrorRecord) -> str:
+        return self.streams[group_of(record.request_id, len(self.streams))]
+
     async def write(self, record: MirrorRecord) -> None:
         try:
             payload = json.dumps(record.to_json(), ensure_ascii=False)
-            xadd = self.client.xadd(self.stream_key, {"record": payload}, maxlen=self.maxlen, approximate=True)
+            stream = self.stream_of(record)
+            xadd = self.client.xadd(stream, {"record": payload}, maxlen=self.maxlen, approximate=True)
             await asyncio.wait_for(xadd, self.timeout_s)
             self.written += 1
         except Exception as e:  # a lost record must never fail the mirrored request
@@ -109,13 +129,16 @@ class RedisMirrorSink:
             await self.client.aclose()
 
 
-def build_mirror_sink(gateway: GatewayConfig, client: aioredis.Redis | None) -> MirrorSink:
-    """The stream "{key_prefix}:mirror" on `client` (the gateway's one Redis client, None when
-    redis.url is unset), else the JSONL file mirror_log. The sink never closes `client`."""
+def build_mirror_sink(gateway: GatewayConfig, client: AnyRedis | None) -> MirrorSink:
+    """The streams "{key_prefix}:mirror" (see `group_streams`) on `client` (the gateway's
+    Redis client, None when redis.url is unset), else the JSONL file mirror_log. The sink
+    never closes `client`."""
     if client is None:
         return JsonlMirrorSink(gateway.mirror_log)
     r = gateway.redis
-    return RedisMirrorSink(client, f"{r.key_prefix}:mirror", r.mirror_stream_maxlen, r.timeout_ms / 1000)
+    return RedisMirrorSink(
+        client, f"{r.key_prefix}:mirror", r.mirror_stream_maxlen, r.timeout_ms / 1000, groups=r.mirror_streams
+    )
 
 
 class MirrorSourceError(Exception):
@@ -123,8 +146,9 @@ class MirrorSourceError(Exception):
 
 
 def read_records(source: str, limit: int | None = None, stream: str = DEFAULT_STREAM) -> list[MirrorRecord]:
-    """Records from a JSONL path or a redis:// URL (the stream `stream`), oldest first."""
-    if source.startswith(("redis://", "rediss://", "unix://")):
+    """Records from a JSONL path or a Redis URL (a cluster's too: redis+cluster://): the
+    stream `stream` and its group streams, oldest first."""
+    if source.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
         return _read_stream(source, stream, limit)
     path = Path(source)
     if not path.is_file():
@@ -139,22 +163,39 @@ def read_records(source: str, limit: int | None = None, stream: str = DEFAULT_ST
     return records
 
 
-def _read_stream(url: str, stream: str, limit: int | None, page: int = 1000) -> list[MirrorRecord]:
-    records: list[MirrorRecord] = []
-    start = "-"
+def _read_stream(url: str, stream: str, limit: int | None) -> list[MirrorRecord]:
     try:
-        with redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
-            while limit is None or len(records) < limit:
-                count = page if limit is None else min(page, limit - len(records))
-                entries = client.xrange(stream, min=start, max="+", count=count)
-                for entry_id, fields in entries:
-                    records.append(_parse(fields.get(b"record", b""), f"{stream} entry {entry_id.decode()}"))
-                if len(entries) < count:
-                    break
-                start = "(" + entries[-1][0].decode()
+        with build_sync_client(url, timeout_s=10) as client:
+            # Group streams sit on different cluster slots, so one multi-key XREAD cannot
+            # take them all: each is paged on its own, then merged.
+            streams = [stream, *group_streams(stream, MAX_STREAM_GROUPS)]
+            pages = [_read_one(client, key, limit) for key in streams if client.exists(key)]
     except redis.RedisError as e:
         raise MirrorSourceError(f"cannot read stream {stream} at {url}: {type(e).__name__}: {e}") from None
+    # Entry ids are `<ms>-<seq>`: merging by them orders records as they were added.
+    merged = heapq.merge(*pages, key=lambda entry: entry[0])
+    records: list[MirrorRecord] = []
+    for (_, where), fields in merged:
+        if limit is not None and len(records) >= limit:
+            break
+        records.append(_parse(fields.get(b"record", b""), where))
     return records
+
+
+def _read_one(client: redis.Redis, stream: str, limit: int | None, page: int = 1000) -> list:
+    """((ms, seq), where), fields) of one stream's entries, oldest first, in pages of XRANGE."""
+    entries: list = []
+    start = "-"
+    while limit is None or len(entries) < limit:
+        count = page if limit is None else min(page, limit - len(entries))
+        batch = client.xrange(stream, min=start, max="+", count=count)
+        for entry_id, fields in batch:
+            ms, _, seq = entry_id.decode().partition("-")
+            entries.append((((int(ms), int(seq)), f"{stream} entry {entry_id.decode()}"), fields))
+        if len(batch) < count:
+            break
+        start = "(" + batch[-1][0].decode()
+    return entries
 
 
 def _parse(line: str | bytes, where: str) -> MirrorRecord:

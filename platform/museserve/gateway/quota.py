@@ -12,6 +12,9 @@ Keys are per tenant (`account_key`), so one decision touches one Redis Cluster s
 When Redis cannot answer, `redis.on_unavailable` picks: decide with this replica's own
 limiter (fail_open) or refuse with UNAVAILABLE (fail_closed). After a failure Redis is
 tried again only after `retry_backend_after_s`, so an outage costs no timeout per request.
+That state is per shard (the limiter's `shard`: a cluster node, "" for a single node): a
+Redis Cluster master that is down sends only the accounts whose slots it holds to the
+policy, while every other account is decided in Redis as usual.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ class QuotaGuard:
         self._retry_backend_after_s = retry_backend_after_s
         self._warn_every_s = warn_every_s
         self._clock = clock
-        self._backend_down_until = -math.inf
+        self._down_until: dict[str, float] = {}  # shard -> when to try it again
         self._last_warning = -math.inf
         # Plain counters for the gateway's metrics.
         self.backend_errors = 0
@@ -177,12 +180,13 @@ class QuotaGuard:
 
     async def _settle_now(self, charges: list[Charge]) -> None:
         try:
-            if self._backend_up():
+            shard = self._shard(charges)
+            if self._backend_up(shard):
                 try:
                     await self.limiter.settle(charges)
                     return
                 except RateLimiterUnavailable as e:
-                    self._backend_failed(e)
+                    self._backend_failed(e, shard)
             if self.fail_open:
                 await self.fallback.settle(charges)
         except Exception:
@@ -217,30 +221,34 @@ class QuotaGuard:
             await self._settle_now([Charge(limit, units) for limit, units in debts.values()])
 
     async def _acquire(self, charges: list[Charge]) -> Decision:
-        if self._backend_up():
+        shard = self._shard(charges)
+        if self._backend_up(shard):
             try:
                 decision = await self.limiter.acquire(charges)
-                if self._backend_down_until > -math.inf:
-                    logger.info("rate limiter backend answers again")
-                    self._backend_down_until = -math.inf
+                if self._down_until.pop(shard, None) is not None:
+                    logger.info("rate limiter backend %s answers again", shard or "(single node)")
                 return decision
             except RateLimiterUnavailable as e:
-                self._backend_failed(e)
+                self._backend_failed(e, shard)
         if not self.fail_open:
             self.decisions_by_outcome["unavailable"] += 1
             raise Unavailable("rate limiter unavailable; retry shortly", retry_after_s=self._retry_backend_after_s)
         self.fallback_decisions += 1
         return await self.fallback.acquire(charges)
 
-    def _backend_up(self) -> bool:
-        return self._clock() >= self._backend_down_until
+    def _shard(self, charges: Sequence[Charge]) -> str:
+        shard = getattr(self.limiter, "shard", None)
+        return shard(charges) if shard is not None else ""
 
-    def _backend_failed(self, error: RateLimiterUnavailable) -> None:
+    def _backend_up(self, shard: str) -> bool:
+        return self._clock() >= self._down_until.get(shard, -math.inf)
+
+    def _backend_failed(self, error: RateLimiterUnavailable, shard: str) -> None:
         self.backend_errors += 1
         if self._on_backend_error is not None:
             self._on_backend_error()
         now = self._clock()
-        self._backend_down_until = now + self._retry_backend_after_s
+        self._down_until[shard] = now + self._retry_backend_after_s
         if now - self._last_warning >= self._warn_every_s:
             self._last_warning = now
             policy = "deciding with this replica's own limits" if self.fail_open else "refusing requests"

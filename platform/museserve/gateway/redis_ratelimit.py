@@ -5,8 +5,11 @@ lost its script cache) reads every limit's TAT, decides with the server's clock,
 stores all of them or none. The script returns the server's clock and the TATs it read;
 `decide` turns those into the Decision with the same arithmetic as the local limiter.
 
-Keys: `<prefix>:rl:{<account>}:...`. Every key of one decision carries the same hash tag,
-so a decision touches one Redis Cluster slot. TATs are stored as `%.17g` strings, which
+Keys: `<prefix>:rl:{<tenant>}:...`. A decision charges the user's and the tenant's limits,
+and both carry the tenant as their hash tag (`ratelimit.account_key`), so every decision is
+one script on one Redis Cluster slot: no cross-slot script, no second round trip, and a
+tenant's users are all decided where the tenant is. The price is that a tenant cannot be
+spread over several shards, which its own tenant-wide limit would forbid anyway. TATs are stored as `%.17g` strings, which
 round-trip doubles exactly, and expire once the limit is full again.
 """
 
@@ -16,9 +19,6 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from museserve.config.gateway import RedisConfig
@@ -30,6 +30,7 @@ from museserve.gateway.ratelimit import (
     check_distinct,
     decide,
 )
+from museserve.gateway.redis_client import AnyRedis, build_client, close_client, shard_of
 
 # KEYS: one per limit. ARGV: force ('1' stores even when refused), expiry margin (ms),
 # epsilon (s), then for each key: interval (s), tolerance (s), amount, debt. Debts are
@@ -93,17 +94,8 @@ class RedisRateLimiter:
         self._timeout_s = timeout_ms / 1000.0
         self._prefix = f"{key_prefix}:rl:"
         self._margin_ms = str(round(expiry_margin_s * 1000))
-        # More callers than connections wait (up to the timeout) instead of failing; one
-        # retry on a fresh connection covers a connection the server dropped on restart.
-        self._pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=self._timeout_s,
-            socket_timeout=self._timeout_s,
-            socket_connect_timeout=self._timeout_s,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self._redis = Redis(connection_pool=self._pool)
+        # A single node or a cluster, by the URL's scheme (see redis_client).
+        self._redis = build_client(url, timeout_s=self._timeout_s, max_connections=max_connections)
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisRateLimiter:
@@ -117,12 +109,16 @@ class RedisRateLimiter:
         )
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> AnyRedis:
         """The client and its bounded pool, for other gateway state kept in the same Redis."""
         return self._redis
 
     def redis_key(self, limit_key: str) -> str:
         return self._prefix + limit_key
+
+    def shard(self, charges: Sequence[Charge]) -> str:
+        """The server that decides `charges` ("" on a single node): an outage is tracked per shard."""
+        return shard_of(self._redis, self.redis_key(charges[0].limit.key)) if charges else ""
 
     async def acquire(self, charges: Sequence[Charge]) -> Decision:
         return await self._run(charges, force=False)
@@ -133,8 +129,7 @@ class RedisRateLimiter:
             await self._run(charges, force=True)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._pool.disconnect()
+        await close_client(self._redis)
 
     async def _run(self, charges: Sequence[Charge], *, force: bool) -> Decision:
         check_distinct(charges)
