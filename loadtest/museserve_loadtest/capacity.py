@@ -1,29 +1,33 @@
-"""What serving N users costs: replicas, GPUs, nodes, Ray cells, gateways, Redis shards.
+"""What serving N users costs, from figures each measured or assumed (`capacity_figures`).
 
-Pure arithmetic over frozen assumptions; `capacity_report` parses flags and formats.
-
-Cost model. A request's cost is counted in decode-token equivalents:
-    cost = decode_tokens + prefill_weight * prefill_tokens
-    decode_tokens: instant O; thinking R + O; contemplating N * (R + A) + S + O
-    prefill_tokens: P (text + media tokens); contemplating P + N * A (the synthesis reads
-    the agents' answers; the agents share the prompt's KV blocks through the prefix cache)
-with O output, R reasoning, A agent answer, S synthesis reasoning tokens, N agents.
-A measured replica served G requests/s at the SLO, each costing C_m on average, so its
-budget is K = G * C_m cost units/s. A pool needing r requests/s of cost c takes
-r * c / K replica-equivalents, and ceil(that / target_utilisation) replicas. This
-assumes decode tokens dominate and a replica's tokens/s at the SLO does not depend on how
-they split between requests (so it is exact for the measured mix and a scaling beyond it).
+The model, per replica:
+- Memory: KV bytes = usable GPU memory of the replica - weights; it holds
+  kv_sequences = KV bytes / (KV bytes per token x mean context of the mix) sequences at once.
+- Compute: at the decode rate D (tokens/s) with step time t, a replica runs D x t sequences
+  per step. When fewer fit its KV cache, KV bounds it and decode runs at D x kv_sequences /
+  (D x t) (fewer sequences per step; each step is no slower, so this errs low); else compute
+  bounds it at D.
+- A request takes prefill / prefill rate + decode / decode rate of one replica's time; prefill
+  and decode are counted as not overlapping (chunked prefill overlaps them: this errs high).
+  The prefix hit rate removes its share of prompt tokens from prefill.
+Per request, by mode (P prompt, O output, R reasoning, A agent answer, N agents, h hit rate):
+  instant: prefill P(1-h), decode O; thinking: prefill P(1-h), decode R + O;
+  contemplating: prefill N P(1-h) x agents_prefill_ratio + N A, decode N (R + A) + S + O
+  (S the synthesis pass's reasoning).
+Every tier is sized at target_utilisation; each cell has its own gateways and Redis Cluster,
+and traffic splits evenly over cells (tenants hashed onto a ring: docs/cells.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .capacity_assumptions import MODES, Assumptions, Measured, Workload
+from .capacity_figures import Figures
+from .capacity_layout import ReplicaMemory, architecture, replica_memory
 
-__all__ = ["Assumptions", "Capacity", "Measured", "PoolCapacity", "Workload", "plan", "safe_ceil"]
+MODES = ("instant", "thinking", "contemplating")
 SECONDS_PER_DAY = 86_400
 
 
@@ -33,179 +37,157 @@ def safe_ceil(x: float) -> int:
 
 
 @dataclass(frozen=True)
-class PoolCapacity:
-    """One pool class (a mode's pool, or the mirror candidate) at the diurnal peak."""
-
-    pool: str
-    peak_requests_per_s: float
-    decode_tokens_per_request: float
-    prefill_tokens_per_request: float
-    cost_per_request: float  # decode-token equivalents
-    replica_equivalents: float  # r * c / K: replicas fully busy at the SLO
-    replicas: int  # ceil(replica_equivalents / target_utilisation)
+class Replica:
+    memory: ReplicaMemory
+    compute_sequences: float  # D x t: sequences per decode step at the measured or assumed rate
+    bound: str  # "KV" or "compute"
+    decode_tokens_per_s: float  # after the KV bound
+    prefill_tokens_per_s: float
 
 
 @dataclass(frozen=True)
-class Capacity:
-    """Requests and tokens per second, then what serves them. Nodes and cells count the model
-    pools' GPU nodes only; gateway, preprocess and Redis hosts are CPU capacity beside them."""
+class Pool:
+    pool: str
+    peak_requests_per_s: float
+    prefill_tokens_per_request: float  # after prefix hits
+    decode_tokens_per_request: float
+    replica_s_per_request: float
+    prefill_share: float  # of the replica time a request takes
+    replicas: int
+    gpus: int
 
+
+@dataclass(frozen=True)
+class CapacityPlan:
     average_requests_per_s: float
     peak_requests_per_s: float
-    average_input_tokens_per_s: float
-    peak_input_tokens_per_s: float
-    average_decode_tokens_per_s: float
-    peak_decode_tokens_per_s: float
-    replica_budget_cost_per_s: float  # K = G * C_m
-    pools: list[PoolCapacity] = field(default_factory=list)
-    replicas: int = 0
-    gpus: int = 0
-    nodes: int = 0
-    nodes_per_cell: int = 0
-    cells: int = 0
-    gateway_replicas: int = 0
-    redis_ops_per_s: float = 0.0
-    redis_shards: int = 0
-    redis_nodes: int = 0
-    media_preprocess_cpu_s_per_s: float = 0.0
-    preprocess_replicas: int = 0
+    replica: Replica
+    pools: tuple[Pool, ...]
+    replicas: int
+    gpus: int
+    replicas_per_cell: int
+    cells: int
+    gateway_replicas_per_cell: int
+    gateway_replicas: int
+    redis_ops_per_s: float
+    redis_keys_per_s: float
+    redis_shards_per_cell: int
+    redis_shards: int
+    redis_nodes: int
+    mirror_records_per_s: float
+    mirror_bytes_per_s: float
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def average_requests_per_s(a: Assumptions) -> float:
-    """users * daily_active_fraction * requests_per_active_user_per_day / 86,400."""
-    t = a.traffic
-    return t.users * t.daily_active_fraction * t.requests_per_active_user_per_day / SECONDS_PER_DAY
+def _share(value: float, name: str) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}: a share, must be in [0, 1], got {value}")
+    return value
 
 
-def prompt_tokens(w: Workload) -> float:
-    """P = prompt_tokens + image_share * image_tokens + audio_share * audio_tokens (one item each)."""
-    return (
-        w.prompt_tokens
-        + w.modality_mix.get("image", 0.0) * w.image_tokens
-        + w.modality_mix.get("audio", 0.0) * w.audio_tokens
+def _positive(value: float, name: str) -> float:
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
+    return value
+
+
+def replica(f: Figures) -> Replica:
+    arch = architecture(str(f.get("model_size")), int(f.number("vocab_size")))
+    memory = replica_memory(
+        arch,
+        int(f.number("tensor_parallel")),
+        int(f.number("pipeline_parallel")),
+        _positive(f.number("gpu_memory_gib"), "gpu_memory_gib"),
+        _share(f.number("gpu_memory_utilisation"), "gpu_memory_utilisation"),
+        _positive(f.number("weight_bytes_per_parameter"), "weight_bytes_per_parameter"),
+        int(f.number("kv_element_bytes")),
+        f.mix("context_mix"),
     )
+    decode = _positive(f.number("decode_tokens_per_s_per_replica"), "decode_tokens_per_s_per_replica")
+    batch = decode * _positive(f.number("decode_step_s"), "decode_step_s")
+    prefill = _positive(f.number("prefill_tokens_per_s_per_replica"), "prefill_tokens_per_s_per_replica")
+    if memory.kv_sequences < batch:
+        return Replica(memory, batch, "KV", decode * memory.kv_sequences / batch, prefill)
+    return Replica(memory, batch, "compute", decode, prefill)
 
 
-def decode_tokens(w: Workload, mode: str) -> float:
-    """instant: O; thinking: R + O; contemplating: N * (R + A) + S + O."""
+def _tokens(f: Figures, mode: str) -> tuple[float, float]:
+    """(prefill after prefix hits, decode) tokens of one request of `mode`."""
+    prompt = f.number("prompt_tokens") * (1 - _share(f.number("prefix_hit_rate"), "prefix_hit_rate"))
+    output = _positive(f.number("output_tokens"), "output_tokens")
     if mode == "instant":
-        return w.output_tokens
+        return prompt, output
+    reasoning = f.number("reasoning_tokens")
     if mode == "thinking":
-        return w.reasoning_tokens + w.output_tokens
-    agents = w.contemplating_agents
-    return agents * (w.reasoning_tokens + w.agent_answer_tokens) + w.synthesis_reasoning_tokens + w.output_tokens
+        return prompt, reasoning + output
+    agents, answer = f.number("contemplating_agents"), f.number("agent_answer_tokens")
+    shared = _share(f.number("agents_prefill_ratio"), "agents_prefill_ratio")
+    synthesis = f.number("synthesis_reasoning_tokens")
+    return agents * prompt * shared + agents * answer, agents * (reasoning + answer) + synthesis + output
 
 
-def prefill_tokens(w: Workload, mode: str) -> float:
-    """P, and for contemplating P + N * A (the synthesis prompt adds the agents' answers)."""
-    extra = w.contemplating_agents * w.agent_answer_tokens if mode == "contemplating" else 0
-    return prompt_tokens(w) + extra
-
-
-def cost_per_request(w: Workload, mode: str) -> float:
-    """decode_tokens + prefill_weight * prefill_tokens, in decode-token equivalents."""
-    return decode_tokens(w, mode) + w.prefill_weight * prefill_tokens(w, mode)
-
-
-def replica_budget(m: Measured, w: Workload) -> float:
-    """K = G * C_m with C_m = D_m + prefill_weight * P_m, D_m = tokens_per_s / G."""
-    measured_cost = m.tokens_per_s_per_replica / m.goodput_rps_per_replica + w.prefill_weight * m.measured_prompt_tokens
-    return m.goodput_rps_per_replica * measured_cost
-
-
-def nodes_for(replicas: int, a: Assumptions) -> int:
-    """Replicas that fit a node share it (gpn // gpr per node); larger ones take ceil(gpr / gpn) nodes each."""
-    gpr, gpn = a.fleet.gpus_per_replica, a.fleet.gpus_per_node
-    if gpr <= gpn:
-        return safe_ceil(replicas / (gpn // gpr))
-    return replicas * math.ceil(gpr / gpn)
-
-
-def nodes_per_cell(a: Assumptions) -> int:
-    """min(max_nodes_per_cell, max_gpus_per_cell // gpn), rounded down to whole multi-node replicas."""
-    f = a.fleet
-    nodes = f.max_nodes_per_cell
-    if f.max_gpus_per_cell:
-        nodes = min(nodes, f.max_gpus_per_cell // f.gpus_per_node)
-    per_replica = max(1, math.ceil(f.gpus_per_replica / f.gpus_per_node))
-    return nodes // per_replica * per_replica
-
-
-def plan(a: Assumptions) -> Capacity:
-    """Every output at the diurnal peak (peak = average * peak_to_average), headroom applied to each tier."""
-    a.validate()
-    w, u = a.workload, a.fleet.target_utilisation
-    avg = average_requests_per_s(a)
-    peak = avg * a.traffic.peak_to_average
-    budget = replica_budget(a.measured, w)
-    pools: list[PoolCapacity] = []
+def plan(f: Figures) -> CapacityPlan:
+    """Every output at the diurnal peak; a figure missing or out of range is a ValueError naming it."""
+    active = _positive(f.number("users"), "users") * _share(f.number("daily_active_fraction"), "daily_active_fraction")
+    per_user = _positive(f.number("requests_per_active_user_per_day"), "requests_per_active_user_per_day")
+    average = _positive(active * per_user / SECONDS_PER_DAY, "daily_active_fraction x users (requests/s)")
+    peak = average * _positive(f.number("peak_to_average"), "peak_to_average")
+    util = _share(f.number("target_utilisation"), "target_utilisation")
+    _positive(util, "target_utilisation")
+    mix = f.mix("mode_mix")
+    unknown = sorted(set(mix) - set(MODES))
+    if unknown or any(v < 0 for v in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
+        raise ValueError(f"mode_mix: shares of {', '.join(MODES)} summing to 1, got {dict(mix)}")
+    r = replica(f)
+    gpr = r.memory.gpus
+    pools, busy = [], 0.0
     for mode in MODES:
-        share = w.mode_mix.get(mode, 0.0)
-        if share == 0:
+        if not mix.get(mode):
             continue
-        rps = peak * share
-        equivalents = rps * cost_per_request(w, mode) / budget
-        pools.append(
-            PoolCapacity(
-                mode,
-                rps,
-                decode_tokens(w, mode),
-                prefill_tokens(w, mode),
-                cost_per_request(w, mode),
-                equivalents,
-                safe_ceil(equivalents / u),
-            )
-        )
-    decode_per_request = sum(p.peak_requests_per_s * p.decode_tokens_per_request for p in pools) / peak
-    prefill_per_request = sum(p.peak_requests_per_s * p.prefill_tokens_per_request for p in pools) / peak
-    s = a.services
-    if s.mirror_fraction > 0:
+        rps = peak * mix[mode]
+        prefill, decode = _tokens(f, mode)
+        seconds = prefill / r.prefill_tokens_per_s + decode / r.decode_tokens_per_s
+        busy += rps * seconds
+        n = safe_ceil(rps * seconds / util)
+        pools.append(Pool(mode, rps, prefill, decode, seconds, prefill / r.prefill_tokens_per_s / seconds, n, n * gpr))
+    mirror = _share(f.number("mirror_fraction"), "mirror_fraction")
+    if mirror:
         # The candidate pool serves a sampled copy of the same mix.
-        mix_equivalents = sum(p.replica_equivalents for p in pools)
-        mean_cost = mix_equivalents * budget / peak
-        eq = s.mirror_fraction * mix_equivalents
-        pools.append(
-            PoolCapacity(
-                "mirror",
-                peak * s.mirror_fraction,
-                decode_per_request,
-                prefill_per_request,
-                mean_cost,
-                eq,
-                safe_ceil(eq / u),
-            )
-        )
+        n = safe_ceil(mirror * busy / util)
+        pf = sum(p.peak_requests_per_s * p.prefill_tokens_per_request for p in pools) / peak
+        dc = sum(p.peak_requests_per_s * p.decode_tokens_per_request for p in pools) / peak
+        share = sum(p.peak_requests_per_s * p.replica_s_per_request * p.prefill_share for p in pools) / busy
+        pools.append(Pool("mirror", peak * mirror, pf, dc, busy / peak, share, n, n * gpr))
     replicas = sum(p.replicas for p in pools)
-    nodes = sum(nodes_for(p.replicas, a) for p in pools)
-    cell_nodes = nodes_per_cell(a)
-    redis_ops = peak * (s.redis_decisions_per_request + s.mirror_fraction * s.redis_xadds_per_mirrored_request)
-    redis_shards = safe_ceil(redis_ops / (s.redis_ops_per_s_per_shard * u))
-    media_cpu = peak * (
-        w.modality_mix.get("image", 0.0) * s.image_preprocess_ms
-        + w.modality_mix.get("audio", 0.0) * s.audio_preprocess_ms
+    per_cell = int(f.number("max_gpus_per_cell")) // gpr
+    if per_cell < 1:
+        raise ValueError(f"max_gpus_per_cell: {f.get('max_gpus_per_cell')} GPUs hold no {gpr}-GPU replica")
+    cells = max(1, safe_ceil(replicas / per_cell))
+    gateways = safe_ceil(
+        peak / cells / (_positive(f.number("gateway_rps_per_replica"), "gateway_rps_per_replica") * util)
     )
-    media_cpu /= 1000.0
-    return Capacity(
-        average_requests_per_s=avg,
+    ops = peak * f.number("redis_decisions_per_request")
+    shard_ops = _positive(f.number("redis_ops_per_s_per_shard"), "redis_ops_per_s_per_shard")
+    shards = safe_ceil(ops / cells / (shard_ops * util))
+    records = peak * mirror
+    return CapacityPlan(
+        average_requests_per_s=average,
         peak_requests_per_s=peak,
-        average_input_tokens_per_s=avg * prompt_tokens(w),
-        peak_input_tokens_per_s=peak * prompt_tokens(w),
-        average_decode_tokens_per_s=avg * decode_per_request,
-        peak_decode_tokens_per_s=peak * decode_per_request,
-        replica_budget_cost_per_s=budget,
-        pools=pools,
+        replica=r,
+        pools=tuple(pools),
         replicas=replicas,
-        gpus=replicas * a.fleet.gpus_per_replica,
-        nodes=nodes,
-        nodes_per_cell=cell_nodes,
-        cells=safe_ceil(nodes / cell_nodes),
-        gateway_replicas=safe_ceil(peak / (s.gateway_rps_per_replica * u)),
-        redis_ops_per_s=redis_ops,
-        redis_shards=redis_shards,
-        redis_nodes=redis_shards * s.redis_replication_factor,
-        media_preprocess_cpu_s_per_s=media_cpu,
-        preprocess_replicas=safe_ceil(media_cpu / u),
+        gpus=replicas * gpr,
+        replicas_per_cell=per_cell,
+        cells=cells,
+        gateway_replicas_per_cell=gateways,
+        gateway_replicas=gateways * cells,
+        redis_ops_per_s=ops,
+        redis_keys_per_s=ops * f.number("redis_keys_per_decision"),
+        redis_shards_per_cell=shards,
+        redis_shards=shards * cells,
+        redis_nodes=shards * cells * int(f.number("redis_replication_factor")),
+        mirror_records_per_s=records,
+        mirror_bytes_per_s=records * f.number("mirror_record_bytes") if records else 0.0,
     )

@@ -1,166 +1,144 @@
-"""`museserve-loadtest capacity`: flags -> Assumptions -> plan -> a table (and JSON).
+"""`museserve-loadtest capacity`: files and stated assumptions -> figures -> plan -> text and JSON.
 
-Every Assumptions field is a flag (`--field-name`, its help from the field); mixes are
-`name=share,...`. `--from-run run.json --replicas R` takes the measurement from a load
-generator report instead of `--goodput-rps-per-replica` / `--tokens-per-s-per-replica`.
+Measured figures come from the files given (`--engine`, `--sweep`, `--prefix-routing`,
+`--answers`, `--gateway`); every other figure is assumed, with its reason, in a `--profile` YAML
+(`name: {value, reason}`) or by `--assume NAME=VALUE:REASON`. A measurement wins over the
+profile unless the profile's entry says `replaces_measured: true`; `--assume` always wins.
+The report says what an assumption replaced. A figure the plan needs that is in none of
+them is an error naming it: nothing has a default.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .capacity import Capacity, plan
-from .capacity_assumptions import Assumptions, Measured
+from museserve.model.config import MuseConfig
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Assumptions)}
-MEASURED_FLAGS = ("goodput_rps_per_replica", "tokens_per_s_per_replica", "measured_prompt_tokens")
-
-
-def _sections(a: Assumptions) -> dict[str, Any]:
-    return {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
-
-
-def parse_mix(text: str) -> dict[str, float]:
-    """`instant=0.7,thinking=0.3` -> {"instant": 0.7, "thinking": 0.3}."""
-    mix: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            mix[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected name=share,..., got {text!r}")
-    return mix
+from . import capacity_sources as sources
+from .capacity import CapacityPlan, plan
+from .capacity_figures import Figure, Figures, load_profile, merge, parse_assume
+from .capacity_layout import GIB, Layout, architecture, suggest_layout
 
 
 def add_capacity_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `capacity` subcommand; run_capacity handles its args."""
     p = subparsers.add_parser(
         "capacity",
-        help="replicas, GPUs, nodes, cells, gateways and Redis shards for a user count",
+        help="replicas, GPUs, cells, gateways, Redis shards and mirror bandwidth for a user count",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--from-run", type=Path, help="load generator JSON report measured on --replicas model replicas")
-    p.add_argument("--replicas", type=int, help="model replicas that served the --from-run run")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write assumptions and results as JSON here")
-    defaults = Assumptions()
-    for section, obj in _sections(defaults).items():
-        group = p.add_argument_group(section)
-        for f in dataclasses.fields(obj):
-            if f.name == "source":
-                continue
-            default = getattr(obj, f.name)
-            if isinstance(default, Mapping):
-                kind, shown = parse_mix, ",".join(f"{k}={v:g}" for k, v in default.items())
-            else:
-                kind, shown = type(default), default
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                type=kind,
-                default=argparse.SUPPRESS,
-                help=f"{f.metadata['help']} (default: {shown})",
-            )
+    p.add_argument("--profile", type=Path, help="YAML of assumed figures: name: {value: ..., reason: ...}")
+    p.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE:REASON",
+                   help="an assumed figure with its reason; a mix as a/0.7+b/0.3; repeatable")  # fmt: skip
+    p.add_argument("--engine", type=Path, help=".bench/engine.json: decode tokens/s, step time, prefill rate")
+    p.add_argument("--sweep", type=Path, help="a sweep report: decode tokens/s per replica at the knee")
+    p.add_argument("--sweep-replicas", type=int, help="model replicas that served the --sweep runs")
+    p.add_argument("--prefix-routing", type=Path, help=".bench/prefix_routing.json: the prefix hit rate")
+    p.add_argument("--answers", type=Path, help=".bench/answers.json: prefill shared by contemplating agents")
+    p.add_argument("--gateway", type=Path, help=".bench/gateway.json: Redis decisions per request, keys each")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write figures, layouts and the plan as JSON")
     p.set_defaults(func=run_capacity)
     return p
 
 
-def measured_from_run(report: Mapping, replicas: int, source: str = "run") -> Measured:
-    """G = goodput.requests_per_s / replicas; tokens/s = G * (tokens.output_mean + tokens.reasoning_mean).
-
-    The token means are over OK requests; they stand for the good ones (those within the SLO).
-    """
-    try:
-        goodput = float(report["goodput"]["requests_per_s"])
-        tokens = report["tokens"]
-        decode = float(tokens["output_mean"]) + float(tokens.get("reasoning_mean") or 0.0)
-        prompt = float(tokens["input_mean"])
-        ok = int(report["requests"]["ok"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"from_run: {source} lacks a number at {e}") from None
-    if replicas < 1:
-        raise ValueError(f"replicas: must be >= 1, got {replicas}")
-    if ok == 0 or goodput <= 0 or decode <= 0:
-        raise ValueError(f"from_run: {source} has no request within its SLO ({ok} ok, goodput {goodput:g}/s)")
-    slo = report.get("goodput", {}).get("slo") or report.get("config", {}).get("slo")
-    per_replica = goodput / replicas
-    total_tps = (report.get("throughput") or {}).get("output_tokens_per_s")
-    note = f"{source}: {ok} OK requests on {replicas} replicas, SLO {json.dumps(slo)}"
-    if total_tps is not None:
-        note += f"; all OK requests' output tokens/s per replica {float(total_tps) / replicas:.1f}"
-    return Measured(per_replica, per_replica * decode, prompt, note)
+def figures_from_args(args: argparse.Namespace) -> Figures:
+    """Measurements in order engine, sweep (its knee, at the SLO, wins), prefix routing, answers, gateway;
+    then the profile's assumptions, then --assume's (see `capacity_figures.merge`)."""
+    found: list[Figure] = []
+    if args.engine:
+        found += sources.from_engine(args.engine)
+    if args.sweep:
+        if args.sweep_replicas is None:
+            raise ValueError("sweep_replicas: --sweep needs --sweep-replicas (model replicas that served it)")
+        found += sources.from_sweep(args.sweep, args.sweep_replicas)
+    if args.prefix_routing:
+        found += sources.from_prefix_routing(args.prefix_routing)
+    if args.answers:
+        found += sources.from_answers(args.answers)
+    if args.gateway:
+        found += sources.from_gateway(args.gateway)
+    profile = load_profile(args.profile) if args.profile else []
+    return merge(found, profile, [parse_assume(text) for text in args.assume])
 
 
-def assumptions_from_args(args: argparse.Namespace) -> Assumptions:
-    """Defaults, overridden by the flags given; raises ValueError on a bad combination or value."""
-    given = vars(args)
-    sections = _sections(Assumptions())
-    if given.get("from_run") is not None:
-        clash = [f for f in MEASURED_FLAGS if f in given]
-        if clash:
-            raise ValueError(f"from_run: give either --from-run or --{clash[0].replace('_', '-')}, not both")
-        if given.get("replicas") is None:
-            raise ValueError("replicas: --from-run needs --replicas (model replicas that served the run)")
-        report = json.loads(Path(given["from_run"]).read_text())
-        sections["measured"] = measured_from_run(report, given["replicas"], str(given["from_run"]))
-    elif any(f in given for f in MEASURED_FLAGS):
-        sections["measured"] = dataclasses.replace(sections["measured"], source="flags")
-    for name, obj in sections.items():
-        changes = {f.name: given[f.name] for f in dataclasses.fields(obj) if f.name in given and f.name != "source"}
-        sections[name] = dataclasses.replace(obj, **changes)
-    assumptions = Assumptions(**sections)
-    assumptions.validate()
-    return assumptions
+def layouts(f: Figures) -> list[Layout]:
+    """The suggested TP x PP of every named model size on the plan's GPUs."""
+    usable = f.number("gpu_memory_gib") * GIB * f.number("gpu_memory_utilisation")
+    weight, vocab = f.number("weight_bytes_per_parameter"), int(f.number("vocab_size"))
+    return [suggest_layout(architecture(s, vocab), s, weight, usable) for s in MuseConfig.named_sizes()]
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, Mapping):
-        return ",".join(f"{k}={v:g}" for k, v in value.items())
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+        return ",".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return f"{int(value):,}"
 
 
-def format_table(a: Assumptions, c: Capacity) -> str:
-    """Assumptions (value and help), then the results, then one row per pool class."""
-    lines = ["ASSUMPTIONS"]
-    for section, obj in _sections(a).items():
-        for f in dataclasses.fields(obj):
-            lines.append(f"  {section}.{f.name:<34} {_fmt(getattr(obj, f.name)):>24}  {f.metadata['help']}")
-    lines.append("RESULTS (peak = average x peak_to_average; every tier sized at target_utilisation)")
-    for key, value in c.to_json().items():
-        if key != "pools":
-            lines.append(f"  {key:<42} {_fmt(value):>24}")
-    lines.append("POOLS at peak     req/s  decode tok/req  prefill tok/req  cost/req  replica-eq  replicas")
+def format_text(figures: Figures, lays: list[Layout], c: CapacityPlan) -> str:
+    lines = ["FIGURES (measured: file and key; assumed: the reason)"]
+    for f in figures.used.values():
+        extra = f"; replaces {f.replaces}" if f.replaces else ""
+        lines.append(f"  {f.name:<34} {_fmt(f.value):>28}  {f.kind:<8}  {f.source}{extra}")
+    lines.append("LAYOUT per model size (smallest TP, then PP, whose weights take <= half the usable memory)")
+    for lay in lays:
+        lines.append(f"  {lay.model_size:<6} {lay.parameters / 1e9:8.2f} B params {lay.weight_gib:8.1f} GiB weights  "
+                     f"TP {lay.tensor_parallel} x PP {lay.pipeline_parallel} = {lay.gpus} GPUs")  # fmt: skip
+    r, m = c.replica, c.replica.memory
+    lines += [
+        "REPLICA",
+        f"  GPUs {m.gpus}; weights {m.weight_bytes / GIB:,.1f} GiB; KV cache {m.kv_bytes / GIB:,.1f} GiB "
+        f"at {m.kv_bytes_per_token:,} bytes/token",
+        f"  mean context {_fmt(m.mean_context_tokens)} tokens = {m.kv_bytes_per_sequence / GIB:.3f} GiB each: "
+        f"{m.kv_sequences:,} sequences fit; compute runs {r.compute_sequences:,.1f} per step -> {r.bound}-bound",
+        f"  decode {_fmt(r.decode_tokens_per_s)} tokens/s, prefill {_fmt(r.prefill_tokens_per_s)} tokens/s",
+        "POOLS at peak        req/s  prefill tok/req  decode tok/req  replica-s/req  prefill share  replicas      GPUs",
+    ]
     for p in c.pools:
         lines.append(
-            f"  {p.pool:<13} {_fmt(p.peak_requests_per_s):>9} {_fmt(p.decode_tokens_per_request):>15} "
-            f"{_fmt(p.prefill_tokens_per_request):>16} {_fmt(p.cost_per_request):>9} "
-            f"{_fmt(p.replica_equivalents):>11} {_fmt(p.replicas):>9}"
+            f"  {p.pool:<13} {_fmt(p.peak_requests_per_s):>11} {_fmt(p.prefill_tokens_per_request):>16} "
+            f"{_fmt(p.decode_tokens_per_request):>15} {_fmt(p.replica_s_per_request):>14} "
+            f"{p.prefill_share:>14.3f} {_fmt(p.replicas):>9} {_fmt(p.gpus):>9}"
         )
+    lines += [
+        "FLEET",
+        f"  requests/s: average {_fmt(c.average_requests_per_s)}, peak {_fmt(c.peak_requests_per_s)}",
+        f"  replicas {_fmt(c.replicas)}, GPUs {_fmt(c.gpus)}",
+        f"  cells {_fmt(c.cells)} ({_fmt(c.replicas_per_cell)} replicas each at most)",
+        f"  gateway replicas {_fmt(c.gateway_replicas)} ({_fmt(c.gateway_replicas_per_cell)} per cell)",
+        f"  Redis: {_fmt(c.redis_ops_per_s)} decisions/s, {_fmt(c.redis_keys_per_s)} keys/s; "
+        f"{_fmt(c.redis_shards)} shards ({_fmt(c.redis_shards_per_cell)} per cell's cluster), "
+        f"{_fmt(c.redis_nodes)} nodes",
+        f"  mirror stream: {_fmt(c.mirror_records_per_s)} records/s, {c.mirror_bytes_per_s / 1e6:,.1f} MB/s",
+    ]
     return "\n".join(lines)
 
 
 def run_capacity(args: argparse.Namespace) -> int:
-    """Prints the table; writes JSON with --json. A bad flag prints `capacity: field: why` and returns 2."""
+    """Prints the report; writes JSON with --json. A missing or bad figure prints
+    `capacity: name: why` and returns 2."""
     try:
-        assumptions = assumptions_from_args(args)
-        capacity = plan(assumptions)
+        figures = figures_from_args(args)
+        c = plan(figures)
+        lays = layouts(figures)
     except (ValueError, OSError) as e:
         print(f"capacity: {e}", file=sys.stderr)
         return 2
-    print(format_table(assumptions, capacity))
-    if getattr(args, "json", None):
-        doc = {"assumptions": dataclasses.asdict(assumptions), "capacity": capacity.to_json()}
+    print(format_text(figures, lays, c))
+    if args.json:
+        doc = {
+            "figures": {name: f.to_json() for name, f in figures.used.items()},
+            "layouts": [{**vars(lay), "gpus": lay.gpus} for lay in lays],
+            "plan": c.to_json(),
+        }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -1,167 +1,200 @@
-"""The capacity model against hand-computed cases, the run-report reader, flag errors and the CLI."""
+"""The capacity plan against hand-computed cases: KV- and compute-bound replicas, prefill and
+decode, pools, cells, gateways, Redis and the mirror stream; and the `capacity` command."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import re
 
 import pytest
+import yaml
 
-from museserve_loadtest.capacity import Assumptions, plan
-from museserve_loadtest.capacity_assumptions import Fleet, Services, Traffic, Workload
-from museserve_loadtest.capacity_report import measured_from_run
+from museserve.model.config import MuseConfig
+from museserve_loadtest.capacity import plan
+from museserve_loadtest.capacity_figures import Figures, MissingFigure, assumed
+from museserve_loadtest.capacity_layout import GIB, suggest_layout
 from museserve_loadtest.cli import main
 
-TEXT_ONLY = {"text": 1.0, "image": 0.0, "audio": 0.0}
-INSTANT_ONLY = {"instant": 1.0, "thinking": 0.0, "contemplating": 0.0}
+from .test_capacity_sources import engine_doc, gateway_doc, sweep_doc, write
+
+# 1b: 16 layers x 8 KV heads x 64 x 2 (K, V) x 2 bytes = 32,768 bytes/token; 1,038,682,112 parameters
+# = 1.935 GiB of bfloat16 weights. 10 GiB at utilisation 1 leaves 8.065 GiB of KV cache; the mix's
+# mean context is 2,048 tokens = 64 MiB, so 129 sequences fit.
+BASE = {
+    "users": 8_640_000,  # x 1 active x 10 req/day / 86,400 = 1,000 req/s; x 2 = 2,000 at peak
+    "daily_active_fraction": 1.0,
+    "requests_per_active_user_per_day": 10,
+    "peak_to_average": 2.0,
+    "mode_mix": {"instant": 1.0},
+    "context_mix": {"1024": 0.5, "3072": 0.5},
+    "prompt_tokens": 1000,
+    "output_tokens": 100,
+    "model_size": "1b",
+    "vocab_size": 32000,
+    "weight_bytes_per_parameter": 2,
+    "kv_element_bytes": 2,
+    "tensor_parallel": 1,
+    "pipeline_parallel": 1,
+    "gpu_memory_gib": 10,
+    "gpu_memory_utilisation": 1.0,
+    "decode_tokens_per_s_per_replica": 1000,
+    "decode_step_s": 0.1,  # 100 sequences per step: fewer than the 129 that fit -> compute-bound
+    "prefill_tokens_per_s_per_replica": 5000,
+    "prefix_hit_rate": 0.5,
+    "target_utilisation": 0.8,
+    "max_gpus_per_cell": 128,
+    "gateway_rps_per_replica": 100,
+    "redis_decisions_per_request": 1,
+    "redis_keys_per_decision": 4,
+    "redis_ops_per_s_per_shard": 1000,
+    "redis_replication_factor": 2,
+    "mirror_fraction": 0.0,
+}
 
 
-def base(**workload) -> Assumptions:
-    """Instant, text only, no mirror: the target request costs what the measured one did (256 decode, 512 prompt)."""
-    mix = {"mode_mix": INSTANT_ONLY, "modality_mix": TEXT_ONLY, **workload}
-    return Assumptions(workload=Workload(**mix), services=Services(mirror_fraction=0.0))
+def figures(**changes) -> Figures:
+    values = {**BASE, **changes}
+    return Figures(assumed(k, v, "test") for k, v in values.items() if v is not None)
 
 
-def test_brief_case_users_to_cells():
-    c = plan(base())
-    # 3.3e9 users x 0.3 DAU x 10 req/day = 9.9e9 req/day; / 86,400 = 114,583.33 req/s; x 3 peak = 343,750 req/s
-    assert c.average_requests_per_s == pytest.approx(114_583.333, rel=1e-6)
-    assert c.peak_requests_per_s == pytest.approx(343_750)
-    # tokens: 114,583.33 x 512 = 58,666,667 in/s; x 256 = 29,333,333 decode/s on average
-    assert c.average_input_tokens_per_s == pytest.approx(58_666_666.7, rel=1e-6)
-    assert c.average_decode_tokens_per_s == pytest.approx(29_333_333.3, rel=1e-6)
-    # K = 2.0 rps x (512/2 + 0.05 x 512) = 2 x 281.6 = 563.2; each request costs 281.6
-    # 343,750 x 281.6 / 563.2 = 171,875 replica-equivalents; / 0.7 = 245,535.7 -> 245,536 replicas
-    assert c.replica_budget_cost_per_s == pytest.approx(563.2)
-    assert [p.pool for p in c.pools] == ["instant"]
-    assert c.pools[0].replica_equivalents == pytest.approx(171_875)
-    assert c.replicas == 245_536
-    # tp 8 x pp 1 = 8 GPUs each -> 1,964,288 GPUs; 8 GPUs/node -> 245,536 nodes; / 2,000 = 122.8 -> 123 cells
-    assert (c.gpus, c.nodes, c.nodes_per_cell, c.cells) == (1_964_288, 245_536, 2_000, 123)
-    # gateways: 343,750 / (500 x 0.7 = 350) = 982.1 -> 983
-    assert c.gateway_replicas == 983
-    # Redis: 343,750 x 1 decision = 343,750 ops/s; / (25,000 x 0.7 = 17,500) = 19.6 -> 20 shards; x 2 copies = 40
-    assert (c.redis_ops_per_s, c.redis_shards, c.redis_nodes) == (pytest.approx(343_750), 20, 40)
-    assert (c.media_preprocess_cpu_s_per_s, c.preprocess_replicas) == (0.0, 0)
+def test_compute_bound_plan_by_hand():
+    c = plan(figures())
+    m = c.replica.memory
+    assert m.kv_bytes_per_token == 32_768 and m.mean_context_tokens == 2048
+    assert m.kv_sequences == 129 and c.replica.bound == "compute" and c.replica.decode_tokens_per_s == 1000
+    assert (c.average_requests_per_s, c.peak_requests_per_s) == (pytest.approx(1000), pytest.approx(2000))
+    (p,) = c.pools
+    # prefill 1,000 x (1 - 0.5) = 500 tokens / 5,000 = 0.1 s; decode 100 / 1,000 = 0.1 s
+    assert (p.prefill_tokens_per_request, p.replica_s_per_request, p.prefill_share) == (500, 0.2, 0.5)
+    # 2,000 req/s x 0.2 s = 400 busy replicas / 0.8 = 500
+    assert (p.replicas, c.replicas, c.gpus) == (500, 500, 500)
+    # 128 replicas per cell -> 4 cells; each 500 req/s / (100 x 0.8) = 6.25 -> 7 gateways
+    assert (c.replicas_per_cell, c.cells, c.gateway_replicas_per_cell, c.gateway_replicas) == (128, 4, 7, 28)
+    # Redis: 2,000 decisions/s x 4 keys; each cell 500/s / (1,000 x 0.8) -> 1 shard, 4 in all, 8 nodes
+    assert (c.redis_ops_per_s, c.redis_keys_per_s) == (pytest.approx(2000), pytest.approx(8000))
+    assert (c.redis_shards_per_cell, c.redis_shards, c.redis_nodes) == (1, 4, 8)
+    assert (c.mirror_records_per_s, c.mirror_bytes_per_s) == (0, 0)
 
 
-def test_mode_mix_costs_reasoning_and_agents():
-    c = plan(base(mode_mix={"instant": 0.7, "thinking": 0.25, "contemplating": 0.05}))
-    pools = {p.pool: p for p in c.pools}
-    # instant: 256 decode + 0.05 x 512 = 281.6; 240,625 req/s x 281.6 / 563.2 = 120,312.5; / 0.7 = 171,875
-    assert pools["instant"].cost_per_request == pytest.approx(281.6)
-    assert pools["instant"].replicas == 171_875
-    # thinking: 1,024 + 256 = 1,280 decode, cost 1,305.6; 85,937.5 x 1,305.6 / 563.2 = 199,218.75; / 0.7 -> 284,599
-    assert pools["thinking"].decode_tokens_per_request == 1_280
-    assert pools["thinking"].replicas == 284_599
-    # contemplating: 4 x (1,024 + 256) + 128 + 256 = 5,504 decode; prefill 512 + 4 x 256 = 1,536 -> 76.8;
-    # cost 5,580.8; 17,187.5 x 5,580.8 / 563.2 = 170,312.5; / 0.7 = 243,303.6 -> 243,304
-    assert pools["contemplating"].decode_tokens_per_request == 5_504
-    assert pools["contemplating"].prefill_tokens_per_request == 1_536
-    assert pools["contemplating"].replicas == 243_304
-    assert c.replicas == 171_875 + 284_599 + 243_304  # 699,778
+def test_kv_bound_replica_decodes_slower():
+    c = plan(figures(decode_step_s=0.2))  # 200 sequences per step, but 129 fit
+    assert c.replica.bound == "KV" and c.replica.compute_sequences == pytest.approx(200)
+    assert c.replica.decode_tokens_per_s == pytest.approx(1000 * 129 / 200)  # 645
+    # 0.1 s prefill + 100 / 645 s decode = 0.25504 s; x 2,000 / 0.8 = 637.6 -> 638
+    assert c.replicas == 638
+    # a longer context mix makes a compute-bound replica KV-bound
+    long = plan(figures(context_mix={"8192": 1.0}))  # 256 MiB each: 32 fit
+    assert long.replica.memory.kv_sequences == 32 and long.replica.bound == "KV"
 
 
-def test_modality_mix_adds_prompt_tokens_and_preprocess():
-    c = plan(base(modality_mix={"text": 0.9, "image": 0.1, "audio": 0.0}))
-    # prompt 512 + 0.1 x 1,024 = 614.4; cost 256 + 0.05 x 614.4 = 286.72
-    # 343,750 x 286.72 / 563.2 = 175,000; / 0.7 = 250,000 replicas
-    assert c.pools[0].cost_per_request == pytest.approx(286.72)
-    assert c.replicas == 250_000
-    # images: 343,750 x 0.1 x 15.9 ms = 546.56 CPU-s/s; / 0.7 = 780.8 -> 781 preprocess replicas
-    assert c.media_preprocess_cpu_s_per_s == pytest.approx(546.5625)
-    assert c.preprocess_replicas == 781
-    audio = plan(base(modality_mix={"text": 0.9, "image": 0.0, "audio": 0.1}))
-    # clips: 343,750 x 0.1 x 17.7 ms = 608.44 CPU-s/s; / 0.7 = 869.2 -> 870
-    assert audio.preprocess_replicas == 870
+def test_modes_prefill_and_decode():
+    f = figures(
+        mode_mix={"thinking": 0.5, "contemplating": 0.5},
+        reasoning_tokens=200,
+        contemplating_agents=4,
+        agent_answer_tokens=50,
+        synthesis_reasoning_tokens=20,
+        agents_prefill_ratio=0.25,
+    )
+    pools = {p.pool: p for p in plan(f).pools}
+    assert (pools["thinking"].prefill_tokens_per_request, pools["thinking"].decode_tokens_per_request) == (500, 300)
+    # 4 agents x 500 x 0.25 + 4 x 50 = 700 prefill; 4 x (200 + 50) + 20 + 100 = 1,120 decode
+    c = pools["contemplating"]
+    assert (c.prefill_tokens_per_request, c.decode_tokens_per_request) == (700, 1120)
+    # 1,000 req/s x (700 / 5,000 + 1,120 / 1,000 = 1.26 s) / 0.8 = 1,575 replicas
+    assert c.replicas == 1575
 
 
-def test_mirror_pool_and_its_redis_writes():
-    a = dataclasses.replace(base(), services=Services(mirror_fraction=0.01))
-    c = plan(a)
-    # mirror: 0.01 x 171,875 = 1,718.75 replica-equivalents; / 0.7 = 2,455.4 -> 2,456
-    assert c.pools[-1].pool == "mirror" and c.pools[-1].replicas == 2_456
-    assert c.replicas == 245_536 + 2_456
-    # Redis: 343,750 x (1 + 0.01 x 1 XADD) = 347,187.5 ops/s; / 17,500 = 19.8 -> 20
-    assert c.redis_ops_per_s == pytest.approx(347_187.5)
-    assert c.redis_shards == 20
+def test_mirror_pool_and_stream():
+    c = plan(figures(mirror_fraction=0.1, mirror_record_bytes=1000))
+    # the candidate serves 10% of the 400 busy replicas: 40 / 0.8 = 50
+    assert [p.pool for p in c.pools] == ["instant", "mirror"] and c.pools[1].replicas == 50
+    assert (c.mirror_records_per_s, c.mirror_bytes_per_s) == (pytest.approx(200), pytest.approx(200_000))
 
 
-@pytest.mark.parametrize(
-    "fleet, gpus, nodes, cells",
-    [
-        # tp 16 on 8-GPU nodes: 2 nodes per replica -> 491,072 nodes; / 2,000 = 245.5 -> 246 cells
-        (Fleet(tensor_parallel=16), 3_928_576, 491_072, 246),
-        # tp 2: 4 replicas per node -> 245,536 / 4 = 61,384 nodes; / 2,000 = 30.7 -> 31 cells
-        (Fleet(tensor_parallel=2), 491_072, 61_384, 31),
-        # at most 4,096 GPUs per cell = 512 nodes; 245,536 / 512 = 479.6 -> 480 cells
-        (Fleet(max_gpus_per_cell=4_096), 1_964_288, 245_536, 480),
-    ],
-)
-def test_packing_into_nodes_and_cells(fleet, gpus, nodes, cells):
-    c = plan(dataclasses.replace(base(), fleet=fleet))
-    assert (c.gpus, c.nodes, c.cells) == (gpus, nodes, cells)
-
-
-def run_report(goodput_rps: float = 12.0, ok: int = 600) -> dict:
-    return {
-        "requests": {"ok": ok},
-        "goodput": {"requests_per_s": goodput_rps, "slo": {"ttft": 1.0}},
-        "throughput": {"output_tokens_per_s": 2_600.0},
-        "tokens": {"input_mean": 512.0, "output_mean": 200.0, "reasoning_mean": 56.0},
-    }
-
-
-def test_measurement_from_a_run_report(tmp_path, capsys):
-    m = measured_from_run(run_report(), replicas=4)
-    # G = 12 / 4 = 3 rps per replica; decode 200 + 56 = 256 per request -> 768 tokens/s per replica
-    assert (m.goodput_rps_per_replica, m.tokens_per_s_per_replica, m.measured_prompt_tokens) == (3.0, 768.0, 512.0)
-    assert '"ttft": 1.0' in m.source
-    # K = 3 x 281.6 = 844.8; 343,750 / 3 = 114,583.3 replica-equivalents; / 0.7 = 163,690.5 -> 163,691
-    assert plan(dataclasses.replace(base(), measured=m)).replicas == 163_691
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(run_report()))
-    mix = ["--mode-mix", "instant=1", "--modality-mix", "text=1", "--mirror-fraction", "0"]
-    assert main(["capacity", "--from-run", str(path), "--replicas", "4", *mix]) == 0
-    assert "163,691" in capsys.readouterr().out
+def test_monotonic_in_users():
+    counts = [plan(figures(users=u)) for u in (1e5, 1e6, 8.64e6, 1e8, 3.3e9)]
+    for key in ("replicas", "gpus", "cells", "gateway_replicas", "redis_shards"):
+        values = [getattr(c, key) for c in counts]
+        assert values == sorted(values), key
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "changes, message",
     [
-        (["--users", "-5"], "users: must be a finite number >= 0"),
-        (["--mode-mix", "instant=0.5,thinking=0.4"], "mode_mix: shares sum to 0.9, must sum to 1"),
-        (["--modality-mix", "text=0.5,video=0.5"], "modality_mix: unknown video"),
-        (["--target-utilisation", "1.5"], "target_utilisation: a fraction, must be <= 1"),
-        (["--goodput-rps-per-replica", "0"], "goodput_rps_per_replica: must be > 0"),
-        (["--tensor-parallel", "0"], "tensor_parallel: must be >= 1"),
-        (["--from-run", "run.json"], "replicas: --from-run needs --replicas"),
-        (["--from-run", "run.json", "--replicas", "2", "--goodput-rps-per-replica", "3"], "give either --from-run"),
+        ({"decode_step_s": None}, "decode_step_s: neither measured nor assumed"),
+        ({"mode_mix": {"thinking": 1.0}}, "reasoning_tokens: neither measured nor assumed"),
+        ({"mirror_fraction": 0.1}, "mirror_record_bytes: neither measured nor assumed"),
+        ({"mode_mix": {"instant": 0.5}}, "mode_mix: shares of"),
+        ({"context_mix": {"1048576": 1.0}}, "context_mix: 1,048,576 tokens need 32.0 GiB"),
+        ({"gpu_memory_gib": 1.9}, "1 GPUs of 1.9 GiB at 1 hold no KV cache beside 1.9 GiB of weights"),
+        ({"tensor_parallel": 3}, "tensor_parallel x pipeline_parallel: parallel.tensor (3) must divide"),
+        ({"max_gpus_per_cell": 0}, "max_gpus_per_cell: 0 GPUs hold no 1-GPU replica"),
+        ({"prefix_hit_rate": 1.5}, "prefix_hit_rate: a share"),
     ],
 )
-def test_bad_flags_name_the_field(flags, message, capsys):
-    assert main(["capacity", *flags]) == 2
-    assert message in capsys.readouterr().err
+def test_errors_name_the_figure(changes, message):
+    with pytest.raises((MissingFigure, ValueError), match=re.escape(message)):
+        plan(figures(**changes))
 
 
-def test_run_reports_without_a_measurement_are_refused():
-    with pytest.raises(ValueError, match="no request within its SLO"):
-        measured_from_run(run_report(goodput_rps=0.0, ok=0), replicas=1)
-    with pytest.raises(ValueError, match="lacks a number at 'tokens'"):
-        measured_from_run({"goodput": {"requests_per_s": 1.0}}, replicas=1)
+def test_layout_per_model_size():
+    usable = 79.6 * GIB * 0.9
+    layout = suggest_layout(MuseConfig.named("70b", 128256), "70b", 2, usable)
+    assert (layout.tensor_parallel, layout.pipeline_parallel) == (4, 1)  # 131 GiB / 4 <= 35.8 GiB
+    big = suggest_layout(MuseConfig.named("70b", 128256), "70b", 4, usable)  # float32: 263 GiB
+    assert (big.tensor_parallel, big.pipeline_parallel) == (8, 1)
+    tiny_gpus = suggest_layout(MuseConfig.named("70b", 128256), "70b", 2, 16 * GIB)
+    assert (tiny_gpus.tensor_parallel, tiny_gpus.pipeline_parallel) == (8, 3)  # 16.4 GiB per rank over 8
 
 
-def test_cli_prints_every_assumption_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "capacity.json"
-    assert main(["capacity", "--users", "1e6", "--json", str(out)]) == 0
-    table = capsys.readouterr().out
+def test_command_marks_measured_and_assumed(tmp_path, capsys):
+    engine = write(tmp_path, "engine.json", engine_doc())
+    sweep = write(tmp_path, "sweep.json", sweep_doc())
+    gateway = write(tmp_path, "gateway.json", gateway_doc())
+    measured_here = {"decode_tokens_per_s_per_replica", "decode_step_s", "prefill_tokens_per_s_per_replica",
+                     "redis_decisions_per_request", "redis_keys_per_decision"}  # fmt: skip
+    profile = {k: {"value": v, "reason": "stated for the test"} for k, v in BASE.items() if k not in measured_here}
+    profile["decode_step_s"] = {"value": 0.05, "reason": "GPU figure", "replaces_measured": True}
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
+    out = tmp_path / "plan.json"
+    argv = ["capacity", "--profile", str(tmp_path / "profile.yaml"), "--engine", str(engine), "--sweep", str(sweep),
+            "--sweep-replicas", "2", "--gateway", str(gateway), "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
     doc = json.loads(out.read_text())
-    assumptions = Assumptions(traffic=Traffic(users=1e6))
-    assert doc["assumptions"] == json.loads(json.dumps(dataclasses.asdict(assumptions)))
-    assert doc["capacity"] == json.loads(json.dumps(plan(assumptions).to_json()))
-    for section, fields in doc["assumptions"].items():
-        for name in fields:
-            assert f"{section}.{name} " in table
-    assert "1,000,000" in table and "placeholder" in table
-    for key in doc["capacity"]:
-        assert key in table or key == "pools"
+    fig = doc["figures"]
+    assert fig["decode_tokens_per_s_per_replica"]["kind"] == "measured"
+    assert "sweep.json: knee.goodput_rps" in fig["decode_tokens_per_s_per_replica"]["source"]
+    assert fig["prefill_tokens_per_s_per_replica"]["source"].endswith("(dummy small on cpu)")
+    assert fig["decode_step_s"] == {"value": 0.05, "kind": "assumed", "source": "GPU figure",
+                                    "replaces": f"measured 0.1 at {engine}: ours.step_s_p50 (dummy small on cpu)"}  # fmt: skip
+    assert fig["users"] == {"value": 8_640_000, "kind": "assumed", "source": "stated for the test"}
+    assert "mirror_record_bytes" not in fig  # mirror_fraction 0: not used, not listed
+    assert doc["plan"]["replicas"] == 500 and [lay["model_size"] for lay in doc["layouts"]][-1] == "70b"
+    for name in fig:
+        assert name in text
+    assert "replicas 500, GPUs 500" in text and "compute-bound" in text
+
+
+def test_command_refuses_a_missing_figure(tmp_path, capsys):
+    profile = {k: {"value": v, "reason": "stated"} for k, v in BASE.items() if k != "prefill_tokens_per_s_per_replica"}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
+    assert main(["capacity", "--profile", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "capacity: prefill_tokens_per_s_per_replica: neither measured nor assumed" in err
+    assert main(["capacity", "--sweep", "s.json"]) == 2
+    assert "sweep_replicas: --sweep needs --sweep-replicas" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"users": 0}, "users: must be a finite number > 0"),
+        ({"daily_active_fraction": 0}, "daily_active_fraction x users (requests/s): must be"),
+        ({"mode_mix": {"instant": 1.5, "thinking": -0.5}}, "mode_mix: shares of"),
+    ],
+)
+def test_no_traffic_or_a_negative_share_is_refused(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan(figures(**changes))

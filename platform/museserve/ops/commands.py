@@ -25,6 +25,9 @@ def add_ops_parser(commands: argparse._SubParsersAction) -> None:
         "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config; in a pod: its account)"
     )
     common.add_argument("--context", help="kubeconfig context (default: the current one)")
+    common.add_argument("--cell", help="the cell (Ray cluster) to talk to: its kubeconfig, context and namespace "
+                        "from --cells (docs/cells.md); explicit flags win")  # fmt: skip
+    common.add_argument("--cells", default="cells.yaml", help="the cells YAML --cell reads (default %(default)s)")
     apply = argparse.ArgumentParser(add_help=False)
     apply.add_argument("--yes", action="store_true", help="apply the change (without it: show the diff only)")
 
@@ -54,6 +57,12 @@ def _run(args: argparse.Namespace, command: Callable[[argparse.Namespace, Any], 
     from museserve.ops.cluster import Cluster, NoCluster
 
     try:
+        if args.cell:
+            _select_cell(args)
+    except (ValueError, OSError) as e:
+        print(f"museserve ops: {e}", file=sys.stderr)
+        return 2
+    try:
         return command(args, Cluster(args.kubeconfig, args.context, args.namespace))
     except NoCluster as e:
         print(f"museserve ops: {e}", file=sys.stderr)
@@ -61,6 +70,16 @@ def _run(args: argparse.Namespace, command: Callable[[argparse.Namespace, Any], 
     except OpsError as e:
         print(f"museserve ops: {e}", file=sys.stderr)
         return 1
+
+
+def _select_cell(args: argparse.Namespace) -> None:
+    """Fills kubeconfig, context and namespace not given on the command line from the cell's entry."""
+    from museserve.ops.cells import cell_cluster
+
+    cell = cell_cluster(args.cells, args.cell)
+    for key in ("kubeconfig", "context", "namespace"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(cell, key))
 
 
 def _status(args: argparse.Namespace, cluster: Any) -> int:
