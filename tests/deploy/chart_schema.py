@@ -197,6 +197,10 @@ def build_schema() -> Schema:
                         ),
                         "maxmemory": {"type": "string", "pattern": r"^[0-9]+(kb|mb|gb)$"},
                         "resources": OBJECT,
+                        "cluster": closed(
+                            {"enabled": {"type": "boolean"}, "masters": integer(3, 16)},
+                            ["enabled", "masters"],
+                        ),
                     },
                     ["enabled"],
                 ),
