@@ -8,7 +8,9 @@ The two configs the chart renders from values:
 - museserve.serveConfig: Ray Serve's config (serveConfigV2): proxies, the one application
   and per-deployment options. Options mirror the museserve config (build_app sets the same
   from it) and add what only Ray knows: autoscaling and the custom resources that place
-  gateways on gateway pods and each pool on its GPU worker group.
+  gateways on gateway pods and each pool on its GPU worker group. A deployment whose
+  museserve config sets `deployment.autoscaling` (museserve's own policies) gets neither
+  num_replicas nor autoscaling_config here: build_app's stand.
 */}}
 
 {{- define "museserve.configFile" -}}
@@ -30,7 +32,10 @@ where "deployment" holds the museserve DeploymentConfig values and "maxOngoing" 
 {{- define "museserve.serveDeployment" -}}
 {{- $d := .deployment | default dict }}
 {{- $options := dict "name" .name }}
-{{- if .autoscaling }}
+{{- if $d.autoscaling }}
+{{- /* museserve's own policy (deployment.autoscaling): build_app sets num_replicas and
+       autoscaling_config from the config file; setting either here would replace it. */}}
+{{- else if .autoscaling }}
 {{- $_ := set $options "num_replicas" "auto" }}
 {{- $_ := set $options "autoscaling_config" .autoscaling }}
 {{- else }}

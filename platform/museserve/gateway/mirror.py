@@ -25,6 +25,7 @@ from museserve.errors import MuseError
 from museserve.gateway.capture import StreamCapture
 from museserve.gateway.mirror_records import MirrorRecord, MirrorSide, apply_content_policy, messages_digest, sha256_hex
 from museserve.gateway.mirror_sinks import MirrorSink, RedisMirrorSink
+from museserve.gateway.pool_loads import POOL_LOADS, PoolLoads
 
 if TYPE_CHECKING:
     from museserve.gateway.gateway import PoolClient, PreprocessClient
@@ -62,7 +63,10 @@ class Mirror:
         pools: Mapping[str, PoolClient],
         sink: MirrorSink,
         observer: MirrorObserver,
+        loads: PoolLoads = POOL_LOADS,
     ):
+        """`loads`: the model replicas' load reports (in a Serve replica, this process's board)."""
+        self._loads = loads
         self._preprocess = preprocess
         self._pools = pools
         self._sink = sink
@@ -74,15 +78,29 @@ class Mirror:
         return len(self._tasks)
 
     def start(self, request: ChatRequest, primary_pool: str, mirror: MirrorConfig) -> MirrorTicket | None:
-        """Starts the copy; None when the cap is reached (the request is not mirrored)."""
+        """Starts the copy; None when the cap is reached or the candidate is scaled to zero
+        (the request is not mirrored)."""
         if len(self._tasks) >= mirror.max_in_flight:
             self._observer.mirror("skipped", None)
+            return None
+        if self._asleep(mirror.candidate):
+            self._observer.mirror("skipped_scaled_to_zero", None)
             return None
         ticket = MirrorTicket()
         task = asyncio.get_running_loop().create_task(self._run(request, primary_pool, mirror, ticket))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return ticket
+
+    def _asleep(self, candidate: str) -> bool:
+        """No replica of the candidate reports load while other pools' replicas do. A copy
+        sent then would wait in the candidate's handle queue, and a request queued there wakes
+        a pool scaled to zero (Serve's cold start): mirrored traffic must never do that. Where
+        this process holds no load reports at all (no Serve routers: tests, start-up), nothing
+        is skipped."""
+        if self._loads.of(candidate):
+            return False
+        return any(self._loads.of(pool) for pool in self._pools if pool != candidate)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Lets copies in flight finish (each is bounded by its own deadline) for up to

@@ -9,6 +9,7 @@ from ray.serve.config import RequestRouterConfig
 
 from museserve.config import DeploymentConfig, MuseServeConfig, PoolConfig, RoutingConfig, ServerConfig
 from museserve.preprocess.pool_model import check_pools
+from museserve.serve.autoscaling_options import Tier, check_scale_to_zero, serve_autoscaling_config
 from museserve.serve.drain_board import create_drain_board, start_drain
 from museserve.serve.gateway_ingress import GatewayIngress
 from museserve.serve.model_pool_deployment import ModelPoolDeployment
@@ -59,8 +60,10 @@ def pool_deployment_name(pool: PoolConfig) -> str:
 SHUTDOWN_MARGIN_S = 5.0
 
 
-def _options(name: str, d: DeploymentConfig, server: ServerConfig) -> dict:
-    return {
+def _options(
+    name: str, d: DeploymentConfig, server: ServerConfig, tier: Tier, ttft_objective_s: float | None = None
+) -> dict:
+    options = {
         "name": name,
         "num_replicas": d.num_replicas,
         "max_ongoing_requests": d.max_ongoing_requests,
@@ -68,8 +71,20 @@ def _options(name: str, d: DeploymentConfig, server: ServerConfig) -> dict:
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
         # A stopping replica first waits for its Serve-routed requests (checked every
         # wait loop), then runs its destructor (the gateway's drain: see GatewayIngress).
+        # A scale-down stops replicas the same way: what they hold finishes first.
         "graceful_shutdown_wait_loop_s": 0.5,
         "graceful_shutdown_timeout_s": server.drain_timeout_s + SHUTDOWN_MARGIN_S,
+    }
+    if d.autoscaling is not None:  # Serve refuses num_replicas beside an autoscaling config
+        del options["num_replicas"]
+        options["autoscaling_config"] = serve_autoscaling_config(d.autoscaling, tier, d.num_replicas, ttft_objective_s)
+    return options
+
+
+def pool_options(pool: PoolConfig, server: ServerConfig) -> dict:
+    """A pool's deployment options, its router included."""
+    return _options(pool_deployment_name(pool), pool.deployment, server, "pool", pool.admission.ttft_objective_s) | {
+        "request_router_config": pool_router_config(pool)
     }
 
 
@@ -101,30 +116,34 @@ ROUTER_ONLY = ("min_hit_tokens", "max_load_gap", "kv_saturation", "stats_period_
 
 
 def replica_view(pool: PoolConfig) -> PoolConfig:
-    """What a model replica is given: its pool without the settings only the gateway or the
-    routers read (A/B split, mirroring, the routing choice), so moving a canary share or
-    tuning the balance threshold does not roll the pool's replicas."""
+    """What a model replica is given: its pool without the settings only the gateway, the
+    routers or Serve's controller read (A/B split, mirroring, the routing choice, autoscaling),
+    so moving a canary share or tuning the balance threshold does not roll the pool's replicas."""
     defaults = RoutingConfig()
     routing = pool.routing.model_copy(update={name: getattr(defaults, name) for name in ROUTER_ONLY})
-    return pool.model_copy(update={"ab": None, "mirror": None, "routing": routing})
+    deployment = pool.deployment.model_copy(update={"autoscaling": None})
+    return pool.model_copy(update={"ab": None, "mirror": None, "routing": routing, "deployment": deployment})
 
 
 def build_app(config: MuseServeConfig, log_level: str = "INFO") -> Application:
     """`config` with its pools checked against their checkpoints (`check_pools`: what each pool
     serves, from its checkpoint), so every tier routes and validates by the same modes."""
     config = check_pools(config)
-    pools = {
-        pool.name: ModelPoolDeployment.options(
-            **_options(pool_deployment_name(pool), pool.deployment, config.server),
-            request_router_config=pool_router_config(pool),
-        ).bind(replica_view(pool), config.preprocess.media, config.preprocess.tokenizer, log_level)
-        for pool in config.pools
-    }
+    check_scale_to_zero(config)
+    pools = {pool.name: bind_pool(pool, config, log_level) for pool in config.pools}
     preprocess = PreprocessDeployment.options(
-        **_options(PREPROCESS_DEPLOYMENT, config.preprocess.deployment, config.server)
+        **_options(PREPROCESS_DEPLOYMENT, config.preprocess.deployment, config.server, "preprocess")
     ).bind(config, log_level)
-    return GatewayIngress.options(**_options(GATEWAY_DEPLOYMENT, config.gateway.deployment, config.server)).bind(
-        config, preprocess, pools, log_level
+    return GatewayIngress.options(
+        **_options(GATEWAY_DEPLOYMENT, config.gateway.deployment, config.server, "gateway")
+    ).bind(config, preprocess, pools, log_level)
+
+
+def bind_pool(pool: PoolConfig, config: MuseServeConfig, log_level: str = "INFO") -> Application:
+    """One pool's deployment, bound; also an application of its own (tests and benchmarks of
+    one pool)."""
+    return ModelPoolDeployment.options(**pool_options(pool, config.server)).bind(
+        replica_view(pool), config.preprocess.media, config.preprocess.tokenizer, log_level
     )
 
 

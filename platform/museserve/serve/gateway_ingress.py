@@ -46,6 +46,7 @@ from museserve.api.openai.schemas import ChatCompletionRequest
 from museserve.config import MuseServeConfig
 from museserve.gateway.factory import build_gateway
 from museserve.logs import setup_logging
+from museserve.serve.autoscaling_stats import IN_FLIGHT
 from museserve.serve.direct_ingress import DirectGrpcIngress
 from museserve.serve.drain_board import current_app_name, watch_for_drain
 from museserve.serve.gateway_metrics import GatewayMetrics
@@ -113,6 +114,12 @@ class GatewayIngress:
             self._drain_watch.cancel()
         await self._drain()
         await self._gateway.close()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Pulled by Serve for the gateways' autoscaling policy: requests in flight on this
+        replica from both ports (Serve counts only what its proxy routed here). Async: the
+        admission counts live on this replica's loop."""
+        return {IN_FLIGHT: float(self._gateway.admission.total_in_flight)}
 
     async def Chat(self, request: pb.ChatRequest, grpc_context) -> pb.ChatResponse:
         return await self._api.chat(request, grpc_context)

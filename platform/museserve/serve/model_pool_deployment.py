@@ -15,6 +15,7 @@ from museserve.preprocess.pool_model import pool_model
 from museserve.replica import build_engine
 from museserve.routing.feed import LOAD_STATS_KEY, ROUTING_STATS_KEY
 from museserve.routing.publisher import KVFeedPublisher
+from museserve.serve.autoscaling_stats import pool_stats
 
 
 @serve.deployment
@@ -52,6 +53,11 @@ class ModelPoolDeployment:
         if self.kv_feed is not None:
             stats[ROUTING_STATS_KEY] = self.kv_feed.publish()
         return stats
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Pulled by Serve for the pool's autoscaling policy (`serve.autoscaling_policies`): KV
+        use, requests waiting, TTFT p90. Async for the same reason as `record_routing_stats`."""
+        return pool_stats(self.engine.load())
 
     def stats(self) -> dict:
         """Counters of this replica, including its most recent requests by id."""

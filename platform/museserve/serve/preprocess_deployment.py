@@ -12,6 +12,7 @@ from museserve.domain import ChatRequest
 from museserve.logs import setup_logging
 from museserve.messages import PreparedRequest, PromptCount
 from museserve.preprocess.pool_preprocessors import PoolPreprocessors
+from museserve.serve.autoscaling_stats import CPU, CpuMeter
 from museserve.serve.preprocess_metrics import PreprocessMetrics
 
 
@@ -21,6 +22,7 @@ class PreprocessDeployment:
         setup_logging(log_level)
         self._metrics = PreprocessMetrics()
         self._preprocessors = PoolPreprocessors(config)
+        self._cpu = CpuMeter()
 
     # Image URLs are fetched on the event loop; tokenizing a long prompt and decoding images
     # and audio take milliseconds of CPU or more: off the replica's event loop.
@@ -39,3 +41,8 @@ class PreprocessDeployment:
         count = await asyncio.to_thread(preprocessor.count, request, fetched)
         self._metrics.counted(pool, time.monotonic() - started)
         return count
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Pulled by Serve for the tier's autoscaling policy: this replica's CPU use since the
+        last pull (tokenizing and decoding media run on threads: `process_time` counts them)."""
+        return {CPU: self._cpu.read()}
