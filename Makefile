@@ -83,6 +83,7 @@ bench: install redis
 	$(PY) -m tests.bench.bench_parallel --out .bench/parallel.json
 	$(PY) -m tests.bench.bench_prefix_routing --out .bench/prefix_routing.json
 	$(PY) -m tests.bench.bench_overload --out .bench/overload.json
+	$(PY) -m tests.bench.bench_autoscale --out .bench/autoscale.json
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=platform --pyi_out=platform --grpc_python_out=platform \

@@ -42,7 +42,9 @@ def step_config(
         {
             "name": POOL,
             "modes": ["instant"],
-            "model": {"size": "tiny", "load_format": "dummy", "seed": 3},
+            # One core per replica: a second replica has the other core to itself (two replicas of
+            # all cores each would contend for both).
+            "model": {"size": "tiny", "load_format": "dummy", "seed": 3, "cpu_threads": 1},
             "engine": {"context_length": 512, "max_output_tokens": 64, "default_max_output_tokens": 32, "max_running_requests": 1,
                        "kv_cache_bytes": 8 << 20, "stream_interval_ms": 0},
             "deployment": {"num_replicas": num_replicas, "max_ongoing_requests": 64, "num_cpus": 0,

@@ -25,8 +25,8 @@ class GatewayObserver(Protocol):
         """A Redis call that failed (component: ratelimit, mirror)."""
 
     def mirror(self, outcome: str, lag_s: float | None) -> None:
-        """outcome: recorded, candidate_failed, skipped or record_failed; lag from the later
-        of the two answers to the record written."""
+        """outcome: recorded, candidate_failed, skipped, skipped_scaled_to_zero (the candidate has
+        no replica) or record_failed; lag from the later of the two answers to the record written."""
 
     def request(self, api: str, code: str) -> None:
         """A chat request ended at the API edge (api: grpc or http) with this final status:
