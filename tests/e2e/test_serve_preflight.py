@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -15,7 +14,9 @@ from museserve.config import load_config
 from tests.support import free_port
 
 MUSESERVE = [sys.executable, "-m", "museserve.cli"]
-FAST_S = 30.0  # what "at once" must beat; Ray alone takes longer than this to start here
+# Liveness bound: a serve that went on to start Ray and serve would never exit on its own, so
+# `subprocess.run` raises TimeoutExpired and the test fails; how fast it refuses is not claimed.
+EXIT_WITHIN_S = 60.0
 
 
 def _config(**server: int) -> dict:
@@ -27,24 +28,21 @@ def _config(**server: int) -> dict:
     return data
 
 
-def _serve(tmp_path: Path, data: dict) -> tuple[subprocess.CompletedProcess, float]:
+def _serve(tmp_path: Path, data: dict) -> subprocess.CompletedProcess:
     config_path = tmp_path / "museserve.yaml"
     config_path.write_text(yaml.safe_dump(data))
-    started = time.monotonic()
-    result = subprocess.run(
-        [*MUSESERVE, "serve", "--config", str(config_path)], capture_output=True, text=True, timeout=FAST_S * 2
+    return subprocess.run(
+        [*MUSESERVE, "serve", "--config", str(config_path)], capture_output=True, text=True, timeout=EXIT_WITHIN_S
     )
-    return result, time.monotonic() - started
 
 
-def test_a_busy_port_fails_fast_naming_the_port_and_its_key(tmp_path: Path):
+def test_a_busy_port_fails_before_ray_naming_the_port_and_its_key(tmp_path: Path):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        result, elapsed = _serve(tmp_path, _config(direct_grpc_port=port))
+        result = _serve(tmp_path, _config(direct_grpc_port=port))
     assert result.returncode != 0
-    assert elapsed < FAST_S
     assert result.stderr.splitlines() == [
         f"museserve serve: cannot bind 127.0.0.1:{port} (the gateway's direct gRPC port, server.direct_grpc_port): "
         "address already in use"
@@ -52,13 +50,13 @@ def test_a_busy_port_fails_fast_naming_the_port_and_its_key(tmp_path: Path):
     assert "ray" not in (result.stdout + result.stderr).lower()
 
 
-def test_a_missing_checkpoint_fails_fast_naming_the_path(tmp_path: Path):
+def test_a_missing_checkpoint_fails_before_ray_naming_the_path(tmp_path: Path):
     missing = tmp_path / "no-such-model.gguf"
     data = _config()
     pool = data["pools"][0]
     pool["model"].update(load_format="gguf", path=str(missing))
-    result, elapsed = _serve(tmp_path, data)
-    assert result.returncode != 0 and elapsed < FAST_S
+    result = _serve(tmp_path, data)
+    assert result.returncode != 0
     assert result.stderr.splitlines() == [
         f"museserve serve: cannot read {missing} (pool {pool['name']}, pools[0].model.path, load_format gguf): "
         "no such file or directory"
