@@ -140,26 +140,31 @@ def _part(p: s.TextContent | s.ImageContent | s.AudioContent | s.RefusalContent,
     if isinstance(p, s.RefusalContent):
         return TextPart(p.refusal)
     if isinstance(p, s.AudioContent):
-        data = _base64(p.input_audio.data, f"{where}.input_audio.data")
+        data = base64_bytes(p.input_audio.data, f"{where}.input_audio.data")
         return AudioPart(data=data, format=p.input_audio.format)
-    url = p.image_url.url
+    return image_part(p.image_url.url, f"{where}.image_url.url")
+
+
+def image_part(url: str, field: str) -> ImagePart:
+    """An http(s) URL, or a data: URL's bytes and MIME type."""
     if not url.startswith("data:"):
         return ImagePart(url=url)
     header, comma, payload = url[len("data:") :].partition(",")
     mime_type, _, encoding = header.partition(";")
     if not comma or encoding != "base64":
-        raise InvalidArgument("a data: URL must be data:<mime type>;base64,<data>", field=f"{where}.image_url.url")
-    return ImagePart(data=_base64(payload, f"{where}.image_url.url"), mime_type=mime_type)
+        raise InvalidArgument("a data: URL must be data:<mime type>;base64,<data>", field=field)
+    return ImagePart(data=base64_bytes(payload, field), mime_type=mime_type)
 
 
-def _base64(text: str, field: str) -> bytes:
+def base64_bytes(text: str, field: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument("is not valid base64", field=field) from None
 
 
-def _json_text(value: Any, field: str) -> str:
+def json_text(value: Any, field: str) -> str:
+    """`value` serialised; refuses text no tier below can encode (a lone surrogate)."""
     text = json.dumps(value, ensure_ascii=False)
     try:
         text.encode("utf-8")
@@ -171,7 +176,7 @@ def _json_text(value: Any, field: str) -> str:
 def _tool(t: s.Tool, where: str) -> ToolSpec:
     f = t.function
     parameters = f.parameters or {"type": "object", "properties": {}}
-    return ToolSpec(f.name, f.description or "", _json_text(parameters, f"{where}.function.parameters"))
+    return ToolSpec(f.name, f.description or "", json_text(parameters, f"{where}.function.parameters"))
 
 
 def _tool_choice(body: s.ChatCompletionRequest) -> ToolChoice:
@@ -188,7 +193,7 @@ def _response_format(f: s.TextFormat | s.JsonObjectFormat | s.JsonSchemaFormat |
         return ResponseFormat(ResponseFormatKind.JSON_OBJECT)
     if isinstance(f, s.JsonSchemaFormat):
         spec = f.json_schema
-        schema = _json_text(spec.schema_ if spec.schema_ is not None else {"type": "object"}, _SCHEMA_FIELD)
+        schema = json_text(spec.schema_ if spec.schema_ is not None else {"type": "object"}, _SCHEMA_FIELD)
         return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema, bool(spec.strict))  # OpenAI's default: not strict
     return ResponseFormat()
 

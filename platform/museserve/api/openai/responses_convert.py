@@ -13,15 +13,11 @@ is given.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Mapping
-from typing import Any
 
 from museserve.api.openai import responses_input as items_schema
 from museserve.api.openai import responses_schemas as s
-from museserve.api.openai.convert import REASONING_BUDGETS, served_model
+from museserve.api.openai.convert import REASONING_BUDGETS, base64_bytes, image_part, json_text, served_model
 from museserve.domain import (
     AudioPart,
     ChatRequest,
@@ -151,7 +147,7 @@ def _part(p: items_schema.ContentPart, role: Role, where: str) -> ContentPart:
     if isinstance(p, items_schema.InputAudio):
         if p.input_audio.format != "wav":
             raise InvalidArgument("only wav audio is supported", field=f"{where}.input_audio.format")
-        return AudioPart(_base64(p.input_audio.data, f"{where}.input_audio.data"), "wav")
+        return AudioPart(base64_bytes(p.input_audio.data, f"{where}.input_audio.data"), "wav")
     return _image(p, where)
 
 
@@ -161,30 +157,7 @@ def _image(p: items_schema.InputImage, where: str) -> ImagePart:
     url = p.image_url
     if not url:
         raise InvalidArgument("is required: an http(s) URL or a data: URL", field=f"{where}.image_url")
-    if not url.startswith("data:"):
-        return ImagePart(url=url)
-    header, comma, payload = url[len("data:") :].partition(",")
-    mime_type, _, encoding = header.partition(";")
-    if not comma or encoding != "base64":
-        raise InvalidArgument("a data: URL must be data:<mime type>;base64,<data>", field=f"{where}.image_url")
-    return ImagePart(data=_base64(payload, f"{where}.image_url"), mime_type=mime_type)
-
-
-def _base64(text: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument("is not valid base64", field=field) from None
-
-
-def json_text(value: Any, field: str) -> str:
-    """`value` serialised; refuses text no tier below can encode (a lone surrogate)."""
-    text = json.dumps(value, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument("text must be valid Unicode (a lone surrogate was sent)", field=field) from None
-    return text
+    return image_part(url, f"{where}.image_url")
 
 
 def _tool(t: s.FunctionTool | s.HostedTool, where: str) -> ToolSpec:
