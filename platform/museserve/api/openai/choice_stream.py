@@ -17,7 +17,9 @@ import json
 import time
 from typing import Any
 
+from museserve.api.openai.errors import STATUSES, error_json
 from museserve.domain import ChoiceEnd, Finish, FinishReason, RunningUsage, StreamEvent, Usage
+from museserve.errors import MuseError
 
 # OpenAI's finish reasons have no "cancelled": a cancelled stream has no reader left.
 FINISH_REASONS = {
@@ -81,6 +83,10 @@ class ChoiceStream:
             case Finish():
                 return self._settle() + self._finish(event)
         return self._delta(event)
+
+    def failed(self, error: MuseError) -> list[str]:
+        """An error after the stream started: OpenAI's `data: {"error": ...}` event."""
+        return [sse(error_json(str(error), STATUSES[error.code][1], None, error.code.value))]
 
     def _delta(self, event: StreamEvent) -> list[str]:
         """An answer's delta (or PromptLogprobs) -> lines; what has no OpenAI counterpart -> []."""

@@ -12,7 +12,7 @@ gRPC code name of its final status (OK, the error's code, CANCELLED when the cli
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,23 +21,24 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from museserve.api.openai.choice_stream import ChoiceStream, sse
+from museserve.api.openai.choice_stream import ChoiceStream
 from museserve.api.openai.completions_convert import completion_request_from_openai
 from museserve.api.openai.completions_output import CompletionChunks, CompletionShape, text_completion_json
 from museserve.api.openai.completions_schemas import CompletionRequest
 from museserve.api.openai.convert import request_from_openai
-from museserve.api.openai.errors import STATUSES, error_json, error_response, validation_message
+from museserve.api.openai.errors import error_json, error_response, validation_message
 from museserve.api.openai.http_common import (
     SSE_HEADERS,
     as_muse_error,
     credentials_of,
     failure_response,
     request_id_of,
+    sse_lines,
 )
 from museserve.api.openai.output import ChunkStream, completion_json
 from museserve.api.openai.responses import ChatCompletionChunk
 from museserve.api.openai.schemas import ChatCompletionRequest
-from museserve.domain import ChatRequest, ChatResult, Identity, ModelInfo, StreamEvent
+from museserve.domain import ChatRequest, ChatResult, Identity, ModelInfo
 from museserve.errors import NotFound
 from museserve.gateway.gateway import Gateway
 
@@ -137,36 +138,10 @@ class OpenAIHttpApi:
         first = await anext(events)  # errors before the first event become the HTTP status
         lines = chunks(chat, headers.get("x-served-by", chat.model))
         return StreamingResponse(
-            _sse_lines(events, first, lines, chat.request_id, self._ended),
+            sse_lines(events, first, lines, chat.request_id, self._ended),
             media_type="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
-
-
-async def _sse_lines(
-    events: AsyncIterator[StreamEvent],
-    first: StreamEvent,
-    chunks: ChoiceStream,
-    request_id: str,
-    ended: Callable[[str], None],
-) -> AsyncIterator[str]:
-    code = "CANCELLED"  # unless the stream ends: the client went away
-    try:
-        for line in chunks.start():
-            yield line
-        for line in chunks.event(first):
-            yield line
-        async for event in events:
-            for line in chunks.event(event):
-                yield line
-        code = "OK"
-    except Exception as e:
-        error = as_muse_error(e, request_id)
-        code = error.code.name
-        yield sse(error_json(str(error), STATUSES[error.code][1], None, error.code.value))
-    finally:
-        ended(code)
-        await events.aclose()  # type: ignore[attr-defined]
 
 
 def model_json(info: ModelInfo, is_default: bool) -> dict[str, Any]:

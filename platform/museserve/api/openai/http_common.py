@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import Response
 
 from museserve.api.grpc_api import REQUEST_ID
 from museserve.api.openai.errors import error_response
+from museserve.domain import StreamEvent
 from museserve.errors import Internal, MuseError
 from museserve.gateway.identity import Credentials
 
@@ -50,3 +53,41 @@ def failure_response(
     error: BaseException, request_id: str, max_tokens_field: str = "max_completion_tokens"
 ) -> Response:
     return error_response(as_muse_error(error, request_id), request_id, max_tokens_field)
+
+
+class EventLines(Protocol):
+    """A stream's wire format: the lines before its first event, each event's, and an error's."""
+
+    def start(self) -> list[str]: ...
+
+    def event(self, event: StreamEvent) -> list[str]: ...
+
+    def failed(self, error: MuseError) -> list[str]: ...
+
+
+async def sse_lines(
+    events: AsyncIterator[StreamEvent],
+    first: StreamEvent,
+    out: EventLines,
+    request_id: str,
+    ended: Callable[[str], None],
+) -> AsyncIterator[str]:
+    """A streamed response's body: `first` (already awaited, so errors before it were HTTP
+    statuses), then the rest; an error after that ends the stream in `out`'s shape. `ended`
+    hears the final code: OK, the error's, or CANCELLED when the client went away."""
+    code = "CANCELLED"  # unless the stream ends: the client went away
+    try:
+        for line in out.start() + out.event(first):
+            yield line
+        async for event in events:
+            for line in out.event(event):
+                yield line
+        code = "OK"
+    except Exception as e:
+        error = as_muse_error(e, request_id)
+        code = error.code.name
+        for line in out.failed(error):
+            yield line
+    finally:
+        ended(code)
+        await events.aclose()  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from museserve.api.openai.errors import error_response as chat_error_response
-from museserve.api.openai.http_common import SSE_HEADERS, as_muse_error, credentials_of, request_id_of
+from museserve.api.openai.http_common import SSE_HEADERS, as_muse_error, credentials_of, request_id_of, sse_lines
 from museserve.api.openai.responses_convert import request_from_responses
 from museserve.api.openai.responses_items import input_items, item_page
 from museserve.api.openai.responses_output import answer_json, default_echo, request_echo
@@ -150,7 +150,7 @@ class ResponsesHttpApi:
         response_id = headers.get(RESPONSE_ID_HEADER) or new_response_id()  # the gateway's, sent before the first
         out = ResponseEventStream(response_id, headers.get("x-served-by", chat.model), echo)
         return StreamingResponse(
-            _sse_lines(events, first, out, chat.request_id, self._ended),
+            sse_lines(events, first, out, chat.request_id, self._ended),
             media_type="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
@@ -173,28 +173,3 @@ class ResponsesHttpApi:
 
     def _models(self) -> dict[str, ModelInfo]:
         return {info.name: info for info, _ in self.gateway.list_models()}
-
-
-async def _sse_lines(
-    events: AsyncIterator[StreamEvent],
-    first: StreamEvent,
-    out: ResponseEventStream,
-    request_id: str,
-    ended: Callable[[str], None],
-) -> AsyncIterator[str]:
-    code = "CANCELLED"  # unless the stream ends: the client went away
-    try:
-        for line in out.start() + out.event(first):
-            yield line
-        async for event in events:
-            for line in out.event(event):
-                yield line
-        code = "OK"
-    except Exception as e:
-        error = as_muse_error(e, request_id)
-        code = error.code.name
-        for line in out.failed(error):
-            yield line
-    finally:
-        ended(code)
-        await events.aclose()  # type: ignore[attr-defined]
