@@ -132,6 +132,7 @@ class SamplingParams:
     # With a RawPrompt: the log probability of each prompt token, and this many alternatives
     # at each position (0-20). None: not computed (the prefix cache may then serve the prompt).
     prompt_logprobs: int | None = None
+    speculative: bool = True  # False: no tokens are proposed for this request, whatever its pool does
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,11 @@ class MetricsRecorder(Protocol):
         `priority` (a waiting one of a better priority needed the room)."""
         ...
 
+    def speculated(self, num_proposed: int, num_accepted: int) -> None:
+        """A step verified `num_proposed` proposed tokens of one request and accepted the first
+        `num_accepted` (vLLM's spec_decode counters: one draft, its tokens, per position)."""
+        ...
+
 
 class BucketCounts:
     """A histogram in memory: counts per upper bound (Prometheus `le` buckets, +Inf last)."""
@@ -159,6 +164,10 @@ class InMemoryMetrics:
         self.finished: collections.Counter[str] = collections.Counter()  # by finish reason
         self.drops: collections.Counter[str] = collections.Counter()  # by reason
         self.preemptions: collections.Counter[str] = collections.Counter()  # by reason
+        self.spec_drafts = 0
+        self.spec_draft_tokens = 0
+        self.spec_accepted_tokens = 0
+        self.spec_accepted_per_position: collections.Counter[int] = collections.Counter()
         self.running = 0
         self.waiting = 0
         self.kv_usage = 0.0
@@ -190,6 +199,22 @@ class InMemoryMetrics:
 
     def preempted(self, reason: str, count: int) -> None:
         self.preemptions[reason] += count
+
+    def speculated(self, num_proposed: int, num_accepted: int) -> None:
+        self.spec_drafts += 1
+        self.spec_draft_tokens += num_proposed
+        self.spec_accepted_tokens += num_accepted
+        for position in range(num_accepted):
+            self.spec_accepted_per_position[position] += 1
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return self.spec_accepted_tokens / self.spec_draft_tokens if self.spec_draft_tokens else 0.0
+
+    @property
+    def spec_mean_accepted_length(self) -> float:
+        """Tokens a verifying step yields per request on average: the accepted ones plus the target's own."""
+        return 1 + self.spec_accepted_tokens / self.spec_drafts if self.spec_drafts else 0.0
 
 
 class EngineMetrics:
@@ -242,6 +267,20 @@ class EngineMetrics:
             "Running requests preempted (recomputed later): for blocks, or for a request of a better priority.",
             ("model", "reason"),
         )
+        self.spec_drafts = Counter(
+            "museserve_spec_decode_num_drafts_total", "Verifications of a request's proposed tokens.", _MODEL
+        )
+        self.spec_draft_tokens = Counter(
+            "museserve_spec_decode_num_draft_tokens_total", "Proposed tokens verified.", _MODEL
+        )
+        self.spec_accepted_tokens = Counter(
+            "museserve_spec_decode_num_accepted_tokens_total", "Proposed tokens accepted.", _MODEL
+        )
+        self.spec_accepted_per_position = Counter(
+            "museserve_spec_decode_num_accepted_tokens_per_pos_total",
+            "Proposed tokens accepted, by their position in the proposal (0: the first).",
+            ("model", "position"),
+        )
 
     def scheduled_first(self, queue_s: float, prompt_tokens: int, cached_tokens: int) -> None:
         self.queue.observe(queue_s, self._tags)
@@ -280,3 +319,12 @@ class EngineMetrics:
     def preempted(self, reason: str, count: int) -> None:
         if count:  # Ray's Counter refuses 0
             self.preemptions.inc(count, {**self._tags, "reason": reason})
+
+    def speculated(self, num_proposed: int, num_accepted: int) -> None:
+        self.spec_drafts.inc(1, self._tags)
+        if num_proposed:  # Ray's Counter refuses 0
+            self.spec_draft_tokens.inc(num_proposed, self._tags)
+        if num_accepted:
+            self.spec_accepted_tokens.inc(num_accepted, self._tags)
+        for position in range(num_accepted):
+            self.spec_accepted_per_position.inc(1, {**self._tags, "position": str(position)})

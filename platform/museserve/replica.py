@@ -12,7 +12,11 @@ from museserve.engine.plan import Executor
 from museserve.metrics import MetricsRecorder
 from museserve.preprocess.chat_format import ChatFormat
 from museserve.runner.device import DeviceRunner
-from museserve.runner.loading import local_runner, pool_architecture
+from museserve.runner.draft import DraftProposer
+from museserve.runner.loading import draft_runner, local_runner, pool_architecture
+from museserve.runner.model_runner import ModelRunner
+from museserve.runner.ngram import NgramProposer
+from museserve.runner.proposer import Proposer
 
 
 def build_engine(
@@ -34,7 +38,10 @@ def build_engine(
     def build() -> Executor:
         return executor if executor is not None else pool_executor(pool, vocab_size, media)
 
-    runner = DeviceRunner(build, chat_format, pool.name)
+    def proposer(built: Executor) -> Proposer | None:
+        return pool_proposer(pool, built, vocab_size, media)
+
+    runner = DeviceRunner(build, chat_format, pool.name, proposer)
     return MuseEngine(pool, chat_format, runner, metrics, context_window=window.tokens)
 
 
@@ -45,3 +52,15 @@ def pool_executor(pool: PoolConfig, vocab_size: int, media: MediaLimits | None =
     from museserve.parallel.executor import RayExecutor  # imports Ray only for parallel pools
 
     return RayExecutor(pool, pool_architecture(pool, vocab_size, media))
+
+
+def pool_proposer(pool: PoolConfig, executor: Executor, vocab_size: int, media: MediaLimits | None) -> Proposer | None:
+    """What proposes tokens for the pool's speculative decoding (`engine.speculative`), if anything."""
+    spec = pool.engine.speculative
+    if spec.method == "ngram":
+        return NgramProposer(spec.prompt_lookup_max, spec.prompt_lookup_min)
+    if spec.method == "draft":
+        if not isinstance(executor, ModelRunner):
+            raise ValueError(f"pool {pool.name}: a draft model runs beside a model in this process only")
+        return DraftProposer(draft_runner(pool, executor, vocab_size, media))
+    return None

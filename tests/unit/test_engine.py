@@ -332,18 +332,18 @@ async def test_the_model_is_built_and_every_step_runs_on_one_thread_off_the_even
 
     monkeypatch.setattr(loading_module, "pool_executor", recorded_build)
     engine = build_engine(pool_config(), MuseFormat(tokenizer))
-    execute, sample = engine.runner.executor.execute, device_module.sample_rows
+    execute, sample = engine.runner.executor.execute, device_module.sample_and_verify
 
     def recorded_execute(plan):
         threads["execute"].add(threading.get_ident())
         return execute(plan)
 
-    def recorded_sample(rows, logits):
+    def recorded_sample(plan, rows, logits, proposals):
         threads["sample"].add(threading.get_ident())
-        return sample(rows, logits)
+        return sample(plan, rows, logits, proposals)
 
     engine.runner.executor.execute = recorded_execute
-    monkeypatch.setattr(device_module, "sample_rows", recorded_sample)
+    monkeypatch.setattr(device_module, "sample_and_verify", recorded_sample)
     request = prepared("one-thread", random_prompt(random.Random(12), 20), max_output_tokens=5, frequency_penalty=0.5)
     try:
         await asyncio.gather(collect(engine, request), collect(engine, prepared("other", [5, 6, 7])))

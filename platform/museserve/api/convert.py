@@ -148,6 +148,7 @@ def _sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
         top_logprobs=s.top_logprobs,
         min_tokens=s.min_tokens,
         ignore_eos=s.ignore_eos,
+        speculative=s.speculative != pb.SPECULATION_OFF,
     )
 
 

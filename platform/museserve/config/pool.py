@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from museserve.config.base import DeploymentConfig, Section
 from museserve.config.routing import RoutingConfig
+from museserve.config.speculative import SpeculativeConfig
 from museserve.domain import Mode
 from museserve.model.config import MuseConfig, check_parallel
 
@@ -127,7 +128,11 @@ class EngineConfig(Section):
     overlap_scheduling: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Plan step N+1 and stream step N's tokens while the device computes step N+1 (same "
-        "outputs). auto: on where the model runs on a GPU; on a CPU the loop and the model share the cores.",
+        "outputs). auto: on where the model runs on a GPU; on a CPU the loop and the model share the cores. "
+        "Off while speculative decoding is on: each step then verifies what the previous one accepted.",
+    )
+    speculative: SpeculativeConfig = Field(
+        SpeculativeConfig(), description="Speculative decoding: tokens proposed, then verified in one pass."
     )
 
     @model_validator(mode="after")
@@ -138,6 +143,8 @@ class EngineConfig(Section):
             raise ValueError("max_output_tokens must be below context_length")
         if self.max_prefill_chunk > self.max_batched_tokens:
             raise ValueError("max_prefill_chunk exceeds max_batched_tokens")
+        if self.speculative.enabled and self.overlap_scheduling == "on":
+            raise ValueError("overlap_scheduling on cannot be used with speculative decoding (set it to auto or off)")
         if self.min_context_per_request is not None and self.min_context_per_request > self.context_length:
             raise ValueError(
                 f"min_context_per_request ({self.min_context_per_request}) exceeds context_length "
@@ -288,6 +295,10 @@ class PoolConfig(Section):
     def _kv_tier_supported(self) -> PoolConfig:
         if self.engine.kv_tier.bytes and self.parallel.world_size > 1:
             raise ValueError("engine.kv_tier is not supported with parallel workers (parallel.tensor x pipeline > 1)")
+        if self.engine.speculative.method == "draft" and self.parallel.world_size > 1:
+            raise ValueError("engine.speculative.method draft is not supported with parallel workers")
+        if self.engine.speculative.method == "draft" and self.engine.kv_tier.bytes:
+            raise ValueError("engine.speculative.method draft cannot be used with engine.kv_tier yet")
         if self.engine.kv_tier.bytes and not self.engine.enable_prefix_caching:
             raise ValueError("engine.kv_tier keeps prefix-cache blocks: it needs engine.enable_prefix_caching")
         return self

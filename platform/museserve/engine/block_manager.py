@@ -161,6 +161,17 @@ class BlockManager:
         for _ in range(needed):
             seq.block_ids.append(self._allocate())
 
+    def release_tail(self, seq: Sequence) -> None:
+        """Frees `seq`'s blocks past those its tokens need: slots reserved for proposals a step
+        rejected. Such blocks were allocated fresh for `seq` alone and never hashed."""
+        keep = self.blocks_for(seq.num_tokens)
+        while len(seq.block_ids) > keep:
+            block_id = seq.block_ids.pop()
+            self._ref_counts[block_id] -= 1
+            assert self._ref_counts[block_id] == 0 and self._hashes[block_id] is None, "a shared tail block"
+            self._free[block_id] = None
+            self._free.move_to_end(block_id, last=False)
+
     def cache_computed_blocks(self, seq: Sequence, num_written_tokens: int | None = None) -> None:
         """Registers the blocks whose KV the device has written completely, so later prompts can
         reuse them. `num_written_tokens`: how many of its tokens that is, when a step planned

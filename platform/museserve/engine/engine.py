@@ -37,6 +37,7 @@ from museserve.engine.request import Request, position_logprobs
 from museserve.engine.request_state import RequestState
 from museserve.engine.scheduler import Scheduler, SchedulerLimits
 from museserve.engine.sequence import Sequence, SequenceStatus
+from museserve.engine.speculation import Speculation
 from museserve.engine.stats import EngineStats, RequestPhase
 from museserve.errors import (
     Cancelled,
@@ -101,6 +102,7 @@ class MuseEngine:
             min_prefill_chunk=engine.block_size,
             priority_preemption=engine.priority_preemption,
             min_low_priority_share=engine.min_low_priority_share,
+            max_speculating_batch=engine.speculative.batch_limit(runner.on_accelerator),
         )
         self.scheduler = Scheduler(limits, self.blocks)
         self._priority_preemptions_reported = 0  # scheduler.num_priority_preemptions already passed on
@@ -109,8 +111,9 @@ class MuseEngine:
         self.late = LateRequests(self.scheduler, self.meter)
         self._last_step_back = 0.0  # time.monotonic() when the last step's tokens came back
         self.requests: dict[str, Request] = {}
-        self.overlap = engine.overlap_scheduling == "on" or (
-            engine.overlap_scheduling == "auto" and runner.on_accelerator
+        # Speculation verifies, in each step, what the previous step accepted: no overlap with it.
+        self.overlap = not engine.speculative.enabled and (
+            engine.overlap_scheduling == "on" or (engine.overlap_scheduling == "auto" and runner.on_accelerator)
         )
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -160,6 +163,7 @@ class MuseEngine:
             ),
             media=prepared.media,
             prompt_logprobs=prepared.sampling.prompt_logprobs,
+            speculation=self._speculation(prepared),
         )
         try:
             self.scheduler.add(seq)
@@ -171,6 +175,14 @@ class MuseEngine:
         self.requests[prepared.request_id] = request
         self._wakeup.set()
         return request
+
+    def _speculation(self, prepared: PreparedRequest) -> Speculation | None:
+        spec = self.pool.engine.speculative
+        if not spec.enabled or not prepared.sampling.speculative:
+            return None
+        # Until the reasoning close marker: proposals stop short of the forced one at the budget.
+        cap = prepared.thinking_budget - 1 if prepared.thinking_budget else None
+        return Speculation(spec.num_speculative_tokens, spec.min_acceptance, cap=cap)
 
     def abort(self, request_id: str) -> None:
         """Ends a request now; its stream raises CANCELLED."""
@@ -315,7 +327,7 @@ class MuseEngine:
         self._last_step_back = now
         scores = iter(tokens[len(step.rows) :])  # scored prompt positions, in plan order
         sampled = {row.request_id: token for row, token in zip(step.rows, tokens[: len(step.rows)], strict=True)}
-        self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage, len(sampled))
+        generated = 0
         for item, request in zip(step.plan.sequences, step.requests, strict=True):
             positions = [next(scores) for _ in item.prompt_targets]
             if request.ended:
@@ -323,9 +335,26 @@ class MuseEngine:
             if positions:
                 self._scored(request, item.first_position + item.targets_from, positions)
             token = sampled.get(item.request_id)
-            self.scheduler.update(request.seq, item, None if token is None else token.token)
-            if token is not None:
-                self._emit(request, token, now)
+            if token is None:
+                self.scheduler.update(request.seq, item, None)
+                continue
+            accepted = [t.token for t in token.accepted]
+            self.scheduler.update(request.seq, item, token.token, accepted)
+            if token.num_proposed:
+                self._speculated(request, token.num_proposed, len(accepted))
+            for each in (*token.accepted, token):
+                self._emit(request, each, now)
+                generated += 1
+                if request.ended:
+                    break  # a stop, an end token or a budget: later accepted tokens are dropped
+        self.metrics.step(self.scheduler.num_running, self.scheduler.num_waiting, self.blocks.usage, generated)
+
+    def _speculated(self, request: Request, proposed: int, accepted: int) -> None:
+        """A step verified `proposed` tokens of the request, accepting `accepted` of them."""
+        self.metrics.speculated(proposed, accepted)
+        speculation = request.seq.speculation
+        if speculation is not None:
+            speculation.record(proposed, accepted)
 
     def _scored(self, request: Request, first: int, positions: list[RowToken]) -> None:
         """Prompt positions first .. first + len - 1 scored: each the next prompt token's logprob."""
@@ -347,6 +376,8 @@ class MuseEngine:
         request.last_token_at = now
         if output.finish is None and output.num_tokens >= self.context_window:
             output.end_for_length()
+        if request.seq.speculation is not None:
+            request.seq.speculation.cap = output.tokens_before_forced()
         interval = self.pool.engine.stream_interval_ms / 1000
         if output.finish is not None or request.last_sent is None or now - request.last_sent >= interval:
             request.last_sent = now

@@ -51,10 +51,21 @@ class ScheduledSequence:
     prompt_targets: tuple[int, ...] = ()
     targets_from: int = 0
     prompt_top: int = 0
+    # Speculation: a sampling sequence may be given up to `num_speculative` proposed tokens after
+    # its last one, for this step to verify. The scheduler reserves their KV slots and budget; the
+    # runner's proposer fills them in (`num_draft` of them, appended to token_ids), so the step
+    # computes token_ids whole and returns a logits row for each of its last 1 + num_draft tokens.
+    num_speculative: int = 0
+    num_draft: int = 0
 
     @property
     def num_new_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_logits_rows(self) -> int:
+        """Rows of the step's sampling logits this sequence owns: its last token and its drafts."""
+        return 1 + self.num_draft if self.samples else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +79,8 @@ class SchedulerPlan:
 
     @property
     def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.sequences)
+        """Tokens the step computes, the slots reserved for proposals included."""
+        return sum(s.num_new_tokens - s.num_draft + s.num_speculative for s in self.sequences)
 
     @property
     def is_empty(self) -> bool:
@@ -95,6 +107,16 @@ class RowToken:
     logprob: float | None = None  # the chosen token's, when the request asked for log probabilities
     top: tuple[tuple[int, float], ...] = ()  # (token id, log probability), most likely first
     steered: bool = False  # a grammar is closing the answer to fit its budget (finish: LENGTH)
+    # Speculation: the proposed tokens the step accepted, in order, which come before `token`
+    # (the one the target chose at the first rejection, or after the last proposal), and how
+    # many were proposed. A row without proposals has neither.
+    accepted: tuple[RowToken, ...] = ()
+    num_proposed: int = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        """Every token the row yields, in order."""
+        return [*(t.token for t in self.accepted), self.token]
 
 
 class Executor(Protocol):
@@ -108,8 +130,8 @@ class Executor(Protocol):
 
     def execute(self, plan: SchedulerPlan) -> Tensor:
         """Runs the plan (no PENDING left in it): its tier copies, then its step. Returns float32
-        logits, already computed: one row per sampling sequence in plan order, then one per
-        scored prompt position (`ScheduledSequence.prompt_targets`) in plan order."""
+        logits, already computed: each sampling sequence's `num_logits_rows` in plan order, then
+        one per scored prompt position (`ScheduledSequence.prompt_targets`) in plan order."""
         ...
 
 

@@ -72,6 +72,13 @@ class RequestState:
         self._prompt_logprobs = None
         return tuple(scores)
 
+    def tokens_before_forced(self) -> int | None:
+        """Tokens that may be sampled before the next forced one (the reasoning close marker at
+        the budget), less the one sampled anyway: how many a step may propose. None: none is ahead."""
+        if not self.in_reasoning:
+            return None
+        return max(0, self.request.thinking_budget - self.reasoning_tokens - 1)
+
     def forced_token(self, num_pending: int = 0) -> int | None:
         """The token the next sample must be: the reasoning close marker once the budget is spent.
         `num_pending`: tokens sampled before it that this state has not seen yet (0 or 1); if one

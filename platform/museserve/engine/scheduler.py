@@ -16,6 +16,13 @@ The scheduler holds sequences, not requests: the engine's `Request` owns its `Se
 adds it, removes it when the request ends, and reports what each step computed (`update`).
 A step may be planned while the previous one runs: a sequence that samples in a plan counts
 that token as pending at once, so the next plan decodes it (as `PENDING`) without waiting.
+
+Speculation (`engine.speculation`): a sequence that samples in a small enough step may also get
+slots for proposed tokens, within the step's budget and only where free blocks hold them (a
+proposal never preempts). The plan says how many (`num_speculative`); the step reports which
+were accepted (`update`), and the rejected ones' slots are rolled back: the computed count stops
+after the accepted tokens, and blocks past the sequence's tokens are freed. Speculation needs
+each step planned after the previous one came back: the engine turns overlap off for it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 from museserve.engine.block_manager import BlockManager
@@ -47,6 +55,9 @@ class SchedulerLimits:
     priority_preemption: bool = False  # a better-priority head preempts worse running sequences
     # Of max_running, the share (floored) that sequences of worse priority than the head keep.
     min_low_priority_share: float = 0.0
+    # Speculation: a step with at most this many running sequences reserves proposal slots for
+    # the ones that sample and speculate (`Sequence.speculation`); beyond, decode is compute-bound.
+    max_speculating_batch: int = 0
 
 
 class Scheduler:
@@ -105,9 +116,10 @@ class Scheduler:
 
     def schedule(self) -> SchedulerPlan:
         budget = self.limits.max_batched_tokens
-        planned: list[tuple[Sequence, int]] = []
+        planned: list[tuple[Sequence, int, int]] = []  # (sequence, tokens computed, proposal slots)
         preempted = self._preempt_for_head() if self.limits.priority_preemption else []
         grew_by_preempting = False  # a running sequence needed blocks: admitting more would thrash
+        speculate = len(self.running) <= self.limits.max_speculating_batch
 
         for seq in list(self.running):
             if seq.status is not SequenceStatus.RUNNING or budget == 0:
@@ -125,8 +137,9 @@ class Scheduler:
                     break
             if seq.status is SequenceStatus.RUNNING:
                 self.blocks.grow(seq, num_new)
-                planned.append((seq, num_new))
-                budget -= num_new
+                spec = self._speculative_slots(seq, num_new, budget - num_new) if speculate else 0
+                planned.append((seq, num_new, spec))
+                budget -= num_new + spec
 
         while self._waiting and budget > 0 and len(self.running) < self.limits.max_running and not grew_by_preempting:
             seq = self._waiting[0][1]
@@ -139,13 +152,14 @@ class Scheduler:
             self.blocks.admit(seq, cached, num_new, from_tier)
             seq.status = SequenceStatus.RUNNING
             self._insert_running(seq)
-            planned.append((seq, num_new))
-            budget -= num_new
+            spec = self._speculative_slots(seq, num_new, budget - num_new) if speculate else 0
+            planned.append((seq, num_new, spec))
+            budget -= num_new + spec
 
         # Tier copies are recorded only where a sequence is planned (grow, admit), so they always
         # ride on a plan that runs; an empty plan is never submitted.
         saves, loads = self.blocks.take_transfers() if planned else ((), ())
-        sequences = tuple(self._scheduled(seq, n) for seq, n in planned)
+        sequences = tuple(self._scheduled(seq, n, spec) for seq, n, spec in planned)
         return SchedulerPlan(sequences, tuple(preempted), kv_saves=saves, kv_loads=loads)
 
     def _first_chunk(self, seq: Sequence, budget: int) -> tuple[list[int], list[int], int]:
@@ -199,8 +213,25 @@ class Scheduler:
         fair = limits.max_prefill_attention // seq.num_computed_tokens
         return max(min(limits.min_prefill_chunk, limits.max_prefill_chunk), min(fair, limits.max_prefill_chunk))
 
-    def _scheduled(self, seq: Sequence, num_new: int) -> ScheduledSequence:
-        """The step's share of `seq`; from here on its computed tokens include the step's."""
+    def _speculative_slots(self, seq: Sequence, num_new: int, budget: int) -> int:
+        """Proposal slots for `seq` this step, its blocks grown to hold them: none unless the step
+        samples it, it speculates, and budget, its token cap and free blocks allow."""
+        if seq.speculation is None or seq.num_computed_tokens + num_new != seq.num_tokens or seq.num_pending:
+            return 0
+        room = seq.max_num_tokens - seq.num_tokens - 1  # the step yields up to 1 + slots tokens
+        slots = min(seq.speculation.lookahead(), budget, room)
+        if slots <= 0:
+            return 0
+        blocks = self.blocks
+        extra = blocks.blocks_for(seq.num_computed_tokens + num_new + slots) - len(seq.block_ids)
+        if extra > 0 and blocks.num_free_blocks - extra < len(self.running):
+            return 0  # keep a block per running sequence: a proposal must never cause a preemption
+        blocks.grow(seq, num_new + slots)
+        return slots
+
+    def _scheduled(self, seq: Sequence, num_new: int, num_speculative: int = 0) -> ScheduledSequence:
+        """The step's share of `seq`; from here on its computed tokens include the step's (not
+        the proposal slots: `update` adds the accepted ones)."""
         first = seq.num_computed_tokens
         known = seq.token_ids[first : first + num_new]
         item = ScheduledSequence(
@@ -210,6 +241,7 @@ class Scheduler:
             tuple(seq.block_ids),
             samples=first + num_new == seq.num_tokens,
             media=step_slices(seq.media, first, num_new) if seq.media else (),
+            num_speculative=num_speculative,
             **_prompt_targets(seq, first, num_new),
         )
         seq.num_computed_tokens = first + num_new
@@ -233,15 +265,24 @@ class Scheduler:
             index -= 1
         self.running.insert(index, seq)
 
-    def update(self, seq: Sequence, item: ScheduledSequence, token: int | None) -> None:
+    def update(self, seq: Sequence, item: ScheduledSequence, token: int | None, accepted: Seq[int] = ()) -> None:
         """After the step ran: `token` is what it sampled for `seq` (None when the step only
-        prefilled). A finished sequence is skipped; a preempted one keeps its token."""
+        prefilled), after the `accepted` proposed tokens. A finished sequence is skipped; a
+        preempted one keeps its tokens."""
         if seq.status is SequenceStatus.FINISHED:
             return
         if item.samples and token is not None:
+            for accepted_token in accepted:
+                seq.append_token(accepted_token)
             seq.append_token(token)
+        written = item.first_position + item.num_new_tokens
         if seq.status is SequenceStatus.RUNNING:
-            self.blocks.cache_computed_blocks(seq, item.first_position + item.num_new_tokens)
+            if item.num_speculative:
+                # Accepted proposals' KV was written by the step; the rejected ones' slots roll back.
+                seq.num_computed_tokens += len(accepted)
+                written += len(accepted)
+                self.blocks.release_tail(seq)
+            self.blocks.cache_computed_blocks(seq, written)
 
 
 def _prompt_targets(seq: Sequence, first: int, num_new: int) -> dict[str, object]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence as Seq
 
+from museserve.engine.speculation import Speculation
 from museserve.messages import MediaSegment
 
 
@@ -32,6 +33,7 @@ class Sequence:
         max_num_tokens: int | None = None,
         media: tuple[MediaSegment, ...] = (),
         prompt_logprobs: int | None = None,
+        speculation: Speculation | None = None,
     ):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
@@ -48,6 +50,7 @@ class Sequence:
         # full, never served from the prefix cache, until every position has been scored once.
         self.prompt_logprobs = prompt_logprobs
         self.num_scored_positions = 0  # prompt positions whose next token's logprob came back
+        self.speculation = speculation  # None: it never has tokens proposed
         self.arrival = 0  # set by the scheduler on arrival; ties within a priority: earlier first
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0

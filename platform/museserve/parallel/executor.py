@@ -110,7 +110,7 @@ class RayExecutor:
         logits = ray.get(outputs)  # per part: its sampling rows, then its scored prompt positions
         if not any(item.prompt_targets for item in plan.sequences):
             return torch.cat(logits)  # [sampled rows in plan order, vocab]
-        sampling = [sum(item.samples for item in part.sequences) for part in parts]
+        sampling = [sum(item.num_logits_rows for item in part.sequences) for part in parts]
         return torch.cat([x[:n] for x, n in zip(logits, sampling, strict=True)]
                          + [x[n:] for x, n in zip(logits, sampling, strict=True)])  # fmt: skip
 

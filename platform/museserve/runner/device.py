@@ -1,7 +1,7 @@
 """`DeviceRunner`: the engine's `StepRunner` in a model replica.
 
-One thread, the device thread, builds the executor and runs every step on it: the model,
-then sampling, in submission order. So a step planned while the previous one ran finds that
+One thread, the device thread, builds the executor and runs every step on it: proposals
+(with speculative decoding), the model, then sampling and verification, in submission order. So a step planned while the previous one ran finds that
 step's tokens sampled when it starts, and fills its `PENDING` ids with them
 (`resolve_pending`). No other thread of the replica enters torch's thread pool.
 """
@@ -16,17 +16,30 @@ from museserve.engine.plan import PENDING, Executor, RowSampling, RowToken, Sche
 from museserve.messages import PreparedRequest
 from museserve.preprocess.chat_format import ChatFormat
 from museserve.runner.prompt_scores import num_scored, score_prompts
+from museserve.runner.proposer import Proposer, with_drafts
 from museserve.runner.request_sampler import RequestSampler
-from museserve.runner.sampling import sample_rows
+from museserve.runner.sampling import sample_and_verify
 from museserve.structured.constraint_factory import ConstraintFactory
 
 
 class DeviceRunner:
-    def __init__(self, build: Callable[[], Executor], chat_format: ChatFormat, name: str):
-        """`build` runs on the device thread: the executor's torch state belongs to it."""
+    def __init__(
+        self,
+        build: Callable[[], Executor],
+        chat_format: ChatFormat,
+        name: str,
+        proposer: Callable[[Executor], Proposer | None] | None = None,
+    ):
+        """`build` runs on the device thread: the executor's torch state belongs to it. So does
+        `proposer`'s, built there from the executor (None: no speculative decoding)."""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+
+        def start() -> tuple[Executor, Proposer | None]:
+            executor = build()
+            return executor, proposer(executor) if proposer is not None else None
+
         try:
-            self.executor = self._thread.submit(build).result()
+            self.executor, self.proposer = self._thread.submit(start).result()
         except BaseException:
             self._thread.shutdown(wait=False)
             raise
@@ -46,12 +59,14 @@ class DeviceRunner:
         return self._thread.submit(self._step, plan, rows)
 
     def _step(self, plan: SchedulerPlan, rows: list[RowSampling]) -> list[RowToken]:
-        logits = self.executor.execute(resolve_pending(plan, rows))
+        plan = resolve_pending(plan, rows)
+        proposals = self.proposer.propose(plan, rows) if self.proposer is not None else {}
+        plan = with_drafts(plan, proposals)
+        logits = self.executor.execute(plan)
         scored = num_scored(plan)
-        if not scored:
-            return sample_rows(rows, logits)
         sampling = logits.shape[0] - scored  # rows of the plan's sampling sequences come first
-        return sample_rows(rows, logits[:sampling]) + score_prompts(plan, logits[sampling:])
+        tokens = sample_and_verify(plan, rows, logits[:sampling], proposals)
+        return tokens + score_prompts(plan, logits[sampling:]) if scored else tokens
 
     def shutdown(self, wait: bool = False) -> None:
         """`wait`: return only once the device thread has ended (after the step it is running)."""

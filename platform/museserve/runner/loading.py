@@ -13,6 +13,8 @@ import torch
 from museserve.checkpoint import read_checkpoint
 from museserve.config import MediaLimits, PoolConfig
 from museserve.config.context_window import ContextWindow, check_min_context, context_window
+from museserve.config.pool import ModelConfig
+from museserve.config.speculative import DraftModelConfig
 from museserve.model.config import MuseConfig
 from museserve.model.loader import build_model, check_media_dims, resolve_device
 from museserve.model.muse import MuseForCausalLM
@@ -86,7 +88,13 @@ def pool_architecture(pool: PoolConfig, vocab_size: int, media: MediaLimits | No
     """`vocab_size`: the tokenizer's, which the model's must cover. With `media`, dummy weights get
     image and audio projectors of its feature dims; a checkpoint's projectors (from its config)
     must match them."""
-    spec = pool.model
+    return model_architecture(pool.model, vocab_size, media, pool.name)
+
+
+def model_architecture(
+    spec: ModelConfig | DraftModelConfig, vocab_size: int, media: MediaLimits | None, name: str
+) -> MuseConfig:
+    """A model's shape (a pool's, or its draft's) from its dummy size or its checkpoint's config."""
     if spec.load_format != "dummy":
         assert spec.path is not None
         arch = MuseConfig.from_hf_dict(read_checkpoint(spec.path, spec.load_format).hf_config)
@@ -95,7 +103,28 @@ def pool_architecture(pool: PoolConfig, vocab_size: int, media: MediaLimits | No
         if media is not None:
             arch = replace(arch, image_feature_dim=media.image_feature_dim, audio_feature_dim=media.audio_feature_dim)
     if media is not None:
-        check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, pool.name)
+        check_media_dims(arch, {"image": media.image_feature_dim, "audio": media.audio_feature_dim}, name)
     if arch.vocab_size < vocab_size:
         raise ValueError(f"model vocab ({arch.vocab_size}) is smaller than the tokenizer's ({vocab_size})")
     return arch
+
+
+def draft_runner(pool: PoolConfig, target: ModelRunner, vocab_size: int, media: MediaLimits | None) -> ModelRunner:
+    """The pool's draft model (`engine.speculative.draft`) on the target's device, over a KV pool
+    of the target's blocks (`runner.draft`). ValueError when its vocabulary differs."""
+    spec = pool.engine.speculative.draft
+    assert spec is not None, "method draft has a draft model (config validation)"
+    arch = model_architecture(spec, vocab_size, media, f"{pool.name} (draft)")
+    if arch.vocab_size != target.model.config.vocab_size:
+        raise ValueError(
+            f"pool {pool.name}: the draft model's vocabulary ({arch.vocab_size}) differs from the target's "
+            f"({target.model.config.vocab_size}); a draft model needs the target's tokenizer"
+        )
+    model = build_model(
+        arch, load_format=spec.load_format, seed=spec.seed, dtype=getattr(torch, spec.dtype), path=spec.path,
+        device=target.device, cpu_gemm=pool.model.cpu_gemm,
+    )  # fmt: skip
+    kv_dtype = getattr(torch, spec.dtype)
+    kv_pool = PagedKVPool(arch, target.num_blocks, pool.engine.block_size, dtype=kv_dtype, device=target.device)
+    logger.info("pool %s: draft model %s, %.1f MiB of draft KV", pool.name, arch.hidden_size, kv_pool.num_bytes / 2**20)
+    return ModelRunner(model, kv_pool, cuda_graphs=False)

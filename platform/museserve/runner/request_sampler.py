@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from museserve.domain import SamplingParams
+from museserve.engine.plan import RowSampling
 from museserve.messages import PreparedRequest
 from museserve.runner.logits_processors import LogitsProcessor, processors_for
 from museserve.runner.sampler import make_generator
@@ -21,6 +22,7 @@ class RequestSampler:
     processors: tuple[LogitsProcessor, ...]  # penalties, then the grammar constraint
     constraint: OutputConstraint | None
     last_token: int = 0  # the token this request's latest row sampled (fills PENDING)
+    proposer_state: object = None  # the pool's proposer keeps what it learns of the request here
 
     @staticmethod
     def for_request(
@@ -30,3 +32,12 @@ class RequestSampler:
         params = request.sampling
         processors = processors_for(request, constraint, end_ids)
         return RequestSampler(params, make_generator(params.seed), processors, constraint)
+
+
+def output_ids(row: RowSampling) -> list[int]:
+    """The row's output so far, the pending token included (what the processors see)."""
+    sampler: RequestSampler = row.sampler
+    output = list(row.token_ids[row.num_prompt_tokens : row.num_known_tokens])
+    if row.num_pending:
+        output.append(sampler.last_token)
+    return output

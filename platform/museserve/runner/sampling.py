@@ -17,20 +17,15 @@ which this thread wrote when it sampled it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from museserve.engine.plan import RowSampling, RowToken
-from museserve.runner.request_sampler import RequestSampler
+from museserve.engine.plan import RowSampling, RowToken, SchedulerPlan
+from museserve.runner.proposer import Proposal
+from museserve.runner.request_sampler import RequestSampler, output_ids
 from museserve.runner.sampler import sample_batch
-
-
-def output_ids(row: RowSampling) -> list[int]:
-    """The row's output so far, the pending token included (what the processors see)."""
-    sampler: RequestSampler = row.sampler
-    output = list(row.token_ids[row.num_prompt_tokens : row.num_known_tokens])
-    if row.num_pending:
-        output.append(sampler.last_token)
-    return output
+from museserve.runner.verify import verify_row
 
 
 @torch.inference_mode()  # processors change the executor's logits in place
@@ -83,3 +78,35 @@ def _final_token(row: RowSampling, sampler: RequestSampler, token: int) -> int:
     if sampler.constraint is not None:  # may steer a JSON answer short of its budget
         return sampler.constraint.checked(token)
     return token
+
+
+def sample_and_verify(
+    plan: SchedulerPlan, rows: list[RowSampling], logits: torch.Tensor, proposals: Mapping[str, Proposal]
+) -> list[RowToken]:
+    """`logits`: each sampling sequence's rows in plan order (`num_logits_rows`: its drafts' rows,
+    then its last token's) -> one RowToken per entry of `rows`, drafts verified (`runner.verify`)."""
+    if not any(item.num_draft for item in plan.sequences):
+        return sample_rows(rows, logits)
+    starts: list[int] = []  # per sampling sequence: its first row
+    start = 0
+    for item in plan.sequences:
+        if item.samples:
+            starts.append(start)
+            start += item.num_logits_rows
+    out: list[RowToken | None] = [None] * len(rows)
+    plain = [i for i, row in enumerate(rows) if not _drafts(proposals, row)]
+    if plain:
+        last = [starts[rows[i].logits_row] for i in plain]  # a plain row owns one logits row
+        for i, token in zip(plain, sample_rows([rows[i] for i in plain], logits[last]), strict=True):
+            out[i] = token
+    for i, row in enumerate(rows):
+        proposal = proposals.get(row.request_id)
+        if out[i] is None and proposal is not None:
+            first = starts[row.logits_row]
+            out[i] = verify_row(row, logits[first : first + len(proposal.tokens) + 1], proposal.tokens, proposal.probs)
+    return out  # type: ignore[return-value]  # every row is filled: plain or verified
+
+
+def _drafts(proposals: Mapping[str, Proposal], row: RowSampling) -> tuple[int, ...]:
+    proposal = proposals.get(row.request_id)
+    return proposal.tokens if proposal is not None else ()

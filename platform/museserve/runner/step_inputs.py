@@ -16,7 +16,7 @@ from museserve.runner.kv_pool import BatchLayout
 class StepInputs:
     ids: Tensor  # [T] long: the step's new tokens, sequence after sequence
     positions: Tensor  # [T] long
-    rows: Tensor  # [S + P] long: the rows of the sequences that sample, then the scored prompt positions
+    rows: Tensor  # [S + P] long: the sampling rows (drafts' included), then the scored prompt positions
     layout: BatchLayout
 
 
@@ -33,8 +33,8 @@ def step_inputs(plan: SchedulerPlan, block_size: int, decode_group: int, device:
             scored_rows.extend(range(first, first + len(item.prompt_targets)))
         token_ids.extend(item.token_ids)
         token_positions.extend(range(item.first_position, item.first_position + item.num_new_tokens))
-        if item.samples:
-            sample_rows.append(len(token_ids) - 1)
+        if item.samples:  # its last token's row, and one per draft before it
+            sample_rows.extend(range(len(token_ids) - item.num_logits_rows, len(token_ids)))
     sample_rows += scored_rows
     sequences = plan.sequences
     layout = BatchLayout.build(

@@ -113,4 +113,5 @@ def _sampling(body: CompletionRequest, prompt: RawPrompt, model: ModelInfo) -> S
         ignore_eos=bool(body.ignore_eos),
         skip_special_tokens=body.skip_special_tokens is not False,
         prompt_logprobs=prompt_logprobs,
+        speculative=body.speculative != "off",
     )

@@ -7,7 +7,7 @@ cannot honour is declared so its refusal names it, and any other field is refuse
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -65,6 +65,9 @@ class CompletionRequest(Strict):
     ignore_eos: bool | None = Field(None, description="Generate past end tokens: only max_tokens and stop end it.")
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
     skip_special_tokens: bool | None = Field(None, description="Leave special tokens out of the text (default true).")
+    speculative: Literal["auto", "off"] | None = Field(
+        None, description="off: no speculative decoding for this request (auto: as the model's pool is configured)."
+    )
     # Refused when set: see UNSUPPORTED_COMPLETION_FIELDS.
     suffix: str | None = Field(None, description="Not supported: no insertion.")
     logit_bias: dict[str, int] | None = Field(None, description="Not supported.")

@@ -216,4 +216,5 @@ def _sampling(body: s.ChatCompletionRequest) -> SamplingParams:
         min_tokens=body.min_tokens or 0,
         ignore_eos=bool(body.ignore_eos),
         skip_special_tokens=body.skip_special_tokens is not False,
+        speculative=body.speculative != "off",
     )

@@ -222,6 +222,9 @@ class ChatCompletionRequest(Strict):
     min_tokens: Count | None = Field(None, description="Tokens generated before an end token may end the answer.")
     ignore_eos: bool | None = Field(None, description="Generate past end tokens: only max_tokens and stop end it.")
     skip_special_tokens: bool | None = Field(None, description="Leave special tokens out of the text (default true).")
+    speculative: Literal["auto", "off"] | None = Field(
+        None, description="off: no speculative decoding for this request (auto: as the model's pool is configured)."
+    )
     # Accepted and ignored: they change nothing about the answer.
     metadata: dict[str, str] | None = None
     store: bool | None = None
