@@ -35,6 +35,8 @@ REQUIRED_PANELS = (
     "Router KV-event staleness p50 / p90",
     "Router decision time p99",
     "Router KV-feed resyncs and index size",
+    "Speculative acceptance rate",
+    "Speculative mean accepted length",
 )
 
 

@@ -88,6 +88,7 @@ def test_sampling_fields_and_vllm_extensions():
     assert (s.presence_penalty, s.frequency_penalty) == (0.5, -0.5)
     assert (s.n, s.top_k, s.min_tokens, s.ignore_eos, s.repetition_penalty) == (3, 40, 2, True, 1.1)
     assert not s.skip_special_tokens and convert(stop=["a", "b"]).sampling.stop == ("a", "b")
+    assert s.speculative and not convert(speculative="off").sampling.speculative
 
 
 def test_continuous_usage_stats_ask_for_usage_in_the_stream():

@@ -212,6 +212,12 @@ def test_explicit_zero_max_output_is_kept_for_validation() -> None:
     assert sampling.top_p == 0.0
 
 
+def test_a_request_may_turn_speculation_off() -> None:
+    assert convert(pb.ChatRequest(messages=[user("hi")])).sampling.speculative
+    off = pb.ChatRequest(messages=[user("hi")], sampling=pb.SamplingParams(speculative=pb.SPECULATION_OFF))
+    assert not convert(off).sampling.speculative
+
+
 def test_unspecified_mode_is_instant() -> None:
     mode = convert(pb.ChatRequest(messages=[user("hi")])).mode
     assert mode.mode is Mode.INSTANT

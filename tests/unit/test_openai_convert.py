@@ -106,6 +106,8 @@ def test_answers_and_vllm_sampling_extensions():
     default = convert().sampling
     assert (default.n, default.min_tokens, default.ignore_eos, default.skip_special_tokens) == (1, 0, False, True)
     assert default.prompt_logprobs is None and convert().prompt is None
+    assert default.speculative and convert(speculative="auto").sampling.speculative
+    assert not convert(speculative="off").sampling.speculative
 
 
 def test_continuous_usage_stats_ask_for_usage_in_the_stream():

@@ -2,7 +2,8 @@
 the same tokens, texts, finishes and usage with n-gram or draft-model proposals as without, in a
 busy batch of prefill chunks and decodes, through penalties, stop tokens, log probabilities, a
 JSON grammar, the forced end of reasoning at the thinking budget, preemption and prefix hits.
-Sampled requests keep their seeds: the same seed gives the same text."""
+Sampled requests keep their seeds: with n-gram proposals a seed gives the answer it gives without
+speculation; with a draft model, the same seed gives the same text."""
 
 from __future__ import annotations
 
@@ -121,6 +122,38 @@ async def test_greedy_output_is_unchanged_token_for_token(tokenizer, speculative
         assert sum(metrics.preemptions.values()) > 0 and sum(plain_metrics.preemptions.values()) > 0
     # Accepted tokens past a request's end are dropped, not counted.
     assert metrics.generation_tokens == plain_metrics.generation_tokens
+
+
+async def test_seeded_sampling_with_ngram_proposals_gives_the_plain_answers(tokenizer) -> None:
+    """An n-gram proposal is kept when the row's own draw is that token: each token takes one
+    uniform of the request's generator, as in plain decoding, so the answers are the same."""
+    rng = random.Random(31)
+    requests = [
+        prepared_request(f"s{i}", repetitive_prompt(rng), max_output_tokens=40, temperature=t, top_p=p, top_k=k, seed=i)
+        for i, (t, p, k) in enumerate([(1.0, 1.0, 1), (0.3, 1.0, 2), (0.1, 0.9, 3), (1.0, 1.0, 0)] * 2)
+    ]
+    plain, _, _ = await run(tokenizer, {"method": "off"}, requests)
+    spec, _, metrics = await run(tokenizer, NGRAM, requests)
+    assert spec == plain
+    assert metrics.spec_accepted_tokens > 0 and metrics.spec_draft_tokens > metrics.spec_accepted_tokens
+
+
+async def test_a_stop_string_ends_the_answer_where_plain_decoding_ends_it(tokenizer) -> None:
+    """Tokens a step accepted past a stop string are dropped: text, finish and usage match."""
+    rng = random.Random(12)
+    prompts = [repetitive_prompt(rng) for _ in range(4)]
+    first, _, _ = await run(tokenizer, {"method": "off"}, [prepared_request(f"p{i}", p) for i, p in enumerate(prompts)])
+    stops = [text[len(text) // 2 : len(text) // 2 + 3] for text, *_ in first]  # from the middle of each answer
+    requests = [
+        prepared_request(f"t{i}", p, max_output_tokens=60, stop=(stop,))
+        for i, (p, stop) in enumerate(zip(prompts, stops, strict=True))
+        if stop.strip()
+    ]
+    plain, _, _ = await run(tokenizer, {"method": "off"}, requests)
+    spec, _, metrics = await run(tokenizer, NGRAM, requests)
+    assert spec == plain
+    assert all(str(result[3]) == "stop" for result in plain)
+    assert metrics.spec_draft_tokens > 0
 
 
 async def test_prefix_hits_and_speculation_together(tokenizer) -> None:
@@ -256,7 +289,10 @@ async def test_a_draft_with_the_targets_weights_is_almost_always_right(tokenizer
     try:
         # Three at once: none speculates until the shortest ends, then the others catch up and do.
         await asyncio.gather(
-            *(outcome(engine, prepared_request(f"a{i}", p, max_output_tokens=20 + 30 * i)) for i, p in enumerate(prompts))
+            *(
+                outcome(engine, prepared_request(f"a{i}", p, max_output_tokens=20 + 30 * i))
+                for i, p in enumerate(prompts)
+            )
         )
         for i, prompt in enumerate(prompts):  # prefix hits
             await outcome(engine, prepared_request(f"b{i}", prompt, max_output_tokens=50))

@@ -8,11 +8,12 @@ all accepted, so a grammar matcher is only ever fed accepted tokens and never ro
 
 - Greedy (temperature 0): proposal j is kept while it is the processed row's argmax; at the
   first mismatch the argmax is taken instead. Token for token what plain greedy decoding gives.
-- Sampling: standard speculative rejection sampling. Proposal d drawn from q is kept with
-  probability min(1, p(d) / q(d)), p the row's filtered distribution (temperature, top-k,
+- Sampling: speculative rejection sampling. A draft model's proposal d, drawn from q, is kept
+  with probability min(1, p(d) / q(d)), p the row's filtered distribution (temperature, top-k,
   top-p: what `sample_batch` draws from); on rejection a token is drawn from max(0, p - q),
-  renormalised. An n-gram proposal is q = one-hot(d). The kept and drawn tokens are then
-  distributed as p exactly. After the last kept proposal, the next row is sampled as usual.
+  renormalised. An n-gram proposal is q = one-hot(d): the row draws its token from p as plain
+  decoding would, with the same uniform, and keeps d when the draw is d. Either way the tokens
+  are distributed as p exactly. After the last kept proposal, the next row is sampled as usual.
 
 A forced token (the reasoning close marker) and the grammar's budget steering (`checked`) apply
 at every row as they would one token at a time; a token they change ends the row there.
@@ -65,21 +66,22 @@ def _choose(x: Tensor, proposal: int | None, q: Tensor | None, sampler: RequestS
     params = sampler.params
     if params.temperature == 0:
         return int(x.argmax())
-    if proposal is None:  # after the last proposal: an ordinary draw
+    if q is None:
+        # After the last proposal, or a proposal made outright (n-gram, q one-hot): the row's own
+        # draw, kept when it is the proposal. That is rejection sampling for a one-hot q (kept
+        # with probability p(d), otherwise a draw from p without d), with one uniform per token,
+        # as plain decoding draws: a seeded answer is the same with and without speculation.
         return sample_batch(
             x[None], temperatures=[params.temperature], top_ps=[params.top_p], top_ks=[params.top_k],
             generators=[sampler.generator],
         )[0]  # fmt: skip
+    assert proposal is not None
     p = filtered_probs(x[None], params.temperature, params.top_p, params.top_k)[0]
-    q_of_proposal = 1.0 if q is None else float(q[proposal])
+    q = q.to(p.device)
     u = float(torch.rand(1, generator=sampler.generator))
-    if q_of_proposal > 0 and u * q_of_proposal < float(p[proposal]):
+    if u * float(q[proposal]) < float(p[proposal]):
         return proposal
-    residual = p.clone()
-    if q is None:
-        residual[proposal] = 0.0
-    else:
-        residual = (p - q.to(p.device)).clamp_(min=0.0)
+    residual = (p - q).clamp_(min=0.0)
     if float(residual.sum()) <= 0.0:  # p equals q: the draw falls back to p itself
         residual = p
     return draw(residual, sampler.generator)
