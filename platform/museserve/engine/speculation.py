@@ -1,4 +1,4 @@
-"""How many tokens each request has proposed per step: adaptive, per request. No tensors.
+"""How many tokens are proposed for each request per step: adaptive, per request. No tensors.
 
 A step verifies a request's proposed tokens in one pass; the first rejected one and all after
 it are wasted work (their KV slots are rolled back). So a request proposes as many tokens as
