@@ -64,9 +64,10 @@ def test_a_quoting_answer_equals_transformers_and_speculation_is_counted(real: C
         if time.monotonic() > deadline:
             pytest.fail(f"no accepted proposals exported after 60 s: {counters}")
         time.sleep(1)
-    assert counters["ray_museserve_spec_decode_num_draft_tokens_total"] >= counters[
-        "ray_museserve_spec_decode_num_accepted_tokens_total"
-    ]
+    assert (
+        counters["ray_museserve_spec_decode_num_draft_tokens_total"]
+        >= counters["ray_museserve_spec_decode_num_accepted_tokens_total"]
+    )
     assert counters["ray_museserve_spec_decode_num_drafts_total"] > 0
 
 
