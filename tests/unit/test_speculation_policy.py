@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from museserve.engine.block_manager import BlockManager
+from museserve.engine.load_meter import prefill_tokens
 from museserve.engine.plan import ScheduledSequence, SchedulerPlan
 from museserve.engine.scheduler import Scheduler, SchedulerLimits
 from museserve.engine.sequence import Sequence
@@ -151,6 +152,14 @@ def test_a_prefill_chunk_that_does_not_sample_gets_no_slots() -> None:
     seq = speculating("a", list(range(10, 20)))
     sched.add(seq)
     assert sched.schedule().sequences[0].num_speculative == 0  # the first 4 of 10 prompt tokens
+
+
+def test_proposal_slots_are_not_counted_as_prompt_tokens() -> None:
+    """The load meter's prefill rate (what admission estimates waits from) sees prompt tokens only."""
+    decode = ScheduledSequence("a", 9, (7,), (0, 1, 2), samples=True, num_speculative=4)
+    chunk = ScheduledSequence("b", 0, tuple(range(8)), (3, 4), samples=True, num_speculative=2)
+    plan = SchedulerPlan((decode, chunk), ())
+    assert prefill_tokens(plan) == 8 and plan.num_batched_tokens == 15
 
 
 def test_drafts_ride_on_the_plan_within_their_slots() -> None:

@@ -126,9 +126,9 @@ def _p90(values: list[float]) -> float:
 
 
 def prefill_tokens(plan: SchedulerPlan) -> int:
-    """Prompt tokens a step computes: its tokens less its decodes (one token that samples)."""
-    decodes = sum(1 for item in plan.sequences if item.samples and item.num_new_tokens == 1)
-    return plan.num_batched_tokens - decodes
+    """Prompt tokens a step computes: the tokens of its sequences other than decodes (one token
+    that samples). Slots for proposed tokens beside a decode are not prompt tokens."""
+    return sum(item.num_new_tokens for item in plan.sequences if not (item.samples and item.num_new_tokens == 1))
 
 
 def replica_load(scheduler: Scheduler, kv_usage: float, meter: LoadMeter) -> ReplicaLoad:
