@@ -11,7 +11,8 @@ from museserve.config.base import Section
 
 class DraftModelConfig(Section):
     """A smaller checkpoint with the target's tokenizer, run in the same replica on the target's
-    device, with a KV cache of its own that mirrors the target's blocks."""
+    device, with a KV cache of its own: the target's block count, in the draft's shape and dtype,
+    allocated beside (not within) `engine.kv_cache_bytes`."""
 
     size: str = Field("tiny", description="Named architecture size for dummy weights.")
     load_format: Literal["dummy", "safetensors", "gguf"] = "dummy"

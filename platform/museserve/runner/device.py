@@ -1,9 +1,10 @@
 """`DeviceRunner`: the engine's `StepRunner` in a model replica.
 
 One thread, the device thread, builds the executor and runs every step on it: proposals
-(with speculative decoding), the model, then sampling and verification, in submission order. So a step planned while the previous one ran finds that
-step's tokens sampled when it starts, and fills its `PENDING` ids with them
-(`resolve_pending`). No other thread of the replica enters torch's thread pool.
+(with speculative decoding), the model, then sampling and verification, in submission order.
+So a step planned while the previous one ran finds that step's tokens sampled when it starts,
+and fills its `PENDING` ids with them (`resolve_pending`). No other thread of the replica
+enters torch's thread pool.
 """
 
 from __future__ import annotations

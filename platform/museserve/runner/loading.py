@@ -126,5 +126,8 @@ def draft_runner(pool: PoolConfig, target: ModelRunner, vocab_size: int, media: 
     )  # fmt: skip
     kv_dtype = getattr(torch, spec.dtype)
     kv_pool = PagedKVPool(arch, target.num_blocks, pool.engine.block_size, dtype=kv_dtype, device=target.device)
-    logger.info("pool %s: draft model %s, %.1f MiB of draft KV", pool.name, arch.hidden_size, kv_pool.num_bytes / 2**20)
+    logger.info(
+        "pool %s: draft model of %d layers x %d, %.1f MiB of draft KV beside the target's",
+        pool.name, arch.num_hidden_layers, arch.hidden_size, kv_pool.num_bytes / 2**20,
+    )  # fmt: skip
     return ModelRunner(model, kv_pool, cuda_graphs=False)

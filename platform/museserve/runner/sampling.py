@@ -83,8 +83,9 @@ def _final_token(row: RowSampling, sampler: RequestSampler, token: int) -> int:
 def sample_and_verify(
     plan: SchedulerPlan, rows: list[RowSampling], logits: torch.Tensor, proposals: Mapping[str, Proposal]
 ) -> list[RowToken]:
-    """`logits`: each sampling sequence's rows in plan order (`num_logits_rows`: its drafts' rows,
-    then its last token's) -> one RowToken per entry of `rows`, drafts verified (`runner.verify`)."""
+    """`logits`: each sampling sequence's rows in plan order (`num_logits_rows`: its last known
+    token's row, then one after each draft) -> one RowToken per entry of `rows`, drafts verified
+    (`runner.verify`)."""
     if not any(item.num_draft for item in plan.sequences):
         return sample_rows(rows, logits)
     starts: list[int] = []  # per sampling sequence: its first row
