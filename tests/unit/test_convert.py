@@ -216,6 +216,10 @@ def test_a_request_may_turn_speculation_off() -> None:
     assert convert(pb.ChatRequest(messages=[user("hi")])).sampling.speculative
     off = pb.ChatRequest(messages=[user("hi")], sampling=pb.SamplingParams(speculative=pb.SPECULATION_OFF))
     assert not convert(off).sampling.speculative
+    unknown = pb.ChatRequest(messages=[user("hi")], sampling=pb.SamplingParams(speculative=7))
+    with pytest.raises(InvalidArgument) as refused:
+        convert(unknown)
+    assert refused.value.field == "sampling.speculative"
 
 
 def test_unspecified_mode_is_instant() -> None:

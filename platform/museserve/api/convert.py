@@ -133,6 +133,8 @@ def _tool_choice_from_pb(msg: pb.ChatRequest) -> ToolChoice:
 
 
 def _sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
+    if s.speculative not in (pb.SPECULATION_AUTO, pb.SPECULATION_OFF):
+        raise InvalidArgument(f"unknown speculation {s.speculative}", field="sampling.speculative")
     return SamplingParams(
         temperature=s.temperature if s.HasField("temperature") else None,
         top_p=s.top_p if s.HasField("top_p") else None,
