@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from museserve_kernels import activation, cache_write, norm, paged_attention, paged_prefill, rope
+from museserve_kernels import activation, cache_write, lora, norm, paged_attention, paged_prefill, rope
 from tests.kernels.conftest import INTERPRETING
 from tests.kernels.launches import Launch, compile_for_h100, recorded
 
@@ -55,6 +55,20 @@ def launches_of(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> list[Lau
             q = empty(4096, q_heads, 128)
             paged_prefill.paged_prefill(q, cache, cache, tables, starts, lengths, 16, max_query_len)
     out += launches
+    with recorded(monkeypatch, lora) as launches:
+        # 64 decode rows over 8 adapters of rank 16: q_proj (4096 -> 4096, its columns of a fused
+        # q/k/v output) and gate_proj (4096 -> 14336); ranks 64 and 128 (expand's rank loop), an fp16 model.
+        slots, t = empty(64, of=torch.int32), empty(64, 16, of=torch.float32)
+        lora.lora_shrink(empty(64, 4096), empty(8, 16, 4096), slots)
+        lora.lora_expand_(empty(64, 6144)[:, :4096], t, empty(8, 4096, 16), slots)
+        lora.lora_expand_(empty(64, 14336), t, empty(8, 14336, 16), slots)
+        lora.lora_shrink(empty(64, 4096), empty(8, 64, 4096), empty(64, of=torch.int64))
+        lora.lora_expand_(empty(64, 14336), empty(64, 64, of=torch.float32), empty(8, 14336, 64), slots)
+        lora.lora_expand_(empty(64, 4096), empty(64, 128, of=torch.float32), empty(8, 4096, 128), slots)
+        half = torch.float16
+        lora.lora_shrink(empty(64, 4096, of=half), empty(8, 16, 4096, of=half), slots)
+        lora.lora_expand_(empty(64, 14336, of=half), t, empty(8, 14336, 16, of=half), slots)
+    out += launches
     return out
 
 
@@ -63,7 +77,7 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     launches = launches_of(dtype, monkeypatch)
     assert {launch.kernel.__name__ for launch in launches} == {
         "add_rmsnorm_kernel", "rotary_kernel", "silu_mul_kernel", "kv_write_kernel", "paged_decode_kernel",
-        "merge_splits_kernel", "paged_prefill_kernel",
+        "merge_splits_kernel", "paged_prefill_kernel", "lora_shrink_kernel", "lora_expand_kernel",
     }  # fmt: skip
     for launch in launches:
         compiled = compile_for_h100(launch)

@@ -12,7 +12,7 @@ from museserve.model.config import MuseConfig
 from museserve.model.loader import build_model
 from museserve.runner.kv_pool import PagedKVPool
 from museserve.runner.model_runner import ModelRunner
-from museserve_kernels import activation, cache_write, norm, paged_attention, paged_prefill, rope, split_k
+from museserve_kernels import activation, cache_write, lora, norm, paged_attention, paged_prefill, rope, split_k
 from tests.kernels.conftest import INTERPRETING
 from tests.kernels.support import assert_close, readable, scattered_paged_cache, teacher_forced_plans
 
@@ -54,6 +54,29 @@ def test_rotary_silu_and_cache_write_on_device(dtype: torch.dtype) -> None:
     cache_write.kv_write(k, k * 2, caches[0], caches[1], slots)
     cache_write.kv_write_reference(k, k * 2, expected[0], expected[1], slots)
     assert torch.equal(caches, expected)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
+@pytest.mark.parametrize(
+    "rows, rank, out_features", [(1, 16, 4096), (64, 16, 14336), (37, 12, 1000), (130, 64, 4100), (9, 200, 512)]
+)
+def test_lora_shrink_and_expand_on_device(dtype: torch.dtype, rows: int, rank: int, out_features: int) -> None:
+    slots, in_features = 8, 4096
+    lora_a = (torch.randn(slots, rank, in_features, device=CUDA) / in_features**0.5).to(dtype)
+    lora_b = (torch.randn(slots, out_features, rank, device=CUDA) / rank**0.5).to(dtype)
+    x = torch.randn(rows, in_features, device=CUDA).to(dtype)
+    row_slots = torch.randint(-1, slots, (rows,), device=CUDA, dtype=torch.int32)
+    t = lora.lora_shrink(x, lora_a, row_slots)
+    expected_t = lora.reference_shrink(x, lora_a, row_slots)
+    assert_close(t, expected_t, interpreted=False)  # float32 products of the same inputs: only the order differs
+    fused = torch.randn(rows, 2 * out_features, device=CUDA).to(dtype)  # out: a row-strided column slice
+    original = fused.clone()
+    expected = fused[:, :out_features].clone()
+    lora.lora_expand_(fused[:, :out_features], t, lora_b, row_slots)
+    lora.reference_expand_(expected, expected_t, lora_b, row_slots)
+    assert_close(fused[:, :out_features], expected, interpreted=False)
+    assert torch.equal(fused[:, out_features:], original[:, out_features:])
+    assert torch.equal(fused[row_slots < 0], original[row_slots < 0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
