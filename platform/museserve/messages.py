@@ -83,6 +83,7 @@ class PreparedRequest:
     response_format: ResponseFormat = ResponseFormat()
     num_agents: int = 0  # CONTEMPLATING: parallel agents; 0 for the other modes
     contemplation: ContemplationPrompts | None = None  # CONTEMPLATING: every pass's prompt
+    adapter: str = ""  # the pool's LoRA adapter applied to every pass ("": the base model)
 
     def __post_init__(self) -> None:
         unset = [name for name in RESOLVED_SAMPLING if getattr(self.sampling, name) is None]
@@ -158,6 +159,7 @@ class ReplicaLoad:
     step_s: float = 0.0  # mean duration of a recent step
     ttft_p90_s: float = 0.0  # time from arrival at the engine to the first token, recent p90
     taken_at: float = 0.0  # wall clock (time.time()) of the report
+    adapters: tuple[str, ...] = ()  # LoRA adapters resident in the replica: requests for them need no load
 
     @property
     def requests(self) -> int:

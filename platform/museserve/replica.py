@@ -9,6 +9,8 @@ from museserve.config import MediaLimits, PoolConfig
 from museserve.config.context_window import context_window
 from museserve.engine.engine import MuseEngine
 from museserve.engine.plan import Executor
+from museserve.lora.manager import AdapterManager
+from museserve.lora.metrics import AdapterRecorder
 from museserve.metrics import MetricsRecorder
 from museserve.preprocess.chat_format import ChatFormat
 from museserve.runner.device import DeviceRunner
@@ -26,6 +28,7 @@ def build_engine(
     media: MediaLimits | None = None,
     metrics: MetricsRecorder | None = None,
     executor: Executor | None = None,
+    adapter_metrics: AdapterRecorder | None = None,
 ) -> MuseEngine:
     """A pool's engine over its executor (`pool_executor`, built on the device thread), or over
     `executor` when one is given. `media`: the preprocess tier's limits; a dummy model then gets
@@ -42,7 +45,20 @@ def build_engine(
         return pool_proposer(pool, built, vocab_size, media)
 
     runner = DeviceRunner(build, chat_format, pool.name, proposer)
-    return MuseEngine(pool, chat_format, runner, metrics, context_window=window.tokens)
+    adapters = pool_adapters(pool, runner, adapter_metrics)
+    return MuseEngine(pool, chat_format, runner, metrics, context_window=window.tokens, adapters=adapters)
+
+
+def pool_adapters(pool: PoolConfig, runner: DeviceRunner, metrics: AdapterRecorder | None) -> AdapterManager | None:
+    """The replica's LoRA adapters over its executor's slots; None where the pool serves none."""
+    lora = getattr(runner.executor, "lora", None)
+    if lora is None:
+        return None
+
+    async def place(slot: int, adapter) -> None:
+        await runner.call(lora.write, slot, adapter)
+
+    return AdapterManager(pool.name, pool.lora, runner.executor.model.config, place, metrics)
 
 
 def pool_executor(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = None) -> Executor:

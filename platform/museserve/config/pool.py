@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from museserve.config.base import DeploymentConfig, Section
+from museserve.config.lora import LoraConfig
 from museserve.config.routing import RoutingConfig
 from museserve.config.speculative import SpeculativeConfig
 from museserve.domain import Mode
@@ -264,6 +265,7 @@ class PoolConfig(Section):
     )
     contemplating: ContemplatingConfig = ContemplatingConfig()
     parallel: ParallelConfig = Field(ParallelConfig(), description="Tensor and pipeline parallel workers per replica.")
+    lora: LoraConfig = Field(LoraConfig(), description="LoRA adapters of the base model, served per request.")
     ab: ABSplit | None = Field(None, description="A/B split to a candidate pool.")
     mirror: MirrorConfig | None = Field(None, description="Shadow mirroring to a candidate pool.")
 
@@ -299,6 +301,8 @@ class PoolConfig(Section):
             raise ValueError("engine.speculative.method draft is not supported with parallel workers")
         if self.engine.speculative.method == "draft" and self.engine.kv_tier.bytes:
             raise ValueError("engine.speculative.method draft cannot be used with engine.kv_tier yet")
+        if self.lora.enabled and self.parallel.world_size > 1:
+            raise ValueError("lora adapters are not supported with parallel workers (parallel.tensor x pipeline > 1)")
         if self.engine.kv_tier.bytes and not self.engine.enable_prefix_caching:
             raise ValueError("engine.kv_tier keeps prefix-cache blocks: it needs engine.enable_prefix_caching")
         return self

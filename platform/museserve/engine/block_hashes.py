@@ -23,6 +23,12 @@ def chain_hash(parent: BlockHash, token_ids: Seq[int], extra: bytes = b"") -> Bl
     return digest.digest()
 
 
+def cache_salt(tenant: str, adapter: str = "") -> str:
+    """A request's prefix-cache namespace: its tenant's, and within it its LoRA adapter's (whose
+    KV differs from the base model's for the same tokens)."""
+    return f"{tenant}\x1f{adapter}" if adapter else tenant
+
+
 def root_hash(cache_salt: str) -> BlockHash:
     return hashlib.blake2b(cache_salt.encode("utf-8"), digest_size=16, person=b"museserve-kv").digest()
 

@@ -21,18 +21,20 @@ deadline or its tier's time-to-first-token objective (`_end_late_requests`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from museserve.config import PoolConfig
+from museserve.engine.block_hashes import cache_salt
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_tier_index import TierIndex
 from museserve.engine.late_requests import LateRequests
 from museserve.engine.load_meter import LoadMeter, prefill_tokens, replica_load
 from museserve.engine.media import check_request_media
-from museserve.engine.plan import RowSampling, RowToken, SchedulerPlan, StepRunner
+from museserve.engine.plan import AdapterLeases, RowSampling, RowToken, SchedulerPlan, StepRunner
 from museserve.engine.request import Request, position_logprobs
 from museserve.engine.request_state import RequestState
 from museserve.engine.scheduler import Scheduler, SchedulerLimits
@@ -45,6 +47,7 @@ from museserve.errors import (
     Internal,
     InvalidArgument,
     MuseError,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
@@ -73,13 +76,16 @@ class MuseEngine:
         metrics: MetricsRecorder | None = None,
         *,
         context_window: int,
+        adapters: AdapterLeases | None = None,
     ):
         """`chat_format`: the pool's (`pool_model`): its tokenizer detokenizes, its markers say
         where reasoning ends, what stops a request and how calls are written. `runner`: the
         device side (`runner.build_engine` makes both). `context_window`: the pool's
-        (`config.context_window`, what the preprocess tier checked against)."""
+        (`config.context_window`, what the preprocess tier checked against). `adapters`: the
+        replica's LoRA adapters (`pool.lora`), None where the pool serves none."""
         self.pool = pool
         self.runner = runner
+        self.adapters = adapters
         engine = pool.engine
         self.context_window = context_window
         self.metrics = metrics if metrics is not None else InMemoryMetrics()
@@ -125,7 +131,12 @@ class MuseEngine:
         self._check_id_free(prepared.request_id)
         check_request_media(prepared, self.runner.media_feature_dims, self.pool.name)
         sampler = await self.runner.prepare(prepared)  # compiles a grammar off the loop; InvalidArgument
-        request = self._admit(prepared, sampler)
+        lora_slot = await self._acquire_adapter(prepared)
+        try:
+            request = self._admit(prepared, sampler, lora_slot)
+        except BaseException:
+            self._release_adapter(lora_slot)
+            raise
         try:
             while True:
                 item = await request.chunks.get()
@@ -138,12 +149,25 @@ class MuseEngine:
             if not request.ended and request.record.phase is RequestPhase.WAITING:
                 self._drop(request, "client_gone")  # left before it started
             self._finish(request, RequestPhase.CANCELLED)  # a client that left; no-op once ended
+            self._release_adapter(lora_slot)
+
+    async def _acquire_adapter(self, prepared: PreparedRequest) -> int:
+        """The slot of the request's adapter, held until `_release_adapter`; -1 for none."""
+        if not prepared.adapter:
+            return -1
+        if self.adapters is None:
+            raise NotFound(f"model {self.pool.name} has no adapter {prepared.adapter!r}", field="adapter")
+        return await self.adapters.acquire(prepared.adapter)
+
+    def _release_adapter(self, lora_slot: int) -> None:
+        if lora_slot >= 0 and self.adapters is not None:
+            self.adapters.release(lora_slot)
 
     def _check_id_free(self, request_id: str) -> None:
         if request_id in self.requests:
             raise InvalidArgument(f"request id {request_id!r} is already in use", field="request_id")
 
-    def _admit(self, prepared: PreparedRequest, sampler: object) -> Request:
+    def _admit(self, prepared: PreparedRequest, sampler: object, lora_slot: int = -1) -> Request:
         self._check_id_free(prepared.request_id)  # again: another may have come during `prepare`
         if prepared.num_prompt_tokens >= self.context_window:  # the preprocess tier refuses these first
             raise InvalidArgument(
@@ -155,7 +179,8 @@ class MuseEngine:
         seq = Sequence(
             prepared.request_id,
             prepared.prompt_token_ids,
-            cache_salt=prepared.tenant,
+            cache_salt=cache_salt(prepared.tenant, prepared.adapter),
+            lora_slot=lora_slot,
             priority=prepared.priority,
             max_num_tokens=min(
                 prepared.num_prompt_tokens + reasoning + prepared.max_output_tokens,
@@ -203,6 +228,10 @@ class MuseEngine:
         self.stats.end(request.record, phase)
         reason = str(request.output.finish) if phase is RequestPhase.FINISHED else str(phase)
         self.metrics.ended(time.monotonic() - request.arrival, reason)
+        if request.prepared.adapter and self.adapters is not None:
+            self.adapters.served(
+                request.prepared.adapter, request.prepared.num_prompt_tokens, request.record.generated_tokens
+            )
         if error is not None:
             request.chunks.put_nowait(error)
         logger.info(
@@ -236,7 +265,10 @@ class MuseEngine:
 
     def load(self) -> ReplicaLoad:
         """The replica's load now, for routing and admission; cheap enough to call every second."""
-        return replica_load(self.scheduler, self.blocks.usage, self.meter)
+        load = replica_load(self.scheduler, self.blocks.usage, self.meter)
+        if self.adapters is None:
+            return load
+        return dataclasses.replace(load, adapters=tuple(self.adapters.resident()))
 
     # -- the stepping loop --------------------------------------------------------------
 

@@ -57,6 +57,7 @@ class ScheduledSequence:
     # computes token_ids whole and returns a logits row for each of its last 1 + num_draft tokens.
     num_speculative: int = 0
     num_draft: int = 0
+    lora_slot: int = -1  # the slot of its LoRA adapter in the replica (`lora.weights`); -1: the base model
 
     @property
     def num_new_tokens(self) -> int:
@@ -132,6 +133,29 @@ class Executor(Protocol):
         """Runs the plan (no PENDING left in it): its tier copies, then its step. Returns float32
         logits, already computed: each sampling sequence's `num_logits_rows` in plan order, then
         one per scored prompt position (`ScheduledSequence.prompt_targets`) in plan order."""
+        ...
+
+
+class AdapterLeases(Protocol):
+    """A replica's LoRA adapters as the engine uses them (`lora.manager.AdapterManager`)."""
+
+    async def acquire(self, name: str) -> int:
+        """The slot holding adapter `name`, kept for the caller until `release`; NotFound,
+        FailedPrecondition or Unavailable when it cannot be had."""
+        ...
+
+    def release(self, slot: int) -> None: ...
+
+    def served(self, name: str, prompt_tokens: int, generated_tokens: int) -> None:
+        """A request with adapter `name` ended: its tokens, for the adapter's metrics."""
+        ...
+
+    def resident(self) -> list[str]:
+        """The adapters loaded now."""
+        ...
+
+    async def configure(self, keep: list[str], disabled: list[str]) -> None:
+        """An operator's wishes: `keep` loaded and never evicted, `disabled` refused."""
         ...
 
 

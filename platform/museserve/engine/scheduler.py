@@ -242,6 +242,7 @@ class Scheduler:
             samples=first + num_new == seq.num_tokens,
             media=step_slices(seq.media, first, num_new) if seq.media else (),
             num_speculative=num_speculative,
+            lora_slot=seq.lora_slot,
             **_prompt_targets(seq, first, num_new),
         )
         seq.num_computed_tokens = first + num_new

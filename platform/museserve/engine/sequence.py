@@ -34,6 +34,7 @@ class Sequence:
         media: tuple[MediaSegment, ...] = (),
         prompt_logprobs: int | None = None,
         speculation: Speculation | None = None,
+        lora_slot: int = -1,
     ):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
@@ -51,6 +52,7 @@ class Sequence:
         self.prompt_logprobs = prompt_logprobs
         self.num_scored_positions = 0  # prompt positions whose next token's logprob came back
         self.speculation = speculation  # None: it never has tokens proposed
+        self.lora_slot = lora_slot  # the replica's slot of its adapter, pinned while it lives; -1: none
         self.arrival = 0  # set by the scheduler on arrival; ties within a priority: earlier first
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0

@@ -47,7 +47,8 @@ class DecodeGraphs:
         """(batch, width) of the graph that runs this plan, or None when it must run eagerly."""
         sequences = plan.sequences
         # A one-token recompute may land on a media placeholder: graphs embed token ids only.
-        if not sequences or any(item.num_new_tokens != 1 or item.media for item in sequences):
+        # Graphs hold no LoRA delta: a step with an adapter's row runs eagerly.
+        if not sequences or any(item.num_new_tokens != 1 or item.media or item.lora_slot >= 0 for item in sequences):
             return None
         batch = next((b for b in BATCH_BUCKETS if b >= len(sequences)), None)
         longest = max(item.first_position for item in sequences) + 1

@@ -9,6 +9,7 @@ enters torch's thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +56,10 @@ class DeviceRunner:
     async def prepare(self, request: PreparedRequest) -> RequestSampler:
         constraint = await self.constraints.build(request)  # compiles off the loop; InvalidArgument
         return RequestSampler.for_request(request, constraint, self._stop_ids)
+
+    async def call(self, fn: Callable[..., object], *args: object) -> object:
+        """`fn(*args)` on the device thread, between steps."""
+        return await asyncio.wrap_future(self._thread.submit(fn, *args))
 
     def submit(self, plan: SchedulerPlan, rows: list[RowSampling]) -> Future[list[RowToken]]:
         return self._thread.submit(self._step, plan, rows)

@@ -15,6 +15,7 @@ from museserve.config import MediaLimits, PoolConfig
 from museserve.config.context_window import ContextWindow, check_min_context, context_window
 from museserve.config.pool import ModelConfig
 from museserve.config.speculative import DraftModelConfig
+from museserve.lora.weights import LoraWeights
 from museserve.model.config import MuseConfig
 from museserve.model.loader import build_model, check_media_dims, resolve_device
 from museserve.model.muse import MuseForCausalLM
@@ -46,7 +47,24 @@ def local_runner(pool: PoolConfig, vocab_size: int, media: MediaLimits | None = 
         window.describe(),
         kv_pool.num_bytes / 2**20,
     )
-    return ModelRunner(model, kv_pool, kv_tier=build_kv_tier(kv_pool, pool.engine.kv_tier, pool.name))
+    lora = pool_lora(pool, model)
+    tier = build_kv_tier(kv_pool, pool.engine.kv_tier, pool.name)
+    return ModelRunner(model, kv_pool, kv_tier=tier, lora=lora)
+
+
+def pool_lora(pool: PoolConfig, model: MuseForCausalLM) -> LoraWeights | None:
+    """Slots for the pool's adapters (`pool.lora`), attached to the model's projections; allocated
+    beside (not within) `engine.kv_cache_bytes`. None where the pool serves no adapters."""
+    if not pool.lora.enabled:
+        return None
+    weight = model.model.embed_tokens.weight
+    lora = LoraWeights(model.config, pool.lora.max_loaded_adapters, pool.lora.max_rank, weight.dtype, weight.device)
+    lora.attach(model)
+    logger.info(
+        "pool %s: %d adapter slots of rank %d, %.1f MiB beside the KV cache",
+        pool.name, lora.num_slots, lora.max_rank, lora.num_bytes / 2**20,
+    )  # fmt: skip
+    return lora
 
 
 def start_window(pool: PoolConfig, arch: MuseConfig) -> ContextWindow:

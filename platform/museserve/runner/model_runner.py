@@ -13,6 +13,8 @@ from torch import Tensor
 from torch.nn.attention import sdpa_kernel
 
 from museserve.engine.plan import SchedulerPlan
+from museserve.lora.delta import LoraBatch
+from museserve.lora.weights import LoraWeights
 from museserve.model.muse import MuseForCausalLM
 from museserve.runner.decode_graphs import DecodeGraphs
 from museserve.runner.kv_pool import SDPA_BACKENDS, PagedKVPool
@@ -29,13 +31,21 @@ GPU_DECODE_GROUP = 1024
 
 class ModelRunner:
     def __init__(
-        self, model: MuseForCausalLM, pool: PagedKVPool, *, cuda_graphs: bool = True, kv_tier: KVTier | None = None
+        self,
+        model: MuseForCausalLM,
+        pool: PagedKVPool,
+        *,
+        cuda_graphs: bool = True,
+        kv_tier: KVTier | None = None,
+        lora: LoraWeights | None = None,
     ):
         """`cuda_graphs`: on a GPU, replay captured graphs for decode steps (`DecodeGraphs`).
-        `kv_tier`: the pool's second tier, which plans' kv_saves/kv_loads copy to and from."""
+        `kv_tier`: the pool's second tier, which plans' kv_saves/kv_loads copy to and from.
+        `lora`: the resident adapters' weights, already attached to `model`'s projections."""
         self.model = model
         self.pool = pool
         self.kv_tier = kv_tier
+        self.lora = lora
         self.kv_tier_slots = kv_tier.num_slots if kv_tier is not None else 0
         self.device = next(model.parameters()).device
         self.num_blocks = pool.num_blocks
@@ -58,7 +68,21 @@ class ModelRunner:
     def _eager(self, plan: SchedulerPlan) -> Tensor:
         inputs = step_inputs(plan, self.pool.block_size, self.decode_group, self.device)
         media_rows, media_positions = media_inputs(plan, self.model.model.embed_tokens.weight.dtype, self.device)
-        with sdpa_kernel(SDPA_BACKENDS):
-            embeds = self.model.embed(inputs.ids, media_rows, media_positions)
-            hidden = self.model(embeds, inputs.positions, PagedStep(self.pool, inputs.layout))
+        if self.lora is not None:
+            self.lora.context.batch = LoraBatch.build(lora_row_slots(plan), self.device)
+        try:
+            with sdpa_kernel(SDPA_BACKENDS):
+                embeds = self.model.embed(inputs.ids, media_rows, media_positions)
+                hidden = self.model(embeds, inputs.positions, PagedStep(self.pool, inputs.layout))
+        finally:
+            if self.lora is not None:
+                self.lora.context.batch = None
         return self.model.compute_logits(hidden[inputs.rows])
+
+
+def lora_row_slots(plan: SchedulerPlan) -> list[int]:
+    """Each of the step's token rows' adapter slot (-1: none), sequence after sequence."""
+    slots: list[int] = []
+    for item in plan.sequences:
+        slots.extend([item.lora_slot] * item.num_new_tokens)
+    return slots
