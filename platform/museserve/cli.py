@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("text", help="the user message")
     chat.add_argument("--address", default="127.0.0.1:50051", help="gRPC address (default %(default)s)")
     chat.add_argument("--model", default="", help="model name (default: the server's default)")
+    chat.add_argument("--adapter", default="", help="a LoRA adapter of the model (default: the caller's)")
     chat.add_argument("--mode", choices=["instant", "thinking", "contemplating"], default="instant")
     chat.add_argument("--thinking-budget", type=int, help="most reasoning tokens (thinking mode)")
     chat.add_argument("--system", default="", help="a system message")
@@ -225,6 +226,7 @@ def _chat(args: argparse.Namespace) -> int:
         args.text,
         system=args.system,
         model=args.model,
+        adapter=args.adapter,
         mode=args.mode,
         thinking_budget=args.thinking_budget,
         max_output_tokens=args.max_output_tokens,

@@ -48,6 +48,7 @@ def build_request(
     *,
     system: str = "",
     model: str = "",
+    adapter: str = "",
     mode: str = "instant",
     thinking_budget: int | None = None,
     max_output_tokens: int | None = None,
@@ -71,7 +72,7 @@ def build_request(
     mode_params = pb.ModeParams(mode=MODES[mode])
     if thinking_budget is not None:
         mode_params.thinking_budget = thinking_budget
-    return pb.ChatRequest(model=model, messages=messages, sampling=sampling, mode=mode_params)
+    return pb.ChatRequest(model=model, adapter=adapter, messages=messages, sampling=sampling, mode=mode_params)
 
 
 # CANCELLED is retried because grpc's server shutdown answers a stream that raced its GOAWAY

@@ -182,6 +182,8 @@ class ChatRequest:
     # API's tools, text format and metadata), kept verbatim with the answer for a read-back.
     stored_echo: str = ""
     usage_in_stream: bool = False  # a RunningUsage event after each step's events
+    # A LoRA adapter of the model's pool, by name; empty: the caller's default for that pool, if any.
+    adapter: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,3 +335,4 @@ class ModelInfo:
     context_length: int  # the pool's context window (`config.context_window`), not just the configured length
     max_output_tokens: int  # the configured cap, clamped below the window
     modes: tuple[Mode, ...]
+    adapters: tuple[str, ...] = ()  # the pool's adapters the asking caller may use, sorted

@@ -79,6 +79,10 @@ class Unauthenticated(MuseError):
     code = ErrorCode.UNAUTHENTICATED
 
 
+class PermissionDenied(MuseError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class DeadlineExceeded(MuseError):
     code = ErrorCode.DEADLINE_EXCEEDED
 

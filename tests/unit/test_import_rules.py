@@ -32,17 +32,18 @@ RULES: dict[str, set[str]] = {
     "preprocess": {"checkpoint", "config", "model"},
     "engine": {"config", "preprocess"},  # policy: never runner, structured, parallel, torch
     "structured": {"engine", "preprocess"},
-    "runner": {"checkpoint", "config", "engine", "model", "preprocess", "structured"},
+    "runner": {"checkpoint", "config", "engine", "lora", "model", "preprocess", "structured"},
     "parallel": {"config", "engine", "model", "runner"},
-    "replica": {"config", "engine", "parallel", "preprocess", "runner"},
+    "replica": {"config", "engine", "lora", "parallel", "preprocess", "runner"},
     "modes": {"config", "preprocess"},
     "routing": {"engine"},  # the engine's block hashes and KV events only: no torch
-    "gateway": {"config", "preprocess"},
+    "lora": {"config", "model"},  # adapters checked against the base model's shapes, wrapped around its layers
+    "gateway": {"config", "lora", "preprocess"},  # `lora.registry` only: which adapters a pool serves
     "api": {"config", "gateway", "v1"},
     "mirror_report": {"gateway"},
     "client": {"v1"},
     "ops": set(),
-    "serve": {"api", "config", "gateway", "modes", "preprocess", "replica", "routing", "v1"},
+    "serve": {"api", "config", "gateway", "lora", "modes", "preprocess", "replica", "routing", "v1"},
     "cli": {"client", "config", "gateway", "mirror_report", "ops", "preprocess", "serve", "v1"},
 }
 

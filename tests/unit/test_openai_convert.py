@@ -154,7 +154,7 @@ def test_mode_from_suffix_extra_fields_or_reasoning_effort(fields, mode, budget,
     ("fields", "param", "code"),
     [
         ({"model": "gpt-4o"}, "model", ErrorCode.NOT_FOUND),
-        ({"model": "muse-tiny:dreaming"}, "model", ErrorCode.INVALID_ARGUMENT),
+        ({"model": "gpt-4o:support"}, "model", ErrorCode.NOT_FOUND),
         ({"model": "muse-tiny:thinking", "mode": "instant"}, "mode", ErrorCode.INVALID_ARGUMENT),
         ({"mode": "instant", "reasoning_effort": "low"}, "reasoning_effort", ErrorCode.INVALID_ARGUMENT),
         ({"mode": "thinking", "reasoning_effort": "none"}, "reasoning_effort", ErrorCode.INVALID_ARGUMENT),

@@ -33,7 +33,7 @@ class StubGateway:
     observer = CountingObserver()
     chat = Gateway.chat  # folds `stream`, as the real one does
 
-    def list_models(self) -> list[tuple[ModelInfo, bool]]:
+    def list_models(self, caller: Identity | None = None) -> list[tuple[ModelInfo, bool]]:
         return [(ModelInfo("muse-tiny", 2048, 1024, (Mode.INSTANT,)), True)]
 
     async def identify(self, credentials) -> Identity:

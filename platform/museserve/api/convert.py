@@ -87,6 +87,7 @@ def request_from_pb(msg: pb.ChatRequest, request_id: str, identity: Identity) ->
         response_format=_response_format_from_pb(msg.response_format),
         previous_response_id=msg.previous_response_id,
         store=msg.store,
+        adapter=msg.adapter,
     )
 
 
@@ -235,4 +236,5 @@ def model_info_to_pb(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
         max_output_tokens=info.max_output_tokens,
         modes=[_MODES_PB[m] for m in info.modes],
         is_default=is_default,
+        adapters=list(info.adapters),
     )

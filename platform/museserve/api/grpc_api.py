@@ -89,11 +89,11 @@ class GrpcChatApi:
 
     async def list_models(self, msg: pb.ListModelsRequest, context: RpcContext) -> pb.ListModelsResponse:
         try:
-            await self.gateway.identify(_credentials(context))
+            identity = await self.gateway.identify(_credentials(context))
         except Exception as e:
             _set_status(context, e, uuid.uuid4().hex)
             return pb.ListModelsResponse()
-        return pb.ListModelsResponse(models=[model_info_to_pb(m, d) for m, d in self.gateway.list_models()])
+        return pb.ListModelsResponse(models=[model_info_to_pb(m, d) for m, d in self.gateway.list_models(identity)])
 
     def _ended(self, code: grpc.StatusCode) -> None:
         self.gateway.observer.request("grpc", code.name)

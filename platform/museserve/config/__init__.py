@@ -9,6 +9,7 @@ from museserve.config.gateway import (
     RateSpec,
     RedisConfig,
     RequestLimits,
+    TenantConfig,
     TierConfig,
 )
 from museserve.config.pool import (
@@ -59,6 +60,7 @@ __all__ = [
     "RoutingConfig",
     "Section",
     "ServerConfig",
+    "TenantConfig",
     "TierConfig",
     "load_config",
     "parse_config",

@@ -1,16 +1,29 @@
-"""The gateway's section: identity, rate limits, Redis, admission by tier, mode routing."""
+"""The gateway's section: identity, rate limits, Redis, admission by tier, mode routing, and
+which LoRA adapters each tier and tenant may use."""
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from museserve.config.base import DeploymentConfig, Section
+from museserve.config.lora import ADAPTER_NAME
 from museserve.domain import Mode
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+# "POOL:ADAPTER": an adapter of one pool. Pool names hold no ':', so the first ':' splits it;
+# that the pool exists is checked against the pools (`config.tree`).
+ADAPTER_ENTRY = rf"^[^:\s]+:{ADAPTER_NAME.removeprefix('^').removesuffix('$')}$"
+AdapterEntry = Annotated[str, Field(pattern=ADAPTER_ENTRY)]
+
+
+def split_adapter_entry(entry: str) -> tuple[str, str]:
+    """("POOL", "ADAPTER") of a "POOL:ADAPTER" entry."""
+    pool, _, adapter = entry.partition(":")
+    return pool, adapter
 
 
 class RequestLimits(Section):
@@ -90,6 +103,33 @@ class TierConfig(Section):
     )
     user: RateSpec = RateSpec()
     tenant: RateSpec = RateSpec()
+    adapters: tuple[AdapterEntry, ...] | None = Field(
+        None,
+        description="The LoRA adapters this tier's callers may use, each as POOL:ADAPTER; a request naming "
+        "another is refused with PERMISSION_DENIED. null: any adapter of any pool; empty: none (default_adapter "
+        "still applies).",
+    )
+    default_adapter: AdapterEntry | None = Field(
+        None,
+        description="The adapter, as POOL:ADAPTER, applied to this tier's requests served by POOL that name no "
+        "adapter; the callers may use it whatever `adapters` says. null: such requests get the base model.",
+    )
+
+
+class TenantConfig(Section):
+    """One tenant's own settings, over those of its tier (each field left null keeps the tier's)."""
+
+    adapters: tuple[AdapterEntry, ...] | None = Field(
+        None,
+        description="The LoRA adapters this tenant may use, each as POOL:ADAPTER, instead of its tier's "
+        "`adapters`; empty: none (default_adapter still applies). null: the tier's.",
+    )
+    default_adapter: AdapterEntry | None = Field(
+        None,
+        description="The adapter, as POOL:ADAPTER, applied to this tenant's requests served by POOL that name no "
+        "adapter, instead of its tier's default_adapter; the tenant may use it whatever `adapters` says. null: "
+        "the tier's.",
+    )
 
 
 class ApiKey(Section):
@@ -164,6 +204,9 @@ class GatewayConfig(Section):
     limits: RequestLimits = RequestLimits()
     conversations: ConversationsConfig = ConversationsConfig()
     tiers: dict[str, TierConfig] = Field({"default": TierConfig()}, description="Account tiers by name.")
+    tenants: dict[Annotated[str, Field(min_length=1, max_length=128)], TenantConfig] = Field(
+        {}, description="Settings of single tenants, by tenant name, over those of their tier."
+    )
     inline_text_preprocess: bool = Field(
         True,
         description="Tokenize text-only requests in the gateway replica instead of a hop to the preprocess tier "

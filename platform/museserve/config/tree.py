@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from museserve.config.base import Section, ServerConfig
-from museserve.config.gateway import GatewayConfig
+from museserve.config.gateway import GatewayConfig, split_adapter_entry
 from museserve.config.pool import PoolConfig
 from museserve.config.preprocess import PreprocessConfig
 
@@ -55,7 +55,33 @@ class MuseServeConfig(Section):
                     raise ValueError(f"pools[{i}].{kind}.candidate {split.candidate!r} is not a pool ({served})")
                 if split.candidate == pool.name:
                     raise ValueError(f"pools[{i}].{kind}.candidate must be another pool than {pool.name!r}")
+        self._check_adapter_entries()
         return self
+
+    def _check_adapter_entries(self) -> None:
+        """Each POOL:ADAPTER of the tiers and tenants names a pool that serves adapters, and an
+        adapter its config lists where it has no store (a store's adapters may come later)."""
+        scopes = [(f"gateway.tiers.{name}", tier) for name, tier in self.gateway.tiers.items()]
+        scopes += [(f"gateway.tenants.{name}", tenant) for name, tenant in self.gateway.tenants.items()]
+        for where, scope in scopes:
+            entries = [(f"{where}.adapters[{i}]", entry) for i, entry in enumerate(scope.adapters or ())]
+            if scope.default_adapter is not None:
+                entries.append((f"{where}.default_adapter", scope.default_adapter))
+            for key, entry in entries:
+                self._check_adapter_entry(key, entry)
+
+    def _check_adapter_entry(self, key: str, entry: str) -> None:
+        pool_name, adapter = split_adapter_entry(entry)
+        pool = next((p for p in self.pools if p.name == pool_name), None)
+        if pool is None:
+            served = ", ".join(p.name for p in self.pools)
+            raise ValueError(f"{key} {entry!r}: {pool_name!r} is not a pool ({served})")
+        lora = pool.lora
+        if not lora.enabled:
+            raise ValueError(f"{key} {entry!r}: pool {pool_name!r} serves no adapters (its lora section is empty)")
+        if lora.directory is None and adapter not in {source.name for source in lora.adapters}:
+            listed = ", ".join(source.name for source in lora.adapters)
+            raise ValueError(f"{key} {entry!r}: pool {pool_name!r} has no adapter {adapter!r} (listed: {listed})")
 
     @property
     def default_pool(self) -> PoolConfig:

@@ -1,6 +1,6 @@
 """The gateway's request path as a plain class.
 
-identify -> route (mode, A/B) -> validate -> admission slot (the hard cap) -> the pool's live
+identify -> route (mode, LoRA adapter, A/B) -> validate -> admission slot (the hard cap) -> the pool's live
 state (refuse at once, or degrade) -> prepare (tokens) -> the live state with the prompt
 (refuse, or admit with a first-token deadline) -> rate limit (one decision, prompt tokens
 charged) -> stream from the pool -> settle the output tokens (also when the stream is cut
@@ -21,11 +21,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from museserve.config import MuseServeConfig, PoolConfig
 from museserve.domain import ChatRequest, ChatResult, Identity, ModelInfo, StreamEvent
 from museserve.errors import MuseError, ResourceExhausted, Unauthenticated, Unavailable
+from museserve.gateway.adapters import AdapterAccess
 from museserve.gateway.admission import AdmissionControl
 from museserve.gateway.capture import StreamCapture
 from museserve.gateway.conversations import ConversationStore, MemoryConversations, new_response_id
@@ -106,7 +108,8 @@ class Gateway:
                                pool.name, pool.engine.max_output_tokens, window.max_output_tokens)  # fmt: skip
         self._preprocess = preprocess
         self._pools = pools
-        self.router = Router(config)
+        self.adapters = AdapterAccess(config)
+        self.router = Router(config, self.adapters)
         self.admission = AdmissionControl(config.pools, config.gateway)
         self.authenticator = authenticator or Authenticator(config.gateway)
         self.quota = quota or QuotaGuard(config.gateway)
@@ -117,12 +120,23 @@ class Gateway:
         self.conversations = conversations or ConversationStore(MemoryConversations(), config.gateway.conversations)
         self._settlements: set[asyncio.Task] = set()
 
-    def list_models(self) -> list[tuple[ModelInfo, bool]]:
+    def list_models(self, caller: Identity | None = None) -> list[tuple[ModelInfo, bool]]:
+        """The served models, default first, and whether each is the default; with `caller`, each
+        with the adapters that caller may use (without, none: the pools' stores are not read)."""
         default = self.config.default_pool.name
         pools = sorted(self.config.pools, key=lambda p: p.name != default)
         windows = self.windows
         return [
-            (ModelInfo(p.name, windows[p.name].tokens, windows[p.name].max_output_tokens, p.modes), p.name == default)
+            (
+                ModelInfo(
+                    p.name,
+                    windows[p.name].tokens,
+                    windows[p.name].max_output_tokens,
+                    p.modes,
+                    self.adapters.usable(p.name, caller) if caller is not None else (),
+                ),
+                p.name == default,
+            )
             for p in pools
         ]
 
@@ -149,6 +163,7 @@ class Gateway:
             request = await self.conversations.resolve(request)  # before any check: they see the whole prompt
         route = self.router.route(request)
         pool = route.pool.name
+        request = replace(request, adapter=route.adapter)  # the caller's default filled in
         self._validate(request, route.pool)
         identity = request.identity
         with self._admitted(pool, identity.tier):
@@ -164,6 +179,8 @@ class Gateway:
                 events.response_id = new_response_id()
             if on_metadata is not None:
                 extra = (("x-museserve-degraded", how),) if how else ()
+                if route.adapter:
+                    extra += (("x-museserve-adapter", route.adapter),)
                 if events.response_id:
                     extra += (("x-museserve-response-id", events.response_id),)
                 on_metadata((("x-served-by", pool), *extra, *metadata))
@@ -181,7 +198,8 @@ class Gateway:
                     for event in out:
                         yield event
                 if not capture.finish:
-                    logger.warning("request %s: pool %s ended its stream without finishing", request.request_id, pool)
+                    logger.warning("request %s: pool %s (adapter %s) ended its stream without finishing",
+                                   request.request_id, pool, route.adapter or "none")  # fmt: skip
                     raise Unavailable(f"model {pool} ended the stream early; the request may be retried")
                 capture.end("OK")
             except MuseError as e:

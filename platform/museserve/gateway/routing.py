@@ -1,10 +1,16 @@
-"""Which pool serves a request: the named model, else the mode's route; then the A/B
-split; and whether a shadow copy goes to a mirror candidate.
+"""Which pool serves a request: the named model, else the mode's route; the LoRA adapter it
+runs with there (`adapters`); then the A/B split; and whether a shadow copy goes to a mirror
+candidate.
 
 Both draws are deterministic hashes, so they need no state and agree across gateway
 replicas: the A/B draw hashes the account (tenant and user), so a user stays on one
 side; the mirror draw hashes the request id, so a retried request is mirrored or not
 the same way each time.
+
+An adapter is resolved on the routed pool, so its refusals do not depend on the A/B side. A
+request with an adapter goes to the A/B candidate, or is mirrored to the mirror candidate, only
+where that pool has the adapter too and the caller may use it there; else it stays on the
+routed pool, or is not mirrored.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from museserve.config import MirrorConfig, MuseServeConfig, PoolConfig
 from museserve.domain import ChatRequest
 from museserve.errors import FailedPrecondition, InvalidArgument
+from museserve.gateway.adapters import AdapterAccess
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +29,7 @@ class Route:
     pool: PoolConfig  # the pool that serves the request
     routed_pool: str  # the pool chosen before the A/B split
     mirror: MirrorConfig | None = None  # set when this request is sampled for mirroring
+    adapter: str = ""  # the LoRA adapter it runs with, on `pool` and on the mirror candidate; "": none
 
     @property
     def is_candidate(self) -> bool:
@@ -35,16 +43,18 @@ def unit_hash(*parts: str) -> float:
 
 
 class Router:
-    def __init__(self, config: MuseServeConfig):
+    def __init__(self, config: MuseServeConfig, adapters: AdapterAccess | None = None):
         self._config = config
         self._pools = {p.name: p for p in config.pools}
+        self._adapters = adapters or AdapterAccess(config)
 
     def route(self, request: ChatRequest) -> Route:
         mode = request.mode.mode
         if mode in self._config.gateway.disabled_modes:
             raise FailedPrecondition(f"mode {mode} is disabled on this service", field="mode.mode")
         routed = self._named_pool(request.model) if request.model else self._mode_pool(request)
-        pool = self._ab_side(routed, request)
+        adapter = self._adapters.resolve(request, routed.name)
+        pool = self._ab_side(routed, request, adapter)
         mirror = routed.mirror if pool is routed else None
         if mirror is not None and not (
             mirror.fraction > 0 and unit_hash("mirror", request.request_id) < mirror.fraction
@@ -52,7 +62,9 @@ class Router:
             mirror = None
         if mirror is not None and mode not in self._pools[mirror.candidate].modes:
             mirror = None
-        return Route(pool, routed.name, mirror)
+        if mirror is not None and adapter and not self._adapters.serves(mirror.candidate, adapter, request.identity):
+            mirror = None
+        return Route(pool, routed.name, mirror, adapter)
 
     def _named_pool(self, name: str) -> PoolConfig:
         pool = self._pools.get(name)
@@ -65,7 +77,7 @@ class Router:
         name = self._config.gateway.routes.get(request.mode.mode)
         return self._pools[name] if name is not None else self._config.default_pool
 
-    def _ab_side(self, routed: PoolConfig, request: ChatRequest) -> PoolConfig:
+    def _ab_side(self, routed: PoolConfig, request: ChatRequest, adapter: str) -> PoolConfig:
         split = routed.ab
         if split is None or split.share <= 0:
             return routed
@@ -74,4 +86,8 @@ class Router:
             return routed
         identity = request.identity
         account = (identity.tenant, identity.user or "")
-        return candidate if unit_hash("ab", routed.name, *account) < split.share else routed
+        if unit_hash("ab", routed.name, *account) >= split.share:
+            return routed
+        if adapter and not self._adapters.serves(candidate.name, adapter, identity):
+            return routed
+        return candidate

@@ -122,6 +122,7 @@ class Preprocessor:
             response_format=request.response_format,
             num_agents=num_agents,
             contemplation=contemplation,
+            adapter=request.adapter,  # resolved by the gateway: the caller's default filled in, access checked
         )
 
     def _sampling(self, s: SamplingParams) -> SamplingParams:

@@ -1,5 +1,6 @@
 """OpenAI completion body -> domain `ChatRequest` with a `RawPrompt`: no messages, no chat
-template, instant mode, no tools.
+template, instant mode, no tools. The model may name a LoRA adapter (`muse-tiny:support`;
+`model_names`).
 
 `logprobs` asks for the answer tokens' log probabilities; with `echo`, the prompt tokens'
 too (`sampling.prompt_logprobs`, the same number of alternatives). A token-id prompt with
@@ -19,6 +20,7 @@ from museserve.api.openai.completions_schemas import (
     CompletionRequest,
 )
 from museserve.api.openai.convert import served_model
+from museserve.api.openai.model_names import ModelName, parse_model_name
 from museserve.domain import (
     ChatRequest,
     Identity,
@@ -42,12 +44,14 @@ def completion_request_from_openai(
     for name in UNSUPPORTED_COMPLETION_FIELDS:
         if getattr(body, name) not in (None, "", {}):
             raise InvalidArgument("is not supported by this server", field=name)
-    model = _model(body.model, models)
+    name = parse_model_name(body.model)
+    model = _model(name, models)
     prompt = raw_prompt(body.prompt)
     return ChatRequest(
         request_id=request_id,
         messages=(),
         model=model.name,
+        adapter=name.adapter,
         tool_choice=ToolChoice(ToolChoiceKind.NONE),
         sampling=_sampling(body, prompt, model),
         mode=ModeParams(Mode.INSTANT),
@@ -77,11 +81,10 @@ def raw_prompt(prompt: Prompt) -> RawPrompt:
     return RawPrompt(token_ids=tuple(first))
 
 
-def _model(name: str, models: Mapping[str, ModelInfo]) -> ModelInfo:
-    base, colon, suffix = name.partition(":")
-    if colon and suffix != Mode.INSTANT:
+def _model(name: ModelName, models: Mapping[str, ModelInfo]) -> ModelInfo:
+    if name.mode not in (None, Mode.INSTANT):
         raise InvalidArgument("a completion is answered in instant mode: name the model without a mode", field="model")
-    return served_model(base, models)
+    return served_model(name.base, models)
 
 
 def _sampling(body: CompletionRequest, prompt: RawPrompt, model: ModelInfo) -> SamplingParams:

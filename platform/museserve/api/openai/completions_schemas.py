@@ -35,7 +35,11 @@ UNSUPPORTED_COMPLETION_FIELDS = ("suffix", "logit_bias")
 
 
 class CompletionRequest(Strict):
-    model: str = Field("", description="A served model (GET /v1/models); empty: the default model.")
+    model: str = Field(
+        "",
+        description="A served model (GET /v1/models), optionally with a LoRA adapter: `muse-tiny:support`; "
+        "empty: the default model.",
+    )
     prompt: str | list[TokenId] | list[str] | list[list[TokenId]] = Field(
         description="A string or a list of token ids (also as a one-element list); one prompt per request."
     )

@@ -4,7 +4,7 @@ Errors raised here name the field as OpenAI's API spells it (`messages[0].conten
 errors from the gateway name domain fields and are renamed in `errors.openai_param`.
 
 Mode: the model name may carry one (`muse-tiny:thinking`), or the body's `mode` field;
-both given must agree. Without either, a `reasoning_effort` other than `none` means
+both given must agree. Any other suffix is a LoRA adapter (`muse-tiny:support`; `model_names`). Without either, a `reasoning_effort` other than `none` means
 thinking. `reasoning_effort` also sets the thinking budget when `thinking_budget` is
 not given: REASONING_BUDGETS, capped at the model's output limit.
 """
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from museserve.api.openai import schemas as s
+from museserve.api.openai.model_names import ModelName, parse_model_name
 from museserve.domain import (
     AudioPart,
     ChatRequest,
@@ -57,11 +58,13 @@ def request_from_openai(
 ) -> ChatRequest:
     """`models`: the served ones, the default first (`Gateway.list_models`)."""
     _refuse_unsupported(body)
-    model, mode = _model_and_mode(body, models)
+    name = parse_model_name(body.model)
+    model, mode = _model_and_mode(body, name, models)
     return ChatRequest(
         request_id=request_id,
         messages=tuple(_message(m, f"messages[{i}]") for i, m in enumerate(body.messages)),
-        model=model.name if body.model.partition(":")[0] else "",  # empty: the gateway routes by mode
+        model=model.name if name.base else "",  # empty: the gateway routes by mode
+        adapter=name.adapter,
         tools=tuple(_tool(t, f"tools[{i}]") for i, t in enumerate(body.tools or ())),
         tool_choice=_tool_choice(body),
         sampling=_sampling(body),
@@ -90,16 +93,13 @@ def served_model(name: str, models: Mapping[str, ModelInfo]) -> ModelInfo:
     return model
 
 
-def _model_and_mode(body: s.ChatCompletionRequest, models: Mapping[str, ModelInfo]) -> tuple[ModelInfo, ModeParams]:
-    name, colon, suffix = body.model.partition(":")
-    if colon and not suffix:
-        raise InvalidArgument("a mode must follow ':' (instant, thinking, contemplating)", field="model")
-    model = served_model(name, models)
-    modes = [m for m in (suffix or None, body.mode) if m is not None]
-    if suffix and suffix not in Mode.__members__.values():
-        raise InvalidArgument(f"unknown mode suffix {suffix!r} (instant, thinking, contemplating)", field="model")
+def _model_and_mode(
+    body: s.ChatCompletionRequest, name: ModelName, models: Mapping[str, ModelInfo]
+) -> tuple[ModelInfo, ModeParams]:
+    model = served_model(name.base, models)
+    modes = [m for m in (name.mode, body.mode) if m is not None]
     if len(set(modes)) > 1:
-        raise InvalidArgument(f"the model suffix says {suffix} but mode says {body.mode}", field="mode")
+        raise InvalidArgument(f"the model suffix says {name.mode} but mode says {body.mode}", field="mode")
     effort = body.reasoning_effort
     if modes:
         mode = Mode(modes[0])

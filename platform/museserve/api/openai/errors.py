@@ -50,6 +50,7 @@ _RENAMES: list[tuple[re.Pattern[str], str]] = [
         (r"^response_format\.json_schema$", "response_format.json_schema.schema"),
         (r"^metadata\.x-user-id$", "user"),
         (r"^metadata\..*$", ""),
+        (r"^adapter$", "model"),  # named as `MODEL:ADAPTER`
     ]
 ]
 

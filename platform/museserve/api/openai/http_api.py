@@ -35,6 +35,12 @@ from museserve.api.openai.http_common import (
     request_id_of,
     sse_lines,
 )
+from museserve.api.openai.model_names import (
+    adapter_model_id,
+    answered_model,
+    events_with_answered_model,
+    with_answered_model,
+)
 from museserve.api.openai.output import ChunkStream, completion_json
 from museserve.api.openai.responses import ChatCompletionChunk
 from museserve.api.openai.schemas import ChatCompletionRequest
@@ -61,6 +67,7 @@ class OpenAIHttpApi:
             chunks if body.stream else None,
             lambda result, chat: completion_json(result, chat.request_id, bool(body.logprobs)),
             "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens",
+            body.model,
         )
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
@@ -78,26 +85,33 @@ class OpenAIHttpApi:
             chunks if body.stream else None,
             lambda result, chat: text_completion_json(result, chat.request_id, CompletionShape.of(chat, echo)),
             "max_tokens",
+            body.model,
         )
 
     async def list_models(self, request: Request) -> Response:
         try:
-            await self.gateway.identify(credentials_of(request, None))
+            identity = await self.gateway.identify(credentials_of(request, None))
         except Exception as e:
             return failure_response(e, request_id_of(request))
-        data = [model_json(info, default) for info, default in self.gateway.list_models()]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": self._model_entries(identity)})
 
     async def retrieve_model(self, model_id: str, request: Request) -> Response:
         request_id = request_id_of(request)
         try:
-            await self.gateway.identify(credentials_of(request, None))
-            for info, default in self.gateway.list_models():
-                if info.name == model_id:
-                    return JSONResponse(model_json(info, default))
+            identity = await self.gateway.identify(credentials_of(request, None))
+            for entry in self._model_entries(identity):
+                if entry["id"] == model_id:
+                    return JSONResponse(entry)
             raise NotFound(f"the model {model_id!r} does not exist", field="model")
         except Exception as e:
             return failure_response(e, request_id)
+
+    def _model_entries(self, caller: Identity) -> list[dict[str, Any]]:
+        """The served models, default first, then each adapter the caller may use as a model of
+        its own (`MODEL:ADAPTER`, its `parent` the base model, as vLLM lists LoRA adapters)."""
+        models = self.gateway.list_models(caller)
+        adapters = [adapter_json(info, adapter) for info, _ in models for adapter in info.adapters]
+        return [model_json(info, default) for info, default in models] + adapters
 
     def _ended(self, code: str) -> None:
         self.gateway.observer.request("http", code)
@@ -113,17 +127,19 @@ class OpenAIHttpApi:
         chunks: Callable[[ChatRequest, str], ChoiceStream] | None,
         answer: Callable[[ChatResult, ChatRequest], dict[str, Any]],
         max_tokens_field: str,
+        asked_model: str,
     ) -> Response:
         """One completion, streamed when `chunks` is given (it builds the stream's lines from the
-        request and the model that serves it), else answered whole as `answer` shapes it."""
+        request and the model that serves it), else answered whole as `answer` shapes it.
+        `asked_model`: the body's `model`, which the response names when it carries an adapter."""
         request_id = request_id_of(request)
         headers = {"x-request-id": request_id}
         try:
             identity = await self.gateway.identify(credentials_of(request, body_user))
             chat = convert(identity, request_id)
             if chunks is not None:
-                return await self._stream(chat, chunks, headers)
-            result = await self.gateway.chat(chat, headers.update)
+                return await self._stream(chat, chunks, headers, asked_model)
+            result = with_answered_model(await self.gateway.chat(chat, headers.update), chat, asked_model)
         except Exception as e:
             error = as_muse_error(e, request_id)
             self._ended(error.code.name)
@@ -132,11 +148,15 @@ class OpenAIHttpApi:
         return JSONResponse(answer(result, chat), headers=headers)
 
     async def _stream(
-        self, chat: ChatRequest, chunks: Callable[[ChatRequest, str], ChoiceStream], headers: dict[str, str]
+        self,
+        chat: ChatRequest,
+        chunks: Callable[[ChatRequest, str], ChoiceStream],
+        headers: dict[str, str],
+        asked_model: str,
     ) -> Response:
-        events = self.gateway.stream(chat, headers.update)
+        events = events_with_answered_model(self.gateway.stream(chat, headers.update), chat, asked_model)
         first = await anext(events)  # errors before the first event become the HTTP status
-        lines = chunks(chat, headers.get("x-served-by", chat.model))
+        lines = chunks(chat, answered_model(chat, asked_model, headers.get("x-served-by", chat.model)))
         return StreamingResponse(
             sse_lines(events, first, lines, chat.request_id, self._ended),
             media_type="text/event-stream",
@@ -156,6 +176,11 @@ def model_json(info: ModelInfo, is_default: bool) -> dict[str, Any]:
         "modes": [str(m) for m in info.modes],
         "is_default": is_default,
     }
+
+
+def adapter_json(base: ModelInfo, adapter: str) -> dict[str, Any]:
+    """An adapter of `base` as a model: what a request names (`MODEL:ADAPTER`) and `base`'s limits."""
+    return {**model_json(base, False), "id": adapter_model_id(base.name, adapter), "parent": base.name}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -154,6 +154,9 @@ class Model(BaseModel):
     max_output_tokens: int
     modes: list[Literal["instant", "thinking", "contemplating"]]
     is_default: bool
+    parent: str | None = Field(
+        None, description="On a LoRA adapter's entry (id `MODEL:ADAPTER`): its base model; absent on a base model."
+    )
 
 
 class ModelList(BaseModel):
@@ -180,7 +183,8 @@ _STREAM = {
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request; `param` names the field"},
     401: {"model": ErrorResponse, "description": "Missing or unknown API key"},
-    404: {"model": ErrorResponse, "description": "Unknown model"},
+    403: {"model": ErrorResponse, "description": "A LoRA adapter the caller may not use"},
+    404: {"model": ErrorResponse, "description": "Unknown model, or an adapter the model does not have"},
     429: {"model": ErrorResponse, "description": "Rate limit or load shedding; see Retry-After"},
     500: {"model": ErrorResponse, "description": "Server fault"},
     503: {"model": ErrorResponse, "description": "Unavailable; may be retried"},

@@ -8,7 +8,7 @@ echoed back are left out, as the chat formats leave earlier turns' reasoning out
 Errors raised here name the field as the Responses API spells it (`input[0].content[1].image_url`).
 Mode, as for chat: the model's suffix (`muse-tiny:thinking`) or `mode`, else `reasoning.effort`
 other than none means thinking, with a budget from `REASONING_BUDGETS` unless `thinking_budget`
-is given.
+is given. Any other suffix is a LoRA adapter (`muse-tiny:support`; `model_names`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from museserve.api.openai import responses_input as items_schema
 from museserve.api.openai import responses_schemas as s
 from museserve.api.openai.convert import REASONING_BUDGETS, base64_bytes, image_part, json_text, served_model
+from museserve.api.openai.model_names import ModelName, parse_model_name
 from museserve.domain import (
     AudioPart,
     ChatRequest,
@@ -49,11 +50,13 @@ def request_from_responses(
 ) -> ChatRequest:
     """`models`: the served ones, the default first (`Gateway.list_models`)."""
     _refuse_unsupported(body)
-    model, mode = _model_and_mode(body, models)
+    name = parse_model_name(body.model)
+    model, mode = _model_and_mode(body, name, models)
     return ChatRequest(
         request_id=request_id,
         messages=input_messages(body.input),
-        model=model.name if body.model.partition(":")[0] else "",  # empty: the gateway routes by mode
+        model=model.name if name.base else "",  # empty: the gateway routes by mode
+        adapter=name.adapter,
         tools=tuple(_tool(t, f"tools[{i}]") for i, t in enumerate(body.tools or ())),
         tool_choice=_tool_choice(body),
         sampling=SamplingParams(
@@ -79,16 +82,13 @@ def _refuse_unsupported(body: s.ResponseCreateRequest) -> None:
         raise InvalidArgument("only true: the model may call several tools at once", field="parallel_tool_calls")
 
 
-def _model_and_mode(body: s.ResponseCreateRequest, models: Mapping[str, ModelInfo]) -> tuple[ModelInfo, ModeParams]:
-    name, colon, suffix = body.model.partition(":")
-    if colon and not suffix:
-        raise InvalidArgument("a mode must follow ':' (instant, thinking, contemplating)", field="model")
-    model = served_model(name, models)
-    if suffix and suffix not in Mode.__members__.values():
-        raise InvalidArgument(f"unknown mode suffix {suffix!r} (instant, thinking, contemplating)", field="model")
-    modes = [m for m in (suffix or None, body.mode) if m is not None]
+def _model_and_mode(
+    body: s.ResponseCreateRequest, name: ModelName, models: Mapping[str, ModelInfo]
+) -> tuple[ModelInfo, ModeParams]:
+    model = served_model(name.base, models)
+    modes = [m for m in (name.mode, body.mode) if m is not None]
     if len(set(modes)) > 1:
-        raise InvalidArgument(f"the model suffix says {suffix} but mode says {body.mode}", field="mode")
+        raise InvalidArgument(f"the model suffix says {name.mode} but mode says {body.mode}", field="mode")
     effort = body.reasoning.effort if body.reasoning is not None else None
     mode = Mode(modes[0]) if modes else (Mode.THINKING if effort not in (None, "none") else Mode.INSTANT)
     budget = body.thinking_budget

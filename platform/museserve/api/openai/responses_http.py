@@ -55,6 +55,7 @@ _RENAMES: list[tuple[re.Pattern[str], str]] = [
         (r"^messages(\[.*)?$", "input"),
         (r"^metadata\.x-user-id$", "user"),
         (r"^metadata\..*$", ""),
+        (r"^adapter$", "model"),  # named as `MODEL:ADAPTER`
     ]
 ]
 

@@ -15,6 +15,7 @@ import math
 from typing import Any, Protocol
 
 from museserve.api.openai import responses_schemas as s
+from museserve.api.openai.model_names import parse_model_name
 from museserve.api.openai.output import degraded_json
 from museserve.domain import FinishReason, ToolCall, Usage
 
@@ -38,7 +39,8 @@ class Answer(Protocol):
 
 def request_echo(body: s.ResponseCreateRequest, created_at: float) -> dict[str, Any]:
     """The response's fields fixed when the request arrived: its time and the request's
-    settings as sent (a stored response keeps them, so a retrieve shows the same)."""
+    settings as sent (a stored response keeps them, so a retrieve shows the same). A model
+    naming a LoRA adapter is one of them: the response names it as sent (`model_names`)."""
     text: dict[str, Any] = {"format": {"type": "text"}}
     if body.text is not None and body.text.format is not None:
         text["format"] = body.text.format.model_dump(by_alias=True, exclude_none=True)
@@ -62,6 +64,7 @@ def request_echo(body: s.ResponseCreateRequest, created_at: float) -> dict[str, 
         "previous_response_id": body.previous_response_id or None,
         "store": body.store is not False,
         "user": body.user,
+        **({"model": body.model} if parse_model_name(body.model).adapter else {}),
     }
 
 
@@ -192,7 +195,7 @@ def response_json(
         "parallel_tool_calls": True,
         "truncation": "disabled",
         "background": False,
-        **echo,
+        **echo,  # last: an echoed `model` (one naming an adapter) is the one shown
     }
 
 

@@ -112,7 +112,9 @@ RESPONSES_UNSUPPORTED = (
 class ResponseCreateRequest(Strict):
     input: str | list[InputItem] = Field(description="A user message, or a list of input items.")
     model: str = Field(
-        "", description="A served model, optionally with a mode (`muse-tiny:thinking`); empty: the default."
+        "",
+        description="A served model, optionally with a mode (`muse-tiny:thinking`) or a LoRA adapter "
+        "(`muse-tiny:support`, as GET /v1/models lists it); empty: the default.",
     )
     instructions: str | None = Field(None, description="A system message for this response only; never carried over.")
     tools: list[Tool] | None = None

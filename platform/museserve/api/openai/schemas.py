@@ -188,7 +188,10 @@ UNSUPPORTED_FIELDS = (
 
 class ChatCompletionRequest(Strict):
     messages: list[Message] = Field(min_length=1)
-    model: str = Field(description="A served model (GET /v1/models), optionally with a mode: `muse-tiny:thinking`.")
+    model: str = Field(
+        description="A served model (GET /v1/models), optionally with a mode (`muse-tiny:thinking`) or a LoRA "
+        "adapter (`muse-tiny:support`, as GET /v1/models lists it)."
+    )
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Probability | None = None
     max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = Field(None, description="Answer tokens.")
