@@ -15,6 +15,8 @@ What each command changes, always shown as a diff first and applied only with `-
   JSON merge patch of the RayService; KubeRay applies it to Serve in place.
 - `canary`: the pool's `ab.share` in the ConfigMap, then the new file's digest in
   `serveConfigV2`, so Serve rebuilds the app once the kubelet has refreshed the file.
+- `adapters load|unload`: the pool deployment's `user_config.adapters` (keep, disabled) in
+  `serveConfigV2`; Serve hands it to every replica of the pool live (`ops.adapters`).
 - `drain`: adds the selector `museserve.io/drained: "true"` (no pod has it) to the gateway
   Service, so it has no endpoints: no new connection reaches a gateway, while requests in
   flight and already-open gRPC channels go on until their clients reconnect. Serve, its

@@ -47,6 +47,20 @@ def add_ops_parser(commands: argparse._SubParsersAction) -> None:
     canary.add_argument("--configmap", help="the ConfigMap holding museserve.yaml (default: NAME-config)")
     canary.set_defaults(func=lambda a: _run(a, _canary))
 
+    adapters = ops_sub.add_parser("adapters", help="a pool's LoRA adapters on its replicas")
+    adapters_sub = adapters.add_subparsers(dest="adapters_command", required=True)
+    listing = adapters_sub.add_parser("list", parents=[common], help="adapters served, kept loaded and disabled")
+    listing.add_argument("--configmap", help="the ConfigMap holding museserve.yaml (default: NAME-config)")
+    listing.set_defaults(func=lambda a: _run(a, _adapters_list))
+    for verb, help_text in (
+        ("load", "load an adapter on every replica of the pool now and keep it loaded"),
+        ("unload", "evict an adapter from every replica once idle, and refuse it until loaded again"),
+    ):
+        sub = adapters_sub.add_parser(verb, parents=[common, apply], help=help_text)
+        sub.add_argument("pool", help="the pool (its deployment pool-POOL)")
+        sub.add_argument("adapter", help="the adapter's name")
+        sub.set_defaults(func=lambda a, verb=verb: _run(a, lambda args, cluster: _adapters_set(args, cluster, verb)))
+
     drain = ops_sub.add_parser("drain", parents=[common, apply], help="take the gateway Service's endpoints away")
     drain.add_argument("--undo", action="store_true", help="give the Service its endpoints back")
     drain.add_argument("--service", help="the gateway Service (default: NAME-gateway)")
@@ -114,6 +128,24 @@ def _canary(args: argparse.Namespace, cluster: Any) -> int:
     if args.yes and code == 0:
         print(f"to keep it over the next helm upgrade: --set-json pools.{args.pool}.ab.share={args.share}")
     return code
+
+
+def _adapters_list(args: argparse.Namespace, cluster: Any) -> int:
+    from museserve.ops.adapters import adapters_lines
+
+    configmap = args.configmap or f"{args.name}-config"
+    print("\n".join(adapters_lines(cluster.rayservice(args.name), cluster.configmap(configmap))))
+    return 0
+
+
+def _adapters_set(args: argparse.Namespace, cluster: Any, verb: str) -> int:
+    from museserve.ops.adapters import adapters_change
+
+    names = {verb: args.adapter}
+    change = adapters_change(cluster.rayservice(args.name), args.pool, **names)
+    return apply_changes(
+        [(f"RayService {args.name}", change, lambda p: cluster.patch_rayservice(args.name, p))], args.yes
+    )
 
 
 def _drain(args: argparse.Namespace, cluster: Any) -> int:

@@ -55,7 +55,7 @@ def text_diff(before: str, after: str, label: str) -> str:
     return "".join(lines)
 
 
-def _serve_config_change(before: dict[str, Any], after: dict[str, Any]) -> Change:
+def serve_config_change(before: dict[str, Any], after: dict[str, Any]) -> Change:
     old, new = dump(before), dump(after)
     return Change({"spec": {"serveConfigV2": new}}, text_diff(old, new, "serveConfigV2"))
 
@@ -90,7 +90,7 @@ def scale_change(
         if replicas < 1:
             raise OpsError("--replicas must be at least 1 (Serve needs one; `ops drain` stops traffic instead)")
         deployment["num_replicas"] = replicas
-    return _serve_config_change(before, after)
+    return serve_config_change(before, after)
 
 
 def canary_changes(
@@ -119,7 +119,7 @@ def canary_changes(
     for app in after.get("applications", []):
         if "config_sha256" in (app.get("args") or {}):
             app["args"]["config_sha256"] = hashlib.sha256(new_text.encode()).hexdigest()
-    return config_change, _serve_config_change(before, after)
+    return config_change, serve_config_change(before, after)
 
 
 def drain_change(service: dict[str, Any], undo: bool = False) -> Change:

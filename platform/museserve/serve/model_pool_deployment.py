@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from museserve.config import MediaLimits, PoolConfig
+from museserve.config.lora import AdapterWishes
 from museserve.logs import setup_logging
+from museserve.lora.metrics import AdapterMetrics
 from museserve.messages import GenerationChunk, PreparedRequest
 from museserve.metrics import EngineMetrics
 from museserve.modes.dispatch import ReplicaModes
@@ -25,7 +27,10 @@ class ModelPoolDeployment:
         `tokenizer_path`: `preprocess.tokenizer`, for dummy weights (see `pool_model`)."""
         setup_logging(log_level)
         chat_format = pool_model(pool, media, tokenizer_path).chat_format
-        self.engine = build_engine(pool, chat_format, media=media, metrics=EngineMetrics(pool.name))
+        adapter_metrics = AdapterMetrics(pool.name) if pool.lora.enabled else None
+        self.engine = build_engine(
+            pool, chat_format, media=media, metrics=EngineMetrics(pool.name), adapter_metrics=adapter_metrics
+        )
         self.modes = ReplicaModes(self.engine, chat_format.tokenizer, pool.contemplating)
         blocks = self.engine.blocks
         self.kv_feed = None
@@ -37,6 +42,15 @@ class ModelPoolDeployment:
                 event_batches=pool.routing.event_batches,
                 snapshot_every=pool.routing.snapshot_every,
             )
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """The deployment's `user_config` from serveConfigV2, applied live by Serve to every
+        replica: `{"adapters": {"keep": [...], "disabled": [...]}}` (`museserve ops adapters`)."""
+        wishes = AdapterWishes.model_validate(user_config.get("adapters") or {})
+        if self.engine.adapters is not None:
+            await self.engine.adapters.configure(list(wishes.keep), list(wishes.disabled))
+        elif wishes.keep or wishes.disabled:
+            raise ValueError(f"pool {self.engine.pool.name} serves no adapters (its lora section is empty)")
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         """A gateway that stops reading cancels this call (Ray cancels the task); the stream's

@@ -14,7 +14,9 @@ the A/B candidate and mirror pools included), from the pool's `RequestRouterConf
 controller pushes (`update_replicas`, every `routing.stats_period_s`). The decisions live in
 `routing.PrefixRouting`, which tests build without Ray.
 
-Requests are matched to replicas by their own id (no FIFO reassignment, unlike Serve's
+A request for a LoRA adapter that no replica holds the prefix of goes, where it can, to a
+replica that already holds the adapter (`routing.adapter_affinity`): a cold load is the
+exception. Requests are matched to replicas by their own id (no FIFO reassignment, unlike Serve's
 power-of-two router): a replica chosen for one prompt's prefix must serve that prompt.
 """
 
@@ -32,6 +34,7 @@ from ray.serve._private.request_router.request_router import RequestRouter
 
 from museserve.gateway import pool_loads
 from museserve.messages import PreparedRequest, ReplicaLoad
+from museserve.routing.adapter_affinity import warm_replicas
 from museserve.routing.choice import Reason
 from museserve.routing.feed import LOAD_STATS_KEY, ROUTING_STATS_KEY, KVFeed
 from museserve.routing.prefix_routing import Decision, PrefixRouting, RoutingSettings
@@ -89,17 +92,24 @@ class PrefixCacheRouter(RequestRouter):
         if not candidate_replicas:
             return []
         request = pending_request.args[0] if pending_request is not None and pending_request.args else None
-        if not self.by_prefix or not isinstance(request, PreparedRequest):
+        if not isinstance(request, PreparedRequest) or not (self.by_prefix or request.adapter):
             return [self._power_of_two(candidate_replicas)]
-        started = time.perf_counter()
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        decision = self.routing.decide(request, {rid: self._in_flight(r) for rid, r in by_id.items()})
-        self._remember(pending_request.metadata.internal_request_id, decision, time.perf_counter() - started)
-        chosen = by_id.get(decision.choice.replica) if decision.choice.replica is not None else None
-        if chosen is None:
+        in_flight = {rid: self._in_flight(r) for rid, r in by_id.items()}
+        chosen: list[RunningReplica] = []
+        if self.by_prefix:
+            started = time.perf_counter()
+            decision = self.routing.decide(request, in_flight)
+            self._remember(pending_request.metadata.internal_request_id, decision, time.perf_counter() - started)
+            if decision.choice.replica in by_id:
+                chosen = [by_id[decision.choice.replica]]
+        if not chosen and request.adapter:
+            warm = warm_replicas(request.adapter, self.routing.loads, in_flight, self.routing.settings.max_load_gap)
+            chosen = self._power_of_two([by_id[rid] for rid in warm]) if warm else []
+        if not chosen:
             return [self._power_of_two(candidate_replicas)]
-        others = [r for r in candidate_replicas if r is not chosen]
-        return [[chosen], self._power_of_two(others)] if others else [[chosen]]
+        others = [r for r in candidate_replicas if r not in chosen]
+        return [chosen, self._power_of_two(others)] if others else [chosen]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: object) -> None:
         remembered = self._decisions.pop(pending_request.metadata.internal_request_id, None)
