@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +32,9 @@ REAL_POOL = "smollm2-135m"  # the shipped config's real model (tests/integration
 AB_SHARE, MIRROR_FRACTION = 0.5, 0.3
 ROUTED_POOL, ROUTED_REPLICAS = "muse-routed", 3  # routed by prefix (tests/integration/test_prefix_routing.py)
 ROUTING_PERIOD_S = 0.5  # its replicas publish their KV events this often
+# LoRA adapters of the real pool, in a store directory (tests/integration/test_adapters.py): any
+# tenant of the default tier may use them; tenant "probe" may use none, tenant "limited" only the first.
+ADAPTERS = ("support", "sales")
 
 
 def _tiers() -> dict:
@@ -56,7 +62,20 @@ def _small_pool(name: str, **extra) -> dict:
     } | extra
 
 
-def integration_config(redis_url: str) -> MuseServeConfig:
+def adapter_store(directory: Path) -> Path:
+    """PEFT-format adapters of the real pool's checkpoint, named `ADAPTERS`, in `directory`."""
+    from museserve.checkpoint import read_checkpoint
+    from museserve.model.config import MuseConfig
+    from tests.lora_support import write_adapter
+    from tests.real_model import SMOLLM2_GGUF
+
+    arch = MuseConfig.from_hf_dict(read_checkpoint(SMOLLM2_GGUF, "gguf").hf_config)
+    for seed, name in enumerate(ADAPTERS):
+        write_adapter(directory / name, arch, rank=8, seed=seed, targets=("q_proj", "v_proj", "down_proj"), scale=0.05)
+    return directory
+
+
+def integration_config(redis_url: str, adapters: Path | None = None) -> MuseServeConfig:
     """The shipped local config with free ports, a small context window, API keys, Redis,
     muse-tiny first and the default, the real model beside it, and two more pools for A/B
     and mirroring."""
@@ -65,6 +84,8 @@ def integration_config(redis_url: str) -> MuseServeConfig:
     real = shipped[REAL_POOL]
     real["engine"].update(context_length=CONTEXT_LENGTH, max_output_tokens=1024, stream_interval_ms=0,
                           kv_cache_bytes=96 << 20)  # fmt: skip
+    if adapters is not None:
+        real["lora"] = {"directory": str(adapters), "max_loaded_adapters": 2}
     data["pools"] = [shipped["muse-tiny"], real]
     data["server"].update(
         grpc_port=free_port(),
@@ -89,6 +110,7 @@ def integration_config(redis_url: str) -> MuseServeConfig:
         redis={"url": redis_url, "timeout_ms": 1000, "on_unavailable": "fail_open"},
         default_model="muse-tiny",
         routes={},
+        tenants={"probe": {"adapters": []}, "limited": {"adapters": [f"{REAL_POOL}:{ADAPTERS[0]}"]}},
     )
     pool = data["pools"][0]
     pool["engine"].update(
@@ -133,7 +155,9 @@ def shared_app() -> Iterator[tuple[MuseServeConfig, RedisServer]]:
         with ExitStack() as stack:
             redis = stack.enter_context(RedisServer())
             stack.callback(ray.shutdown)
-            config = integration_config(redis.url)
+            store = Path(tempfile.mkdtemp(prefix="museserve-adapters-"))
+            stack.callback(shutil.rmtree, store, ignore_errors=True)
+            config = integration_config(redis.url, adapter_store(store))
             start_local_app(config)
             _SessionApp.stack, _SessionApp.redis, _SessionApp.config = stack.pop_all(), redis, config
     _SessionApp.users += 1
