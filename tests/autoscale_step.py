@@ -55,6 +55,7 @@ def step_config(
         data["pools"][0].pop(key, None)
     data["gateway"]["default_model"] = POOL
     data["gateway"]["routes"] = {}
+    data["gateway"]["tenants"] = {}  # their adapters are the shared app's real pool's
     return check_pools(parse_config(data, source="step config"))
 
 

@@ -37,6 +37,8 @@ REQUIRED_PANELS = (
     "Router KV-feed resyncs and index size",
     "Speculative acceptance rate",
     "Speculative mean accepted length",
+    "LoRA adapter loads, failures and evictions",
+    "LoRA tokens/s by adapter (top 10)",
 )
 
 

@@ -37,9 +37,9 @@ def store(app_config: MuseServeConfig) -> Path:
     return Path(directory)
 
 
-def merged_answer(reference, adapter_dir: Path | None) -> str:  # noqa: F811
+def merged_answer(reference, adapter_dir: Path) -> str:  # noqa: F811
     chat_format, hf = reference
-    model = merged(hf, adapter_dir) if adapter_dir is not None else hf
+    model = merged(hf, adapter_dir)
     prompt = chat_format.render([Message(Role.USER, (TextPart(QUESTION),))], (), reasoning=False)
     with torch.inference_mode():
         out = model.generate(
@@ -65,9 +65,8 @@ def test_an_adapters_answer_is_the_merged_models_over_both_apis(
         answers = {name: ask(client, name).text for name in ("", *ADAPTERS)}
     finally:
         client.close()
-    assert answers[""] == merged_answer(reference, None)
-    for name in ADAPTERS:
-        assert answers[name] == merged_answer(reference, store(app_config) / name), name
+    # One adapter held to the reference here (tests/unit/test_lora_real_model.py holds three, in one batch).
+    assert answers[ADAPTERS[0]] == merged_answer(reference, store(app_config) / ADAPTERS[0])
     assert len(set(answers.values())) == 3
     base_url = f"http://127.0.0.1:{app_config.server.http_port}/v1"
     with openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0, timeout=120) as oai:

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from museserve.client import ChatClient, build_request
+from museserve.lora.registry import AdapterRegistry
 from museserve.v1 import chat_pb2 as pb
 
 from .conftest import TEST_KEY
@@ -97,7 +98,9 @@ def test_http_health_and_models(app_config):
         assert json.load(r) == {"status": "ok"}
     models = urllib.request.Request(f"{base}/v1/models", headers={"Authorization": f"Bearer {TEST_KEY}"})
     with urllib.request.urlopen(models, timeout=10) as r:
-        assert [m["id"] for m in json.load(r)["data"]] == [p.name for p in app_config.pools]
+        listed = [m["id"] for m in json.load(r)["data"]]
+    adapters = [f"{pool.name}:{name}" for pool in app_config.pools for name in AdapterRegistry(pool.lora).names()]
+    assert listed == [p.name for p in app_config.pools] + adapters  # the models, then the adapters of each
 
 
 def test_request_id_from_the_client_is_kept(client: ChatClient):

@@ -16,7 +16,7 @@ import pytest
 
 from museserve.config import MuseServeConfig
 
-from .conftest import AB_POOL, CANDIDATE_POOL, LIMITED_KEY, REAL_POOL, ROUTED_POOL, TEST_KEY
+from .conftest import AB_POOL, ADAPTERS, CANDIDATE_POOL, LIMITED_KEY, REAL_POOL, ROUTED_POOL, TEST_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,15 @@ def test_logprobs(oai: openai.OpenAI):
 
 
 def test_models_list_the_pools(oai: openai.OpenAI):
-    assert [m.id for m in oai.models.list()] == ["muse-tiny", REAL_POOL, AB_POOL, CANDIDATE_POOL, ROUTED_POOL]
+    adapters = [f"{REAL_POOL}:{name}" for name in sorted(ADAPTERS)]  # after the models, with their parent
+    assert [m.id for m in oai.models.list()] == [
+        "muse-tiny",
+        REAL_POOL,
+        AB_POOL,
+        CANDIDATE_POOL,
+        ROUTED_POOL,
+        *adapters,
+    ]
     assert oai.models.retrieve("muse-tiny").id == "muse-tiny"
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("gpt-4o")
