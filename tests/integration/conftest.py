@@ -34,7 +34,9 @@ ROUTED_POOL, ROUTED_REPLICAS = "muse-routed", 3  # routed by prefix (tests/integ
 ROUTING_PERIOD_S = 0.5  # its replicas publish their KV events this often
 # LoRA adapters of the real pool, in a store directory (tests/integration/test_adapters.py): any
 # tenant of the default tier may use them; tenant "probe" may use none, tenant "limited" only the first.
+# The routed pool (muse-tiny's shapes) has a store of its own, for adapter-affinity routing.
 ADAPTERS = ("support", "sales")
+ROUTED_ADAPTER = "routed-support"
 
 
 def _tiers() -> dict:
@@ -62,20 +64,23 @@ def _small_pool(name: str, **extra) -> dict:
     } | extra
 
 
-def adapter_store(directory: Path) -> Path:
-    """PEFT-format adapters of the real pool's checkpoint, named `ADAPTERS`, in `directory`."""
+def adapter_stores(root: Path) -> dict[str, Path]:
+    """PEFT-format adapter stores under `root`, by pool: the real pool's checkpoint's `ADAPTERS`,
+    and the routed pool's (muse-tiny) `ROUTED_ADAPTER`."""
     from museserve.checkpoint import read_checkpoint
     from museserve.model.config import MuseConfig
     from tests.lora_support import write_adapter
     from tests.real_model import SMOLLM2_GGUF
 
     arch = MuseConfig.from_hf_dict(read_checkpoint(SMOLLM2_GGUF, "gguf").hf_config)
+    targets = ("q_proj", "v_proj", "down_proj")
     for seed, name in enumerate(ADAPTERS):
-        write_adapter(directory / name, arch, rank=8, seed=seed, targets=("q_proj", "v_proj", "down_proj"), scale=0.05)
-    return directory
+        write_adapter(root / REAL_POOL / name, arch, rank=8, seed=seed, targets=targets, scale=0.05)
+    write_adapter(root / ROUTED_POOL / ROUTED_ADAPTER, MuseConfig.named("tiny", vocab_size=1), rank=4, seed=0)
+    return {REAL_POOL: root / REAL_POOL, ROUTED_POOL: root / ROUTED_POOL}
 
 
-def integration_config(redis_url: str, adapters: Path | None = None) -> MuseServeConfig:
+def integration_config(redis_url: str, adapters: dict[str, Path] | None = None) -> MuseServeConfig:
     """The shipped local config with free ports, a small context window, API keys, Redis,
     muse-tiny first and the default, the real model beside it, and two more pools for A/B
     and mirroring."""
@@ -84,8 +89,9 @@ def integration_config(redis_url: str, adapters: Path | None = None) -> MuseServ
     real = shipped[REAL_POOL]
     real["engine"].update(context_length=CONTEXT_LENGTH, max_output_tokens=1024, stream_interval_ms=0,
                           kv_cache_bytes=96 << 20)  # fmt: skip
-    if adapters is not None:
-        real["lora"] = {"directory": str(adapters), "max_loaded_adapters": 2}
+    adapters = adapters or {}
+    if REAL_POOL in adapters:
+        real["lora"] = {"directory": str(adapters[REAL_POOL]), "max_loaded_adapters": 2}
     data["pools"] = [shipped["muse-tiny"], real]
     data["server"].update(
         grpc_port=free_port(),
@@ -127,6 +133,7 @@ def integration_config(redis_url: str, adapters: Path | None = None) -> MuseServ
             modes=["instant"],
             deployment={"num_replicas": ROUTED_REPLICAS, "max_ongoing_requests": 160, "num_cpus": 0},
             routing={"stats_period_s": ROUTING_PERIOD_S, "min_hit_tokens": 16},
+            lora={"directory": str(adapters[ROUTED_POOL])} if ROUTED_POOL in adapters else {},
         ),
     ]
     # These tests send bursts to check other things (the hard cap, tier shares, real-model
@@ -157,7 +164,7 @@ def shared_app() -> Iterator[tuple[MuseServeConfig, RedisServer]]:
             stack.callback(ray.shutdown)
             store = Path(tempfile.mkdtemp(prefix="museserve-adapters-"))
             stack.callback(shutil.rmtree, store, ignore_errors=True)
-            config = integration_config(redis.url, adapter_store(store))
+            config = integration_config(redis.url, adapter_stores(store))
             start_local_app(config)
             _SessionApp.stack, _SessionApp.redis, _SessionApp.config = stack.pop_all(), redis, config
     _SessionApp.users += 1

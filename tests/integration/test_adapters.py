@@ -22,7 +22,16 @@ from museserve.domain import Message, Role, TextPart
 from tests.lora_support import merged
 from tests.real_model import SMOLLM2_IM_END_ID
 
-from .conftest import ADAPTERS, PROBE_KEY, REAL_POOL, TEST_KEY, key_client
+from .conftest import (
+    ADAPTERS,
+    PROBE_KEY,
+    REAL_POOL,
+    ROUTED_ADAPTER,
+    ROUTED_POOL,
+    ROUTING_PERIOD_S,
+    TEST_KEY,
+    key_client,
+)
 from .test_real_model import reference  # noqa: F401  (the module's fixture)
 
 pytestmark = pytest.mark.integration
@@ -109,12 +118,12 @@ def test_refusals_name_the_adapter(grpc_address: str) -> None:
         tester.close()
 
 
-def lora_counters() -> dict[str, float]:
+def lora_counters(pool: str = REAL_POOL) -> dict[str, float]:
     port = ray._private.worker.global_worker.node.metrics_export_port
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     values: dict[str, float] = {}
     for line in body.splitlines():
-        if line.startswith("ray_museserve_lora_") and f'model="{REAL_POOL}"' in line:
+        if line.startswith("ray_museserve_lora_") and f'model="{pool}"' in line:
             name = line.split("{", 1)[0]
             values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return values
@@ -133,3 +142,28 @@ def test_adapter_loads_and_tokens_reach_prometheus(grpc_address: str) -> None:
         time.sleep(1)
     assert counters["ray_museserve_lora_loads_total"] >= 1
     assert counters["ray_museserve_lora_prompt_tokens_total"] > 0
+
+
+def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(grpc_address: str) -> None:
+    """The routed pool's replicas (three) report their resident adapters; a request whose prompt
+    no replica holds goes where its adapter is, so only the first of these loads it."""
+    client = key_client(grpc_address, TEST_KEY)
+
+    def ask_routed(i: int) -> None:
+        request = build_request(f"{i} {'ab' * (i + 1)}", model=ROUTED_POOL, adapter=ROUTED_ADAPTER,
+                                temperature=0.0, max_output_tokens=4)  # fmt: skip
+        client.chat(request, timeout=60)
+
+    try:
+        ask_routed(0)  # loads the adapter on one replica
+        time.sleep(4 * ROUTING_PERIOD_S + 1.0)  # its report reaches the routers (as test_prefix_routing waits)
+        for i in range(1, 7):
+            ask_routed(i)
+    finally:
+        client.close()
+    deadline = time.monotonic() + 60
+    while (counters := lora_counters(ROUTED_POOL)).get("ray_museserve_lora_generation_tokens_total", 0) < 7:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the routed pool's adapter tokens were not exported after 60 s: {counters}")
+        time.sleep(1)
+    assert counters["ray_museserve_lora_loads_total"] == 1, counters

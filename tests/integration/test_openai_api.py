@@ -16,7 +16,7 @@ import pytest
 
 from museserve.config import MuseServeConfig
 
-from .conftest import AB_POOL, ADAPTERS, CANDIDATE_POOL, LIMITED_KEY, REAL_POOL, ROUTED_POOL, TEST_KEY
+from .conftest import AB_POOL, ADAPTERS, CANDIDATE_POOL, LIMITED_KEY, REAL_POOL, ROUTED_ADAPTER, ROUTED_POOL, TEST_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,8 @@ def test_logprobs(oai: openai.OpenAI):
 
 
 def test_models_list_the_pools(oai: openai.OpenAI):
-    adapters = [f"{REAL_POOL}:{name}" for name in sorted(ADAPTERS)]  # after the models, with their parent
+    # After the models, with their parent: the real pool's adapters, then the routed pool's.
+    adapters = [f"{REAL_POOL}:{name}" for name in sorted(ADAPTERS)] + [f"{ROUTED_POOL}:{ROUTED_ADAPTER}"]
     assert [m.id for m in oai.models.list()] == [
         "muse-tiny",
         REAL_POOL,
