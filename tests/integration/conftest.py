@@ -218,3 +218,20 @@ def pool_handle(app_config: MuseServeConfig):
     from ray import serve
 
     return serve.get_deployment_handle(f"pool-{app_config.pools[0].name}", app_name=app_config.app_name)
+
+
+def exported_counters(prefix: str, pool: str) -> dict[str, float]:
+    """The values Ray's metrics agent on this node exports for `pool`'s metrics named `prefix`...,
+    summed over their other labels (replicas, adapters, positions)."""
+    import urllib.request
+
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith(prefix) and f'model="{pool}"' in line:
+            name = line.split("{", 1)[0]
+            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return values

@@ -7,13 +7,11 @@ PERMISSION_DENIED and an unknown adapter with NOT_FOUND, both naming it; loads r
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import openai
 import pytest
-import ray
 import torch
 
 from museserve.client import ChatClient, build_request
@@ -30,6 +28,7 @@ from .conftest import (
     ROUTED_POOL,
     ROUTING_PERIOD_S,
     TEST_KEY,
+    exported_counters,
     key_client,
 )
 from .test_real_model import reference  # noqa: F401  (the module's fixture)
@@ -119,14 +118,7 @@ def test_refusals_name_the_adapter(grpc_address: str) -> None:
 
 
 def lora_counters(pool: str = REAL_POOL) -> dict[str, float]:
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values: dict[str, float] = {}
-    for line in body.splitlines():
-        if line.startswith("ray_museserve_lora_") and f'model="{pool}"' in line:
-            name = line.split("{", 1)[0]
-            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return values
+    return exported_counters("ray_museserve_lora_", pool)
 
 
 def test_adapter_loads_and_tokens_reach_prometheus(grpc_address: str) -> None:

@@ -6,18 +6,16 @@ gets the same text; the pool's speculation counters reach Prometheus."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import openai
 import pytest
-import ray
 
 from museserve.client import ChatClient, build_request
 from museserve.config import MuseServeConfig
 from museserve.v1 import chat_pb2 as pb
 
-from .conftest import REAL_POOL, TEST_KEY, key_client
+from .conftest import REAL_POOL, TEST_KEY, exported_counters, key_client
 from .test_real_model import reference, reference_text  # noqa: F401  (the module's fixture)
 
 pytestmark = pytest.mark.integration
@@ -40,14 +38,7 @@ def real(grpc_address: str) -> Iterator[ChatClient]:
 
 
 def speculation_counters() -> dict[str, float]:
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values: dict[str, float] = {}
-    for line in body.splitlines():
-        if line.startswith("ray_museserve_spec_decode_") and f'model="{REAL_POOL}"' in line:
-            name = line.split("{", 1)[0]
-            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return values
+    return exported_counters("ray_museserve_spec_decode_", REAL_POOL)
 
 
 def test_a_quoting_answer_equals_transformers_and_speculation_is_counted(real: ChatClient, reference) -> None:  # noqa: F811

@@ -39,9 +39,10 @@ class Grouped:
 class LoraBatch:
     """One step's rows by adapter slot. `segments`: (slot, start, end) over the adapted rows in
     slot order; `order` [M] long: those rows' indices in the step (None when they are rows
-    0..M-1 already in slot order). `row_slots` [N] long: every row's slot, -1 for none."""
+    0..M-1 already in slot order). `row_slots` [N] long: every row's slot, -1 for none (built
+    on a GPU only, where the kernels read it)."""
 
-    row_slots: Tensor
+    row_slots: Tensor | None
     order: Tensor | None
     segments: tuple[tuple[int, int, int], ...]
     num_adapted: int
@@ -63,7 +64,7 @@ class LoraBatch:
                 segments.append((slot, position, position + 1))
         in_place = adapted == list(range(len(adapted)))
         order = None if in_place else torch.tensor(adapted, dtype=torch.long).to(device)
-        slots = torch.tensor(row_slots, dtype=torch.long).to(device)
+        slots = torch.tensor(row_slots, dtype=torch.long).to(device) if device.type == "cuda" else None
         grouped = _grouped(adapted, segments, len(row_slots), device) if len(segments) > 2 else None
         return LoraBatch(slots, order, tuple(segments), len(adapted), grouped)
 
@@ -91,6 +92,8 @@ def add_lora_(out: Tensor, x: Tensor, a: Tensor, b: Tensor, batch: LoraBatch) ->
     """out [N, out] += each adapted row's delta; x [N, in], a [S, R, in], b [S, out, R]."""
     if out.is_cuda:
         from museserve_kernels.lora import lora_expand_, lora_shrink
+
+        assert batch.row_slots is not None, "built for this device"
 
         lora_expand_(out, lora_shrink(x, a, batch.row_slots), b, batch.row_slots)
         return
