@@ -85,10 +85,11 @@ class BlockManager:
 
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix of `seq`, in full blocks, leaving at least
-        one token to compute (its logits start generation). Takes no references."""
+        one token to compute (its logits start generation; for a live sequence, one before the
+        token it holds back). Takes no references."""
         if not self.enable_prefix_caching or seq.scores_prompt:
             return []  # every position of a prompt being scored is computed
-        hashes = self._chain_for(seq, (seq.num_tokens - 1) // self.block_size)
+        hashes = self._chain_for(seq, (seq.num_computable_tokens - 1) // self.block_size)
         found = []
         for block_hash in hashes:
             block_id = self._cached.get(block_hash)
@@ -104,7 +105,7 @@ class BlockManager:
         if self.tier is None:
             return []
         slots = []
-        for block_hash in self._chain_for(seq, (seq.num_tokens - 1) // self.block_size)[num_cached:]:
+        for block_hash in self._chain_for(seq, (seq.num_computable_tokens - 1) // self.block_size)[num_cached:]:
             slot = self.tier.lookup(block_hash)
             if slot is None or block_hash in self._cached:
                 break

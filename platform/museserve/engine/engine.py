@@ -32,6 +32,7 @@ from museserve.engine.block_hashes import cache_salt
 from museserve.engine.block_manager import BlockManager
 from museserve.engine.kv_tier_index import TierIndex
 from museserve.engine.late_requests import LateRequests
+from museserve.engine.live import extend_prompt
 from museserve.engine.load_meter import LoadMeter, prefill_tokens, replica_load
 from museserve.engine.media import check_request_media
 from museserve.engine.plan import AdapterLeases, RowSampling, RowToken, SchedulerPlan, StepRunner
@@ -51,7 +52,7 @@ from museserve.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from museserve.messages import GenerationChunk, PreparedRequest, ReplicaLoad
+from museserve.messages import GenerationChunk, MediaSegment, PreparedRequest, ReplicaLoad
 from museserve.metrics import InMemoryMetrics, MetricsRecorder
 from museserve.preprocess.chat_format import ChatFormat
 
@@ -126,18 +127,22 @@ class MuseEngine:
 
     # -- requests -----------------------------------------------------------------------
 
-    async def generate(self, prepared: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, prepared: PreparedRequest, *, live: bool = False) -> AsyncIterator[GenerationChunk]:
+        """`live`: the prompt stays open for `extend` (speech still arriving); the stream then
+        starts with an empty chunk once the request is admitted, after which `extend` finds it."""
         self._ensure_loop()
         self._check_id_free(prepared.request_id)
         check_request_media(prepared, self.runner.media_feature_dims, self.pool.name)
         sampler = await self.runner.prepare(prepared)  # compiles a grammar off the loop; InvalidArgument
         lora_slot = await self._acquire_adapter(prepared)
         try:
-            request = self._admit(prepared, sampler, lora_slot)
+            request = self._admit(prepared, sampler, lora_slot, live=live)
         except BaseException:
             self._release_adapter(lora_slot)
             raise
         try:
+            if live:
+                yield GenerationChunk()
             while True:
                 item = await request.chunks.get()
                 if isinstance(item, MuseError):
@@ -167,8 +172,26 @@ class MuseEngine:
         if request_id in self.requests:
             raise InvalidArgument(f"request id {request_id!r} is already in use", field="request_id")
 
-    def _admit(self, prepared: PreparedRequest, sampler: object, lora_slot: int = -1) -> Request:
+    def extend(
+        self, request_id: str, token_ids: list[int], media: tuple[MediaSegment, ...] = (), *, close: bool = False
+    ) -> None:
+        """More prompt for a live request (`generate(live=True)`); `media` starts are relative to
+        the first new token. `close`: the prompt is whole and the answer starts; the request's
+        time to first token counts from here."""
+        request = self.requests.get(request_id)
+        if request is None:
+            raise NotFound(f"no live request {request_id!r} on this replica (it ended)", field="request_id")
+        capacity = self.blocks.num_blocks * self.blocks.block_size
+        extend_prompt(request, token_ids, media, close=close, context_window=self.context_window,
+                      capacity_tokens=capacity, feature_dims=self.runner.media_feature_dims)  # fmt: skip
+        if close:
+            request.arrival = time.monotonic()
+        self._wakeup.set()
+
+    def _admit(self, prepared: PreparedRequest, sampler: object, lora_slot: int = -1, *, live: bool = False) -> Request:
         self._check_id_free(prepared.request_id)  # again: another may have come during `prepare`
+        if live and (prepared.num_prompt_tokens < 2 or prepared.sampling.prompt_logprobs is not None):
+            raise InvalidArgument("a live request needs a prompt of 2+ tokens and no prompt logprobs", field="messages")
         if prepared.num_prompt_tokens >= self.context_window:  # the preprocess tier refuses these first
             raise InvalidArgument(
                 f"the prompt is {prepared.num_prompt_tokens} tokens; model {self.pool.name} reads at most "
@@ -188,7 +211,8 @@ class MuseEngine:
             ),
             media=prepared.media,
             prompt_logprobs=prepared.sampling.prompt_logprobs,
-            speculation=self._speculation(prepared),
+            speculation=None if live else self._speculation(prepared),
+            prompt_open=live,
         )
         try:
             self.scheduler.add(seq)

@@ -7,6 +7,9 @@ the prefix cache where it survives). Waiting sequences are admitted in (priority
 arrival) order while budget, blocks and the running cap allow; the first that does not
 fit stops admission, so a large prompt is not starved by small ones behind it.
 
+A live sequence (`Sequence.prompt_open`) runs like a chunked prefill of the prompt it has so
+far and then sits in the batch, holding its blocks, planned only when its prompt grows.
+
 With priority preemption, a waiting head of a better priority than the lowest running
 sequence that cannot start (batch full, or its first chunk's blocks do not fit) preempts
 running sequences of worse priority, lowest first, until it fits, and starts in the same
@@ -169,7 +172,7 @@ class Scheduler:
         cached = self.blocks.cached_prefix(seq)
         from_tier = self.blocks.tier_prefix(seq, len(cached))
         cached_tokens = (len(cached) + len(from_tier)) * self.blocks.block_size
-        return cached, from_tier, min(seq.num_tokens - cached_tokens, budget)
+        return cached, from_tier, min(seq.num_computable_tokens - cached_tokens, budget)
 
     def _preempt_for_head(self) -> list[str]:
         """Preempts running sequences of worse priority than the waiting head, lowest first, while
@@ -201,8 +204,8 @@ class Scheduler:
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         if seq.num_pending and seq.num_tokens >= seq.max_num_tokens:
             return 0  # the pending token is its last: computing it would sample past the end
-        remaining = seq.num_uncomputed_tokens
-        if remaining > 1:  # still in prefill (a decode has exactly one uncomputed token)
+        remaining = seq.num_computable_tokens - seq.num_computed_tokens
+        if remaining > 1 or seq.prompt_open:  # still in prefill (a decode has exactly one uncomputed token)
             remaining = min(remaining, self._prefill_chunk(seq))
         return min(remaining, budget)
 

@@ -1,10 +1,15 @@
 """One request as the scheduler sees it: tokens, how many have KV, and its blocks.
 
 No tensors and no text: the scheduler and the block manager work on these alone.
-Invariants: `num_computed_tokens <= num_tokens`; KV for token i lives in block
+Invariants: `num_computed_tokens <= num_computable_tokens <= num_tokens`; KV for token i lives in block
 `block_ids[i // block_size]` at offset `i % block_size`. `num_tokens` counts the
 `num_pending` tokens that steps still running will sample, after the known `token_ids`:
 `num_computed_tokens` runs ahead of what the device has finished by those steps.
+
+A live sequence (`prompt_open`) has a prompt that grows while it runs (speech arriving as
+audio tokens, `extend_prompt`): it prefills what it has but its last token, and samples nothing
+until the prompt is closed, so the step that follows the close always computes at least one
+token and samples from its logits.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Sequence:
         prompt_logprobs: int | None = None,
         speculation: Speculation | None = None,
         lora_slot: int = -1,
+        prompt_open: bool = False,
     ):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
@@ -53,6 +59,7 @@ class Sequence:
         self.num_scored_positions = 0  # prompt positions whose next token's logprob came back
         self.speculation = speculation  # None: it never has tokens proposed
         self.lora_slot = lora_slot  # the replica's slot of its adapter, pinned while it lives; -1: none
+        self.prompt_open = prompt_open  # live: more prompt tokens may come (`extend_prompt`)
         self.arrival = 0  # set by the scheduler on arrival; ties within a priority: earlier first
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
@@ -81,6 +88,23 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def num_computable_tokens(self) -> int:
+        """Tokens a step may compute up to: all, or all but the last while the prompt is open."""
+        return self.num_tokens - 1 if self.prompt_open else self.num_tokens
+
+    def extend_prompt(self, token_ids: Seq[int], media: tuple[MediaSegment, ...], *, close: bool) -> None:
+        """More prompt of a live sequence (nothing sampled yet, so the tokens go after the prompt).
+        `media` lies in the new tokens: hashes of full blocks already computed stay valid."""
+        assert self.prompt_open and self.num_tokens == self.num_prompt_tokens, "only an open prompt grows"
+        self.token_ids.extend(token_ids)
+        self.num_prompt_tokens += len(token_ids)
+        self.max_num_tokens += len(token_ids)
+        if media:
+            self.media = (*self.media, *media)
+            self.media_keys = None  # the block manager's memo: recomputed with the new segments
+        self.prompt_open = not close
 
     @property
     def num_prefill_tokens_left(self) -> int:
