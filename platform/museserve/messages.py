@@ -164,3 +164,23 @@ class ReplicaLoad:
     @property
     def requests(self) -> int:
         return self.running + self.waiting
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOpened:
+    """First item of a live request's stream from a pool deployment: the replica that holds it,
+    where every `LiveExtension` of the request must go (`serve.prefix_router` pins them)."""
+
+    replica: str  # Serve's replica unique id
+
+
+@dataclass(frozen=True, slots=True)
+class LiveExtension:
+    """More prompt for a live request (`MuseEngine.extend`): speech tokens as they arrive, and
+    with `close`, the turn's tail. Media starts are relative to the first of `token_ids`."""
+
+    request_id: str
+    replica: str
+    token_ids: tuple[int, ...]
+    media: tuple[MediaSegment, ...] = ()
+    close: bool = False

@@ -81,7 +81,7 @@ async def live_answer(engine: MuseEngine, whole: PreparedRequest, sizes: list[in
     first = await anext(stream)
     assert first.text == "" and first.finish is None
     for ids, piece in pieces(whole, sizes):
-        engine.extend("live", ids, (piece,))
+        await engine.extend("live", ids, (piece,))
         if settle:  # let the engine prefill what has come before more arrives
             for _ in range(50):
                 await asyncio.sleep(0.005)
@@ -89,7 +89,7 @@ async def live_answer(engine: MuseEngine, whole: PreparedRequest, sizes: list[in
                     break
     seq = engine.requests["live"].seq
     assert seq.num_output_tokens == 0  # nothing sampled while the prompt is open
-    engine.extend("live", after, close=True)
+    await engine.extend("live", after, close=True)
     chunks = [c async for c in stream]
     return "".join(c.text for c in chunks), chunks[-1].usage.prompt_tokens
 
@@ -118,7 +118,7 @@ async def test_the_open_prompt_is_prefilled_before_it_closes(tokenizer: MuseToke
         )
         await anext(stream)
         for ids, piece in pieces(whole, [5] * 12):
-            engine.extend("live", ids, (piece,))
+            await engine.extend("live", ids, (piece,))
         seq = engine.requests["live"].seq
         for _ in range(400):
             await asyncio.sleep(0.005)
@@ -151,15 +151,15 @@ async def test_a_refused_extension_leaves_the_request_as_it_was(
         await anext(stream)
         seq = engine.requests["live"].seq
         with pytest.raises(InvalidArgument) as refused:
-            engine.extend("live", [5] * 1100)
+            await engine.extend("live", [5] * 1100)
         assert refused.value.field == "audio" and "context window" in refused.value.message
         bad = MediaSegment("audio", 0, 1, segment.feature_dim + 1, b"\0" * (segment.feature_dim + 1) * 2, "x")
         with pytest.raises(InvalidArgument):
-            engine.extend("live", [5], (bad,))
+            await engine.extend("live", [5], (bad,))
         assert seq.num_prompt_tokens == len(before) and seq.prompt_open
         with pytest.raises(NotFound):
-            engine.extend("nobody", [5])
-        engine.extend("live", after, close=True)
+            await engine.extend("nobody", [5])
+        await engine.extend("live", after, close=True)
         assert [c async for c in stream][-1].finish is not None
     finally:
         engine.shutdown()

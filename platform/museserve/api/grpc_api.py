@@ -21,6 +21,7 @@ from typing import Protocol
 import grpc
 
 from museserve.api.convert import event_to_pb, model_info_to_pb, request_from_pb, result_to_pb
+from museserve.api.grpc_converse import converse
 from museserve.api.grpc_status import to_grpc_status
 from museserve.domain import ChatRequest, Identity
 from museserve.errors import Internal, MuseError
@@ -68,6 +69,24 @@ class GrpcChatApi:
             identity = await self.gateway.identify(_credentials(context))
             async for event in self.gateway.stream(_request(msg, request_id, identity, context), trailers.add):
                 yield event_to_pb(event, request_id)
+            code = grpc.StatusCode.OK
+        except Exception as e:
+            code = _set_status(context, e, request_id)
+            raise RpcFailed(str(e)) from None
+        finally:
+            self._ended(code)
+
+    async def converse(
+        self, messages: AsyncIterator[pb.ConverseRequest], context: RpcContext
+    ) -> AsyncIterator[pb.ConverseEvent]:
+        """A live voice session (`api.grpc_converse`); ends with one `observer.request` like a stream."""
+        request_id = _request_id(pb.ChatRequest(), context)
+        trailers = _Trailers(context, request_id)
+        code = grpc.StatusCode.CANCELLED
+        try:
+            identity = await self.gateway.identify(_credentials(context))
+            async for event in converse(self.gateway, messages, identity, request_id, trailers.add):
+                yield event
             code = grpc.StatusCode.OK
         except Exception as e:
             code = _set_status(context, e, request_id)

@@ -43,10 +43,13 @@ class TolerantDecoding:
 
 
 def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The handler with a deserializer that never raises; unary requests only."""
+    """The handler with a deserializer that never raises: a unary request that does not parse is
+    refused here; a streamed one reaches the handler as `Undecodable`."""
     decode = handler.request_deserializer
-    if decode is None or handler.request_streaming or isinstance(decode, _TolerantDeserializer):
+    if decode is None or isinstance(decode, _TolerantDeserializer):
         return handler
+    if handler.request_streaming:  # the handler refuses an `Undecodable` message itself (Converse)
+        return handler._replace(request_deserializer=_TolerantDeserializer(decode))
     # Ray's proxy sets all four behaviors: the streaming flags say which one grpc calls.
     if not handler.response_streaming and handler.unary_unary is not None:
         return handler._replace(

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from museserve.config.base import DeploymentConfig, Section
 from museserve.config.lora import ADAPTER_NAME
+from museserve.config.voice import VoiceConfig
 from museserve.domain import Mode
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -203,6 +204,7 @@ class GatewayConfig(Section):
     disabled_modes: tuple[Mode, ...] = Field((), description="Modes refused with FAILED_PRECONDITION.")
     limits: RequestLimits = RequestLimits()
     conversations: ConversationsConfig = ConversationsConfig()
+    voice: VoiceConfig = VoiceConfig()
     tiers: dict[str, TierConfig] = Field({"default": TierConfig()}, description="Account tiers by name.")
     tenants: dict[Annotated[str, Field(min_length=1, max_length=128)], TenantConfig] = Field(
         {}, description="Settings of single tenants, by tenant name, over those of their tier."

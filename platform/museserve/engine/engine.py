@@ -172,7 +172,7 @@ class MuseEngine:
         if request_id in self.requests:
             raise InvalidArgument(f"request id {request_id!r} is already in use", field="request_id")
 
-    def extend(
+    async def extend(
         self, request_id: str, token_ids: list[int], media: tuple[MediaSegment, ...] = (), *, close: bool = False
     ) -> None:
         """More prompt for a live request (`generate(live=True)`); `media` starts are relative to

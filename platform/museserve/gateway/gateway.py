@@ -43,6 +43,7 @@ from museserve.gateway.routing import Router
 from museserve.gateway.validation import validate_request
 from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
 from museserve.preprocess.pool_model import check_pools, pool_windows
+from museserve.preprocess.pool_preprocessors import PoolPreprocessors
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Gateway:
         self.overload = OverloadGate(live, config.gateway, self.observer)
         self.conversations = conversations or ConversationStore(MemoryConversations(), config.gateway.conversations)
         self._settlements: set[asyncio.Task] = set()
+        self._preprocessors: PoolPreprocessors | None = None
 
     def list_models(self, caller: Identity | None = None) -> list[tuple[ModelInfo, bool]]:
         """The served models, default first, and whether each is the default; with `caller`, each
@@ -151,7 +153,7 @@ class Gateway:
         if request.previous_response_id or request.instructions:
             request = await self.conversations.resolve(request)  # the whole prompt a follow-up sends
         route = self.router.route(request)
-        self._validate(request, route.pool)
+        self.validate(request, route.pool)
         return await self._preprocess.count(request, route.pool.name)
 
     async def stream(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> AsyncIterator[StreamEvent]:
@@ -164,14 +166,14 @@ class Gateway:
         route = self.router.route(request)
         pool = route.pool.name
         request = replace(request, adapter=route.adapter)  # the caller's default filled in
-        self._validate(request, route.pool)
+        self.validate(request, route.pool)
         identity = request.identity
-        with self._admitted(pool, identity.tier):
+        with self.admitted(pool, identity.tier):
             deadline = request.deadline_unix_s or arrived + self.config.server.request_timeout_s
             request, degraded = self.overload.before_prepare(request, route.pool, deadline)
             prepared = await self._preprocess.prepare(request, pool)  # refuses what exceeds the window
             prepared = self.overload.admit(prepared, identity.tier, arrived)
-            metadata = await self._charge(identity, prepared.num_prompt_tokens)  # only after every check
+            metadata = await self.charge(identity, prepared.num_prompt_tokens)  # only after every check
             how = degraded.describe() if degraded is not None else ""
             events = StreamEvents(prepared, pool, how, request.usage_in_stream)
             fold = ResultFold() if request.store else None
@@ -207,9 +209,19 @@ class Gateway:
                 raise
             finally:
                 capture.end("CANCELLED")  # no-op unless the caller went away
-                self._settle_later(identity, capture.output_tokens)
+                self.settle_later(identity, capture.output_tokens)
                 if ticket is not None:
                     ticket.primary_ended(capture)
+
+    def live_preprocessors(self) -> PoolPreprocessors:
+        """Each pool's preprocessor in this process: voice turns' prompts are rendered here (text
+        and speech placeholders; the speech itself is encoded as it arrives, `voice.session`)."""
+        if self._preprocessors is None:
+            self._preprocessors = PoolPreprocessors(self.config)
+        return self._preprocessors
+
+    def pool_client(self, pool: str) -> PoolClient:
+        return self._pools[pool]
 
     async def chat(self, request: ChatRequest, on_metadata: MetadataSink | None = None) -> ChatResult:
         fold = ResultFold()
@@ -235,11 +247,11 @@ class Gateway:
         await self.quota.close()
         await self.conversations.close()
 
-    def _validate(self, request: ChatRequest, pool: PoolConfig) -> None:
+    def validate(self, request: ChatRequest, pool: PoolConfig) -> None:
         cap = self.windows[pool.name].max_output_tokens
         validate_request(request, pool, self.config.gateway.limits, max_output_tokens=cap)
 
-    def _admitted(self, pool: str, tier: str):
+    def admitted(self, pool: str, tier: str):
         try:
             return self.admission.enter(pool, tier)
         except ResourceExhausted:
@@ -249,7 +261,7 @@ class Gateway:
             self.observer.decision("draining", tier)
             raise
 
-    async def _charge(self, identity: Identity, prompt_tokens: int) -> tuple[tuple[str, str], ...]:
+    async def charge(self, identity: Identity, prompt_tokens: int) -> tuple[tuple[str, str], ...]:
         try:
             admission = await self.quota.admit(identity, prompt_tokens)
         except ResourceExhausted:
@@ -262,7 +274,7 @@ class Gateway:
         self.observer.tokens(identity.tenant, "prompt", prompt_tokens)
         return admission.metadata
 
-    def _settle_later(self, identity: Identity, output_tokens: int) -> None:
+    def settle_later(self, identity: Identity, output_tokens: int) -> None:
         """Charges output tokens in a task of its own: a cancelled stream cannot await."""
         if output_tokens <= 0:
             return

@@ -132,8 +132,10 @@ class QuotaGuard:
         self._ledger = DebtLedger(clock)
         self._flusher: asyncio.Task | None = None
 
-    async def admit(self, identity: Identity, prompt_tokens: int) -> Admission:
-        limits = scoped_limits(self.config, identity)
+    async def admit(self, identity: Identity, prompt_tokens: int, *, requests: int = 1) -> Admission:
+        """`requests=0`: more prompt tokens of a request already admitted (a voice turn's speech
+        as it arrives): only the token limits decide."""
+        limits = [s for s in scoped_limits(self.config, identity) if requests or s.unit == TOKENS]
         if not limits:
             self.decisions_by_outcome["allowed"] += 1
             return Admission()
@@ -144,7 +146,7 @@ class QuotaGuard:
                     f"rate limit: a prompt of {prompt_tokens} tokens exceeds the {s.limit.burst:g}-token burst "
                     f"of {s.scope}; it cannot be admitted"
                 )
-        charges = [Charge(s.limit, 1 if s.unit == REQUESTS else prompt_tokens) for s in limits]
+        charges = [Charge(s.limit, requests if s.unit == REQUESTS else prompt_tokens) for s in limits]
         debts = self._ledger.take(identity.tenant)
         try:
             decision = await self._acquire(with_debts(charges, debts))

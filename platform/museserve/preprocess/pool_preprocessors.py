@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from museserve.config import MuseServeConfig, PoolConfig
 from museserve.domain import ChatRequest
-from museserve.messages import PreparedRequest, PromptCount
+from museserve.messages import MediaSegment, PreparedRequest, PromptCount
 from museserve.preprocess.media import Fetched
-from museserve.preprocess.preprocessor import Preprocessor
+from museserve.preprocess.preprocessor import LivePrompt, Preprocessor
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class PoolPreprocessor:
 
     def prepare(self, request: ChatRequest, fetched: Fetched | None = None) -> PreparedRequest:
         return self.preprocessor.prepare(request, self.pool, fetched)
+
+    def prepare_live(self, request: ChatRequest, history: Sequence[Sequence[MediaSegment]] = ()) -> LivePrompt:
+        return self.preprocessor.prepare_live(request, self.pool, history)
 
 
 class PoolPreprocessors:

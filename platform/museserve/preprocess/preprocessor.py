@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from museserve.config import MediaLimits, MuseServeConfig, PoolConfig
 from museserve.config.context_window import ContextWindow
 from museserve.domain import ChatRequest, Mode, RawPrompt, SamplingParams, ToolChoiceKind, ToolSpec
-from museserve.errors import FailedPrecondition, InvalidArgument
-from museserve.messages import ContemplationPrompts, PreparedRequest, PromptCount
+from museserve.errors import FailedPrecondition, Internal, InvalidArgument
+from museserve.messages import ContemplationPrompts, MediaSegment, PreparedRequest, PromptCount
 from museserve.preprocess.chat_format import MediaTokens
 from museserve.preprocess.contemplating_prompts import check_contemplating_fits, contemplation_prompts
 from museserve.preprocess.media import EncodedMedia, Fetched, MediaEncoder, media_segments, placeholders
@@ -77,10 +77,57 @@ class Preprocessor:
 
     def prepare(self, request: ChatRequest, pool: PoolConfig, fetched: Fetched | None = None) -> PreparedRequest:
         """Positions used: prompt + reasoning (budget + its closing marker) + output <= the window."""
+        media = self._encode(request, pool, fetched)
+        segments = lambda ids: media_segments(ids, media, self.chat_format.markers.media_ids)  # noqa: E731
+        return self._prepared(request, pool, lambda reasoning: self._render(request, reasoning, media), segments, media)
+
+    def prepare_live(
+        self, request: ChatRequest, pool: PoolConfig, history: Sequence[Sequence[MediaSegment]] = ()
+    ) -> LivePrompt:
+        """A voice turn's prompt, split around the speech still to come. `request.messages` hold
+        text, and audio parts only for speech: each earlier one is that turn's speech, whose rows
+        are in `history` (per part, segments with starts relative to the part), and the last
+        message is the user turn whose speech is coming (one audio part, data still empty).
+        The prompt is rendered with one placeholder for the coming speech; the turn's whole
+        prompt is then `prepared.prompt_token_ids + speech tokens + tail_ids`, as a clip of that
+        speech gives. The answer's budget is fixed now; the speech may take what is left."""
+        placeholder = self.chat_format.markers.media_ids.get("audio")
+        if placeholder is None or "audio" not in self.model.media_kinds:
+            raise FailedPrecondition(f"model {pool.name} takes no audio input", field="model")
+        sizes = [sum(s.num_tokens for s in segments) for segments in history]
+
+        def render(reasoning: bool) -> list[int]:
+            parts = iter([*sizes, 1])
+            tokens = lambda _: [placeholder] * next(parts)  # noqa: E731
+            return self.chat_format.render(
+                request.messages, offered_tools(request), reasoning=reasoning, media_tokens=tokens
+            )
+
+        def segments(ids: list[int]) -> tuple[MediaSegment, ...]:
+            return _speech_in_place(ids, placeholder, history)
+
+        prepared = self._prepared(request, pool, render, segments, [])
+        ids = prepared.prompt_token_ids
+        at = len(ids) - 1 - ids[::-1].index(placeholder)  # the coming speech: the last placeholder
+        reasoning = _reasoning_positions(prepared.thinking_budget)
+        return LivePrompt(
+            replace(prepared, prompt_token_ids=ids[:at]),
+            ids[at + 1 :],
+            placeholder,
+            max_audio_tokens=self.model.window(pool).tokens - (len(ids) - 1) - reasoning - prepared.max_output_tokens,
+        )
+
+    def _prepared(
+        self,
+        request: ChatRequest,
+        pool: PoolConfig,
+        render: Callable[[bool], list[int]],
+        segments: Callable[[list[int]], tuple[MediaSegment, ...]],
+        media: list[EncodedMedia],
+    ) -> PreparedRequest:
         window = self.model.window(pool)
         budget = self._requested_budget(request, pool)
-        media = self._encode(request, pool, fetched)
-        ids = self._render(request, budget > 0, media)
+        ids = render(budget > 0)
         room = _room_after_prompt(ids, window, "prompt" if request.prompt is not None else "messages")
         requested = request.sampling.max_output_tokens
         if requested is not None:
@@ -97,7 +144,7 @@ class Preprocessor:
                 budget = room - 2
                 if budget <= 0:
                     budget = 0
-                    ids = self._render(request, False, media)  # closes the segment
+                    ids = render(False)  # closes the segment
                     room = _room_after_prompt(ids, window)
             max_output = min(pool.engine.default_max_output_tokens, room - _reasoning_positions(budget))
         num_agents, contemplation = 0, None
@@ -116,7 +163,7 @@ class Preprocessor:
             sampling=replace(self._sampling(request.sampling), max_output_tokens=max_output),
             deadline_unix_s=min(time.time() + self._request_timeout_s, request.deadline_unix_s or math.inf),
             priority=self._priority_of(request.identity.tier),
-            media=media_segments(ids, media, self.chat_format.markers.media_ids),
+            media=segments(ids),
             tools=offered_tools(request),
             tool_choice=request.tool_choice,
             response_format=request.response_format,
@@ -188,6 +235,34 @@ class Preprocessor:
             return 0  # Contemplating on a model that cannot reason: its agents answer at once
         budget = request.mode.thinking_budget
         return pool.engine.default_thinking_budget if budget is None else budget
+
+
+@dataclass(frozen=True, slots=True)
+class LivePrompt:
+    """A voice turn's prompt around its speech (`Preprocessor.prepare_live`)."""
+
+    prepared: PreparedRequest  # the prompt before the speech; sampling and budgets resolved
+    tail_ids: tuple[int, ...]  # after the speech: the end of the user turn, the generation prompt
+    audio_placeholder: int  # the id each speech token takes in the prompt
+    max_audio_tokens: int  # what the context window leaves the speech
+
+
+def _speech_in_place(
+    ids: Sequence[int], placeholder: int, history: Sequence[Sequence[MediaSegment]]
+) -> tuple[MediaSegment, ...]:
+    """Earlier turns' speech segments at their placeholder runs, in order (audio enters a voice
+    prompt only as speech, so the k-th run is the k-th turn's)."""
+    positions = [p for p, t in enumerate(ids) if t == placeholder]
+    placed: list[MediaSegment] = []
+    taken = 0
+    for segments in history:
+        n = sum(s.num_tokens for s in segments)
+        run = positions[taken : taken + n]
+        if len(run) != n or (n and run[-1] - run[0] != n - 1):
+            raise Internal("earlier speech is not where the template put it")
+        placed += [replace(s, start=run[0] + s.start) for s in segments] if n else []
+        taken += n
+    return tuple(placed)
 
 
 def _reasoning_positions(budget: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -63,6 +63,16 @@ class DirectChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await self._bounded(write_all(), context, None)
         except RpcFailed:
             pass  # the status and its rich details are already on the context
+
+    async def Converse(self, requests: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext) -> None:
+        # Bounded by the session's own limits (voice.max_session_seconds, idle timeout), not the
+        # request timeout; written through the context for the reason ChatStream is.
+        try:
+            async with aclosing(self._api.converse(requests, context)) as events:
+                async for event in events:
+                    await context.write(event)
+        except RpcFailed:
+            pass
 
     async def CountTokens(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.CountTokensResponse:
         return await self._bounded(self._api.count_tokens(request, context), context, pb.CountTokensResponse())

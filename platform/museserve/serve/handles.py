@@ -18,8 +18,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from museserve.domain import ChatRequest
-from museserve.errors import Internal, MuseError, ResourceExhausted, Unavailable
-from museserve.messages import GenerationChunk, PreparedRequest, PromptCount
+from museserve.errors import Internal, MuseError, NotFound, ResourceExhausted, Unavailable
+from museserve.messages import GenerationChunk, LiveExtension, LiveOpened, MediaSegment, PreparedRequest, PromptCount
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +69,35 @@ class HandlePreprocessClient:
 
 
 class HandlePoolClient:
+    """Generation through a pool deployment. A live request (`live=True`) goes to `converse`;
+    its extensions follow it to the replica that holds it (`LiveOpened`, `serve.prefix_router`)."""
+
     def __init__(self, handle: DeploymentHandle, pool: str):
         self._handle = handle.options(stream=True)
+        self._unary = handle.options(stream=False)
         self._tier = f"model pool {pool}"
+        self._live_replicas: dict[str, str] = {}  # live request id -> the replica holding it
 
-    async def generate(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
-        responses = self._handle.generate.remote(request)
+    async def extend(
+        self, request_id: str, token_ids: list[int], media: tuple[MediaSegment, ...] = (), *, close: bool = False
+    ) -> None:
+        replica = self._live_replicas.get(request_id)
+        if replica is None:
+            raise NotFound(f"no live request {request_id!r}", field="request_id")
+        extension = LiveExtension(request_id, replica, tuple(token_ids), media, close)
+        try:
+            await self._unary.extend.remote(extension)
+        except Exception as e:
+            raise as_muse_error(e, self._tier) from None
+
+    async def generate(self, request: PreparedRequest, *, live: bool = False) -> AsyncIterator[GenerationChunk]:
+        responses = (self._handle.converse if live else self._handle.generate).remote(request)
         finished = False
         try:
             async for chunk in responses:
+                if isinstance(chunk, LiveOpened):
+                    self._live_replicas[request.request_id] = chunk.replica
+                    chunk = GenerationChunk()  # as the engine's own: the request is admitted
                 yield chunk
                 if chunk.finish is not None:
                     finished = True
@@ -86,6 +106,7 @@ class HandlePoolClient:
         except Exception as e:
             raise as_muse_error(e, self._tier) from None
         finally:
+            self._live_replicas.pop(request.request_id, None)
             if not finished:
                 # The caller went away (client cancel, deadline) or the stream failed:
                 # stop the replica's generation instead of letting it run to the end. Every

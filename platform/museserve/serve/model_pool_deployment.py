@@ -10,7 +10,7 @@ from museserve.config import MediaLimits, PoolConfig
 from museserve.config.lora import AdapterWishes
 from museserve.logs import setup_logging
 from museserve.lora.metrics import AdapterMetrics
-from museserve.messages import GenerationChunk, PreparedRequest
+from museserve.messages import GenerationChunk, LiveExtension, LiveOpened, PreparedRequest
 from museserve.metrics import EngineMetrics
 from museserve.modes.dispatch import ReplicaModes
 from museserve.preprocess.pool_model import pool_model
@@ -57,6 +57,24 @@ class ModelPoolDeployment:
         cleanup ends the request in the engine at once and frees its blocks."""
         async for chunk in self.modes.generate(request):
             yield chunk
+
+    async def converse(self, request: PreparedRequest) -> AsyncIterator[LiveOpened | GenerationChunk]:
+        """A live request (`MuseEngine.generate(live=True)`): first this replica's id, once the
+        request is admitted, then its chunks once the prompt is closed. A gateway that stops
+        reading cancels the call, which ends the request and frees its blocks at once."""
+        opened = False
+        async for chunk in self.engine.generate(request, live=True):
+            if opened:
+                yield chunk
+            else:
+                opened = True
+                yield LiveOpened(serve.get_replica_context().replica_id.unique_id)
+
+    async def extend(self, extension: LiveExtension) -> None:
+        """More prompt for a live request this replica holds (routed here by its `replica`)."""
+        await self.engine.extend(
+            extension.request_id, list(extension.token_ids), extension.media, close=extension.close
+        )
 
     async def record_routing_stats(self) -> dict:
         """Pulled by Serve's controller every `routing.stats_period_s` and pushed to every handle's

@@ -18,6 +18,8 @@ A request for a LoRA adapter that no replica holds the prefix of goes, where it 
 replica that already holds the adapter (`routing.adapter_affinity`): a cold load is the
 exception. Requests are matched to replicas by their own id (no FIFO reassignment, unlike Serve's
 power-of-two router): a replica chosen for one prompt's prefix must serve that prompt.
+
+A live request's extensions (`LiveExtension`: speech arriving) go to the replica that holds it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve._private.request_router.request_router import RequestRouter
 
 from museserve.gateway import pool_loads
-from museserve.messages import PreparedRequest, ReplicaLoad
+from museserve.messages import LiveExtension, PreparedRequest, ReplicaLoad
 from museserve.routing.adapter_affinity import warm_replicas
 from museserve.routing.choice import Reason
 from museserve.routing.feed import LOAD_STATS_KEY, ROUTING_STATS_KEY, KVFeed
@@ -92,6 +94,11 @@ class PrefixCacheRouter(RequestRouter):
         if not candidate_replicas:
             return []
         request = pending_request.args[0] if pending_request is not None and pending_request.args else None
+        if isinstance(request, LiveExtension):
+            # Only the replica holding the live request can take it; if that one is gone, any
+            # replica answers NOT_FOUND at once (better than waiting for a replica that is no more).
+            pinned = [r for r in candidate_replicas if r.replica_id.unique_id == request.replica]
+            return [pinned or candidate_replicas]
         if not isinstance(request, PreparedRequest) or not (self.by_prefix or request.adapter):
             return [self._power_of_two(candidate_replicas)]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}

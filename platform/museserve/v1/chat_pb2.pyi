@@ -34,6 +34,11 @@ class Speculation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SPECULATION_AUTO: _ClassVar[Speculation]
     SPECULATION_OFF: _ClassVar[Speculation]
+
+class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_PCM16: _ClassVar[AudioEncoding]
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_USER: Role
@@ -50,6 +55,8 @@ FINISH_REASON_TOOL_CALLS: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
 SPECULATION_AUTO: Speculation
 SPECULATION_OFF: Speculation
+AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
+AUDIO_ENCODING_PCM16: AudioEncoding
 
 class Image(_message.Message):
     __slots__ = ("data", "url", "mime_type")
@@ -362,3 +369,61 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class AudioFormat(_message.Message):
+    __slots__ = ("encoding", "sample_rate_hz")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    encoding: AudioEncoding
+    sample_rate_hz: int
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ...) -> None: ...
+
+class SessionStart(_message.Message):
+    __slots__ = ("request", "audio_format", "server_vad_silence_ms")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VAD_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    request: ChatRequest
+    audio_format: AudioFormat
+    server_vad_silence_ms: int
+    def __init__(self, request: _Optional[_Union[ChatRequest, _Mapping]] = ..., audio_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., server_vad_silence_ms: _Optional[int] = ...) -> None: ...
+
+class AudioChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class EndOfSpeech(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConverseRequest(_message.Message):
+    __slots__ = ("start", "audio", "end_of_speech")
+    START_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    END_OF_SPEECH_FIELD_NUMBER: _ClassVar[int]
+    start: SessionStart
+    audio: AudioChunk
+    end_of_speech: EndOfSpeech
+    def __init__(self, start: _Optional[_Union[SessionStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., end_of_speech: _Optional[_Union[EndOfSpeech, _Mapping]] = ...) -> None: ...
+
+class SpeechEnded(_message.Message):
+    __slots__ = ("audio_seconds", "audio_tokens", "detected")
+    AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_FIELD_NUMBER: _ClassVar[int]
+    audio_seconds: float
+    audio_tokens: int
+    detected: bool
+    def __init__(self, audio_seconds: _Optional[float] = ..., audio_tokens: _Optional[int] = ..., detected: _Optional[bool] = ...) -> None: ...
+
+class ConverseEvent(_message.Message):
+    __slots__ = ("turn", "speech_ended", "chat")
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_ENDED_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    turn: int
+    speech_ended: SpeechEnded
+    chat: ChatEvent
+    def __init__(self, turn: _Optional[int] = ..., speech_ended: _Optional[_Union[SpeechEnded, _Mapping]] = ..., chat: _Optional[_Union[ChatEvent, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class ChatServiceStub:
                 request_serializer=museserve_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=museserve_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Converse = channel.stream_stream(
+                '/museserve.v1.ChatService/Converse',
+                request_serializer=museserve_dot_v1_dot_chat__pb2.ConverseRequest.SerializeToString,
+                response_deserializer=museserve_dot_v1_dot_chat__pb2.ConverseEvent.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -92,6 +97,19 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Converse(self, request_iterator, context):
+        """/ A live voice conversation. The client opens the session (`start`), streams each turn's
+        / speech as it is spoken (`audio`), and ends the turn (`end_of_speech`, or the server's
+        / own end-of-speech detection). Speech is prefilled while it arrives, so the answer starts
+        / right after the speech ends. The answer streams back as `ChatEvent`s; speech that
+        / arrives while an answer streams cuts the answer off (barge-in) and opens the next turn.
+        / Each turn is charged like a ChatStream request; audio tokens are charged as they arrive.
+        / Cancelling the call ends the session and frees its resources at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +132,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=museserve_dot_v1_dot_chat__pb2.ListModelsRequest.FromString,
                     response_serializer=museserve_dot_v1_dot_chat__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Converse': grpc.stream_stream_rpc_method_handler(
+                    servicer.Converse,
+                    request_deserializer=museserve_dot_v1_dot_chat__pb2.ConverseRequest.FromString,
+                    response_serializer=museserve_dot_v1_dot_chat__pb2.ConverseEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +248,33 @@ class ChatService:
             '/museserve.v1.ChatService/ListModels',
             museserve_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
             museserve_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Converse(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/museserve.v1.ChatService/Converse',
+            museserve_dot_v1_dot_chat__pb2.ConverseRequest.SerializeToString,
+            museserve_dot_v1_dot_chat__pb2.ConverseEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Live voice: speech streamed in as it is spoken, prefilled as it arrives (`VoiceSession`)."""
