@@ -4,7 +4,8 @@ Every bound is checked before the samples are decoded: bytes, container, header 
 channels, rate, encoding) and the token count the clip will need. Decoding is then bounded by
 the header's frame count, and every refusal is an `InvalidArgument` naming the client's field.
 
-Features are log-mel frames of the mono clip at `audio_sample_rate` (see `audio_dsp`).
+Features are log-mel frames (`audio_mel`) of the mono clip resampled to `audio_sample_rate`
+(`audio_resample`); `audio_stream` computes the same rows from a live stream.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import soundfile as sf
 
 from museserve.config import MediaLimits
 from museserve.errors import InvalidArgument
-from museserve.preprocess.audio_frames import num_frames, resample_kernel_taps
+from museserve.preprocess.audio_frames import num_frames, rate_refusal
+from museserve.preprocess.audio_mel import clip_log_mel, mel_spec, stack_frames
+from museserve.preprocess.audio_resample import resample_clip
 
-MIN_SAMPLE_RATE = 4_000
-MAX_SAMPLE_RATE = 96_000
 MAX_CHANNELS = 8
-MAX_RESAMPLE_KERNEL = 1 << 22  # taps of one polyphase kernel; rates with no small ratio are refused
 _ENCODINGS = {
     "wav": ({"WAV", "WAVEX"}, {"PCM_U8", "PCM_S8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}),
     "flac": ({"FLAC"}, {"PCM_S8", "PCM_16", "PCM_24"}),
@@ -67,16 +67,11 @@ def load_audio(data: bytes, fmt: str, limits: MediaLimits, field: str) -> AudioF
 
 
 def _features(mono: np.ndarray, rate: int, frames: int, limits: MediaLimits) -> AudioFeatures:
-    # torch is loaded with the first clip: tiers that never decode audio never import it.
-    import torch
-
-    from museserve.preprocess.audio_dsp import log_mel, resample, stack_frames
-
-    samples = resample(torch.from_numpy(mono), rate, limits.audio_sample_rate)
-    digest = hashlib.sha256(samples.numpy().astype("<f4").tobytes()).hexdigest()
-    mel = log_mel(samples, limits.audio_sample_rate, limits.audio_mel_bins)  # [frames, mel_bins]
-    rows = stack_frames(mel, limits.audio_frames_per_token)  # [num_tokens, feature_dim]
-    return AudioFeatures(rows.numpy().tobytes(), rows.shape[0], rows.shape[1], frames / rate, digest)
+    samples = resample_clip(mono, rate, limits.audio_sample_rate)  # [ceil(frames * out / rate)] float32
+    digest = hashlib.sha256(samples.astype("<f4").tobytes()).hexdigest()
+    mel = clip_log_mel(samples, mel_spec(limits.audio_sample_rate, limits.audio_mel_bins))  # [frames, mel_bins]
+    rows = stack_frames(mel, limits.audio_frames_per_token)  # [num_tokens, feature_dim] float16
+    return AudioFeatures(rows.tobytes(), rows.shape[0], rows.shape[1], frames / rate, digest)
 
 
 def _sniff(data: bytes, fmt: str, field: str) -> None:
@@ -111,10 +106,9 @@ def _check_header(clip: sf.SoundFile, fmt: str, limits: MediaLimits, field: str)
     containers, encodings = _ENCODINGS[fmt]
     if clip.format not in containers or clip.subtype not in encodings:
         raise InvalidArgument(f"{fmt.upper()} encoding {clip.subtype} is not supported", field=field)
-    if not MIN_SAMPLE_RATE <= clip.samplerate <= MAX_SAMPLE_RATE:
-        raise InvalidArgument(
-            f"sample rate {clip.samplerate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz", field=field
-        )
+    refusal = rate_refusal(clip.samplerate, limits.audio_sample_rate)
+    if refusal is not None:
+        raise InvalidArgument(refusal, field=field)
     if not 1 <= clip.channels <= MAX_CHANNELS:
         raise InvalidArgument(f"audio has {clip.channels} channels; at most {MAX_CHANNELS} are accepted", field=field)
     if clip.frames >= 1 << 62:  # libsndfile's "unknown" (a FLAC stream whose header omits its length)
@@ -125,12 +119,6 @@ def _check_header(clip: sf.SoundFile, fmt: str, limits: MediaLimits, field: str)
     if seconds > limits.max_audio_seconds:
         raise InvalidArgument(
             f"audio is {seconds:.1f} s long; at most {limits.max_audio_seconds:g} s are accepted", field=field
-        )
-    if resample_kernel_taps(clip.samplerate, limits.audio_sample_rate) > MAX_RESAMPLE_KERNEL:
-        raise InvalidArgument(
-            f"cannot resample {clip.samplerate} Hz to {limits.audio_sample_rate} Hz; use a standard rate "
-            "such as 16000, 44100 or 48000 Hz",
-            field=field,
         )
 
 

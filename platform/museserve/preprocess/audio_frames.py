@@ -1,9 +1,24 @@
-"""The arithmetic of audio tokens, without torch: frame counts and the resampling kernel's size,
-so a clip's bounds are checked before any signal processing (`audio_dsp`) is loaded."""
+"""The arithmetic of audio tokens: accepted rates, frame counts and the resampling kernel's size,
+so a clip's bounds are checked before any signal processing (`audio_resample`, `audio_mel`)."""
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
+
+MIN_SAMPLE_RATE = 4_000
+MAX_SAMPLE_RATE = 96_000
+MAX_RESAMPLE_KERNEL = 1 << 22  # taps of one polyphase kernel; rates with no small ratio are refused
+
+
+def rate_refusal(rate: int, feature_rate: int) -> str | None:
+    """Why audio at `rate` cannot become features at `feature_rate`; None when it can."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        return f"sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+    if resample_kernel_taps(rate, feature_rate) > MAX_RESAMPLE_KERNEL:
+        return f"cannot resample {rate} Hz to {feature_rate} Hz; use a standard rate such as 16000, 44100 or 48000 Hz"
+    return None
 
 
 def num_frames(num_samples: int, rate: int) -> int:
@@ -37,3 +52,10 @@ def cutoff(orig: int, new: int) -> float:
 
 def half_width(orig: int, new: int) -> int:
     return math.ceil(ZEROS / (2 * cutoff(orig, new)))
+
+
+def strided_rows(signal: np.ndarray, size: int, step: int, rows: int) -> np.ndarray:
+    """[rows, size] read-only view of a contiguous 1-D array: row r is signal[r * step : r * step + size]."""
+    assert signal.flags.c_contiguous and len(signal) >= (rows - 1) * step + size
+    item = signal.itemsize
+    return np.lib.stride_tricks.as_strided(signal, (rows, size), (step * item, item), writeable=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from museserve.domain import AudioPart, ChatRequest, ImagePart, Message, Mode, Role
+from museserve.domain import AudioPart, ChatRequest, ImagePart, Message, Mode, Role, TextPart
 from museserve.errors import FailedPrecondition, InvalidArgument
 from museserve.gateway.gateway import Gateway, MetadataSink
 from museserve.messages import MediaSegment
@@ -36,8 +36,10 @@ async def open_voice(
     route = gateway.router.route(request)
     pool = route.pool.name
     request = dataclasses.replace(request, adapter=route.adapter)
-    gateway.validate(request, route.pool)
-    check_format(settings, voice, settings.format_field)
+    # Checked as the first turn's request: the speech stands in as the user message it will be.
+    spoken = Message(Role.USER, (TextPart("speech"),))
+    gateway.validate(dataclasses.replace(request, messages=(*request.messages, spoken)), route.pool)
+    check_format(settings, voice, gateway.config.preprocess.media.audio_sample_rate)
     preprocessor = gateway.live_preprocessors()[pool]
 
     def prepare_live(turn: ChatRequest, history: Sequence[Sequence[MediaSegment]]):  # noqa: ANN202

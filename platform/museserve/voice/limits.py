@@ -12,12 +12,15 @@ from collections.abc import Callable
 
 from museserve.config.voice import VoiceConfig
 from museserve.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from museserve.preprocess.audio_frames import rate_refusal
 from museserve.voice.events import PCM16, VoiceSettings
 
 BYTES_PER_SAMPLE = 2  # PCM16 mono
 
 
-def check_format(settings: VoiceSettings, config: VoiceConfig, format_field: str) -> None:
+def check_format(settings: VoiceSettings, config: VoiceConfig, feature_rate: int) -> None:
+    """`feature_rate`: the rate speech is resampled to (`media.audio_sample_rate`)."""
+    format_field = settings.format_field
     if settings.encoding != PCM16:
         raise InvalidArgument(
             f"audio encoding {settings.encoding!r} is not supported; send pcm16 (signed 16-bit little-endian mono)",
@@ -29,6 +32,9 @@ def check_format(settings: VoiceSettings, config: VoiceConfig, format_field: str
             f"sample rate {rate} Hz is outside {config.min_sample_rate_hz}..{config.max_sample_rate_hz} Hz",
             field=f"{format_field}.sample_rate_hz",
         )
+    refusal = rate_refusal(rate, feature_rate)
+    if refusal is not None:
+        raise InvalidArgument(refusal, field=f"{format_field}.sample_rate_hz")
     silence = settings.vad_silence_ms
     if silence is not None and not 10 <= silence <= 5000:
         raise InvalidArgument(f"{silence} ms is outside 10..5000 ms", field="server_vad_silence_ms")
