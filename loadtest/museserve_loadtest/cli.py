@@ -21,6 +21,7 @@ from .multiturn import execute_conversations, format_conversation_summary
 from .runner import RunConfig
 from .stats import parse_slo
 from .sweep import find_knee, sweep_rates
+from .voice_run import execute_voice, format_voice_summary
 from .workload import WorkloadError, load_workload
 
 
@@ -73,9 +74,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-requests",
         type=int,
-        help="stop dispatching after this many (whichever bound first); conversations, for a multi-turn workload",
+        help="stop dispatching after this many (whichever bound first); conversations or sessions, for a "
+        "multi-turn or voice workload",
     )
-    p.add_argument("--concurrency", type=int, help="cap on requests in flight; the rest wait, and it counts")
+    p.add_argument(
+        "--concurrency", type=int, help="cap on requests in flight (voice: sessions open); the rest wait, and it counts"
+    )
     p.add_argument("--warmup", type=float, default=0.0, help="seconds at the start excluded from the stats")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="after the duration; then cancel the rest")
     p.add_argument("--deadline", type=float, default=60.0, help="per-request deadline in seconds")
@@ -128,7 +132,7 @@ def _one_run(args: argparse.Namespace, rate: float, plots_stem: Path | None) -> 
     workload = load_workload(args.workload)
     if args.model is not None:
         workload = workload.model_copy(update={"model": args.model})
-    run = execute if workload.conversation is None else execute_conversations
+    run = execute_voice if workload.voice else execute_conversations if workload.conversation else execute
     report, result = run(_target(args), workload, _config(args, rate), parse_slo(args.slo),
                          default_key=default_key, quiet=args.quiet)  # fmt: skip
     if plots_stem is not None:
@@ -156,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"ttft p50 {'-' if ttft is None else f'{ttft:.3f}s'}  goodput {report['goodput']['fraction']:.3f}")  # fmt: skip
     if "conversations" in report:
         print(format_conversation_summary(report))
+    if "voice" in report:
+        print(format_voice_summary(report))
     return 0
 
 
@@ -188,12 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         required=True,
-        help="target requests per second; new conversations per second for a multi-turn workload (e.g. multiturn)",
+        help="target requests per second; new conversations (sessions) per second for a multi-turn (voice) workload",
     )
     run.set_defaults(func=cmd_run)
     sweep = sub.add_parser("sweep", help="runs at increasing rates; finds the knee")
     _add_run_options(sweep)
-    sweep.add_argument("--rates", help="comma-separated rates, e.g. 1,2,4,8 (conversations/s when multi-turn)")
+    sweep.add_argument("--rates", help="comma-separated rates, e.g. 1,2,4,8 (conversations/s or sessions/s when "
+                       "multi-turn or voice)")  # fmt: skip
     sweep.add_argument("--start", type=float)
     sweep.add_argument("--stop", type=float)
     sweep.add_argument("--steps", type=int)

@@ -1,5 +1,6 @@
 """ChatStream over gRPC (grpc.aio): plaintext or TLS, `authorization: Bearer` metadata, retries
-before the first event as `museserve.client.RetryPolicy` says."""
+before the first event as `museserve.client.RetryPolicy` says; and Converse calls opened for
+voice sessions (voice_session.py)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def to_proto(spec: RequestSpec) -> pb.ChatRequest:
     return pb.ChatRequest(model=spec.model, messages=_messages(spec), sampling=sampling, mode=mode)
 
 
+def record_chat_event(sample: Sample, event: pb.ChatEvent, at: float) -> bool:
+    """Records a ChatStream event (or a Converse answer's) that arrived at `at`: a token time
+    per content event, the answer text, the usage counts. True for the finish event."""
+    kind = event.WhichOneof("event")
+    if kind in ("text_delta", "reasoning_delta"):
+        sample.token_times.append(at)
+        if kind == "text_delta" and sample.answer_parts is not None:
+            sample.answer_parts.append(event.text_delta)
+    elif kind == "usage":
+        u = event.usage
+        sample.input_tokens, sample.cached_tokens = u.prompt_tokens, u.cached_tokens
+        sample.output_tokens, sample.reasoning_tokens = u.output_tokens, u.reasoning_tokens
+    return kind == "finish"
+
+
 class GrpcTransport:
     """`channels` > 1 opens that many connections and sends round-robin over them, as a
     fleet of clients would: a server that spreads connections (SO_REUSEPORT, an L4 load
@@ -68,10 +84,20 @@ class GrpcTransport:
         self.retry = retry
         self._next = itertools.count()
 
+    def _call_metadata(self, user: str, api_key: str | None) -> list[tuple[str, str]]:
+        metadata = [*self.metadata, ("x-user-id", user)]
+        if api_key:
+            metadata.append(("authorization", f"Bearer {api_key}"))
+        return metadata
+
+    def converse(self, user: str, api_key: str | None) -> grpc.aio.StreamStreamCall:
+        """Opens a Converse call on the next channel, with no deadline (a voice session bounds
+        each turn itself). Never retried: speech already sent cannot be taken back."""
+        stub = self.stubs[next(self._next) % len(self.stubs)]
+        return stub.Converse(metadata=self._call_metadata(user, api_key))
+
     async def send(self, spec: RequestSpec, sample: Sample, clock: Clock, timeout_s: float | None) -> None:
-        metadata = [*self.metadata, ("x-user-id", spec.user)]
-        if spec.api_key:
-            metadata.append(("authorization", f"Bearer {spec.api_key}"))
+        metadata = self._call_metadata(spec.user, spec.api_key)
         request = to_proto(spec)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s  # of every attempt together
         for attempt in itertools.count(1):
@@ -98,17 +124,7 @@ class GrpcTransport:
         try:
             async for event in call:
                 received = True
-                kind = event.WhichOneof("event")
-                if kind in ("text_delta", "reasoning_delta"):
-                    sample.token_times.append(clock())
-                    if kind == "text_delta" and sample.answer_parts is not None:
-                        sample.answer_parts.append(event.text_delta)
-                elif kind == "usage":
-                    u = event.usage
-                    sample.input_tokens, sample.cached_tokens = u.prompt_tokens, u.cached_tokens
-                    sample.output_tokens, sample.reasoning_tokens = u.output_tokens, u.reasoning_tokens
-                elif kind == "finish":
-                    finished = True
+                finished = record_chat_event(sample, event, clock()) or finished
             # A stream that ends OK without its finish event was cut short somewhere.
             sample.status = "OK" if finished else "STREAM_TRUNCATED"
             return None, received

@@ -4,6 +4,8 @@ Times are seconds on the run's monotonic clock (0 = the run's start). Every late
 taken from `scheduled`, the send time fixed before the run, never from when the client
 got round to sending: time spent waiting behind the concurrency cap or a late event loop
 counts against the server's latency, as a user would see it (no coordinated omission).
+A voice turn is `scheduled` at its end of speech (voice_session.py): its TTFT is the time from
+the end of speech to the first answer token.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class Sample:
     turn: int | None = None
     answer_parts: list[str] | None = None  # a list: the transport appends each answer text delta to it
     retries: int = 0  # attempts sent after the first (RetryPolicy); the status is the last attempt's
+    # Voice turns: seconds of speech streamed, the arrival of the server's `speech_ended`, the
+    # audio tokens it counted, and whether its own end-of-speech detection ended the turn.
+    speech_s: float | None = None
+    speech_ended: float | None = None
+    audio_tokens: int = 0
+    end_detected: bool | None = None
 
     @property
     def answer(self) -> str:

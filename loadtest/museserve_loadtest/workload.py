@@ -4,21 +4,30 @@ A workload says *what* requests look like (modes, modalities, prompt and output 
 shared prefixes, tenants, model); the command line says *how fast* they are sent. A workload
 with a `conversation` section is multi-turn: the rate is then of conversations, and the
 prompts are the growing histories of `conversation.user_words` turns (`prompt_words` unused).
+A workload with a `voice` section is of spoken sessions over Converse (see voice_workload.py):
+the rate is then of sessions, and `prompt_words` is unused too.
 Lengths are in words of a fixed vocabulary, roughly one token each for the Muse tokenizers.
 Keys are never written in a workload: `tenants[].key_env` names an environment variable.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .voice_workload import VOICE_MODES, VoiceSection
+from .workload_fields import Fixed, Length, LogNormal, SecondsRange, Strict, Uniform
+
+__all__ = [
+    "Conversation", "Fixed", "Length", "LogNormal", "ModalityMix", "ModeMix", "SecondsRange", "SharedPrefix",
+    "Tenant", "Uniform", "VoiceSection", "Workload", "WorkloadError", "load_workload", "parse_workload",
+    "resolve_workload",
+]  # fmt: skip
 
 
 class WorkloadError(ValueError):
@@ -29,52 +38,7 @@ class WorkloadError(ValueError):
         self.field = field
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Fixed(_Strict):
-    dist: Literal["fixed"] = "fixed"
-    value: int = Field(ge=1)
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return np.full(n, self.value, dtype=np.int64)
-
-
-class Uniform(_Strict):
-    dist: Literal["uniform"]
-    min: int = Field(ge=1)
-    max: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Uniform:
-        if self.max < self.min:
-            raise ValueError("max must be >= min")
-        return self
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(self.min, self.max + 1, size=n)
-
-
-class LogNormal(_Strict):
-    """Lognormal with the given mean (of the distribution, not of its log) and log-sigma,
-    clipped to [min, max]: long tails without unbounded requests."""
-
-    dist: Literal["lognormal"]
-    mean: float = Field(gt=0)
-    sigma: float = Field(gt=0, le=3)
-    min: int = Field(1, ge=1)
-    max: int = Field(ge=1)
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        mu = math.log(self.mean) - self.sigma**2 / 2
-        return np.clip(np.rint(rng.lognormal(mu, self.sigma, size=n)), self.min, self.max).astype(np.int64)
-
-
-Length = Annotated[Fixed | Uniform | LogNormal, Field(discriminator="dist")]
-
-
-class ModeMix(_Strict):
+class ModeMix(Strict):
     mode: Literal["instant", "thinking", "contemplating"]
     weight: float = Field(1.0, gt=0)
     thinking_budget: int | None = Field(None, ge=0, description="reasoning tokens per agent; unset: model default")
@@ -87,7 +51,7 @@ class ModeMix(_Strict):
         return self
 
 
-class ModalityMix(_Strict):
+class ModalityMix(Strict):
     """text: prompt only; image: `count` PNGs of width x height; audio: a WAV of `seconds`."""
 
     kind: Literal["text", "image", "audio"]
@@ -99,7 +63,7 @@ class ModalityMix(_Strict):
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
 
 
-class SharedPrefix(_Strict):
+class SharedPrefix(Strict):
     """`fraction` of requests start with one of `count` prefixes of `words` words."""
 
     fraction: float = Field(ge=0, le=1)
@@ -107,23 +71,7 @@ class SharedPrefix(_Strict):
     words: int = Field(ge=1, le=200_000)
 
 
-class SecondsRange(_Strict):
-    """Uniform in [min, max] seconds."""
-
-    min: float = Field(ge=0, le=3600)
-    max: float = Field(ge=0, le=3600)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SecondsRange:
-        if self.max < self.min:
-            raise ValueError("max must be >= min")
-        return self
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.uniform(self.min, self.max, size=n)
-
-
-class Conversation(_Strict):
+class Conversation(Strict):
     """Multi-turn conversations. Each tenant entry gets its own system prompt of
     `system_prompt_words` words; a conversation has `turns` user turns of `user_words` words,
     each sent `think_time_s` after the previous answer has fully arrived, with the whole
@@ -135,14 +83,14 @@ class Conversation(_Strict):
     think_time_s: SecondsRange = SecondsRange(min=0.1, max=0.5)
 
 
-class Tenant(_Strict):
+class Tenant(Strict):
     name: str = Field(min_length=1)
     key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="env var holding the API key")
     weight: float = Field(1.0, gt=0)
     user: str = "loadtest"
 
 
-class Workload(_Strict):
+class Workload(Strict):
     name: str = Field(min_length=1)
     description: str = ""
     model: str = ""  # empty: the deployment's default model
@@ -153,7 +101,8 @@ class Workload(_Strict):
     output_tokens: Length = Fixed(value=32)
     shared_prefix: SharedPrefix | None = None
     tenants: list[Tenant] = Field(default_factory=lambda: [Tenant(name="default")], min_length=1)
-    conversation: Conversation | None = None  # declared last: its check reads the fields above
+    conversation: Conversation | None = None  # declared after the fields its check reads
+    voice: VoiceSection | None = None  # declared last: its check reads every field above
 
     @field_validator("conversation")
     @classmethod
@@ -167,6 +116,21 @@ class Workload(_Strict):
         names = [t.name for t in info.data.get("tenants", [])]
         if len(set(names)) != len(names):
             raise ValueError("each tenant entry has its own system prompt: tenant names must be distinct")
+        return value
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_is_speech_only(cls, value: VoiceSection | None, info: ValidationInfo) -> VoiceSection | None:
+        if value is None:
+            return value
+        if info.data.get("conversation") is not None:
+            raise ValueError("a workload has a conversation section or a voice section, not both")
+        if any(m.kind != "text" for m in info.data.get("modalities", [])):
+            raise ValueError("a voice workload sends speech only: modalities must all be text")
+        if info.data.get("shared_prefix") is not None:
+            raise ValueError("a voice workload has no shared prefixes: drop shared_prefix")
+        if bad := sorted({m.mode for m in info.data.get("modes", []) if m.mode not in VOICE_MODES}):
+            raise ValueError(f"a voice session is {' or '.join(VOICE_MODES)}: modes has {', '.join(bad)}")
         return value
 
     def keys(self, environ: Mapping[str, str], default_key: str | None = None) -> dict[str, str | None]:

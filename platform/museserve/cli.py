@@ -43,6 +43,28 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--user", default="", help="sent as x-user-id")
     chat.set_defaults(func=_chat)
 
+    talk = commands.add_parser("talk", help="speak an audio file to the server over Converse (live voice)")
+    talk.add_argument("--audio", type=Path, required=True, help="the speech: a WAV (or FLAC) file, mixed down to mono")
+    talk.add_argument("--realtime", action="store_true", help="send the speech at the pace it was spoken")
+    talk.add_argument("--address", default="127.0.0.1:50051", help="gRPC address (default %(default)s)")
+    talk.add_argument("--model", default="", help="model name (default: the server's default)")
+    talk.add_argument("--mode", choices=["instant", "thinking"], default="instant")
+    talk.add_argument("--thinking-budget", type=int, help="most reasoning tokens (thinking mode)")
+    talk.add_argument("--system", default="", help="a system message")
+    talk.add_argument("--max-tokens", "--max-output-tokens", dest="max_tokens", type=int, help="most answer tokens")
+    talk.add_argument("--temperature", type=float)
+    talk.add_argument("--seed", type=int)
+    talk.add_argument("--chunk-ms", type=int, default=20, help="milliseconds of speech per chunk (default %(default)s)")
+    talk.add_argument(
+        "--vad-silence-ms",
+        type=int,
+        help="let the server detect the end of speech after this much silence (appended) instead of end_of_speech",
+    )
+    talk.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds (default %(default)s)")
+    talk.add_argument("--api-key", default="", help="sent as x-api-key")
+    talk.add_argument("--user", default="", help="sent as x-user-id")
+    talk.set_defaults(func=_talk)
+
     config_cmd = commands.add_parser("config", help="configuration tools")
     config_sub = config_cmd.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file")
@@ -273,6 +295,12 @@ def _chat(args: argparse.Namespace) -> int:
         return 130
     finally:
         client.close()
+
+
+def _talk(args: argparse.Namespace) -> int:
+    from museserve.talk.command import run_talk  # deferred: numpy and soundfile only here
+
+    return run_talk(args)
 
 
 def _print_usage(usage, model: str, finish: str) -> None:

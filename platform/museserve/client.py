@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -161,6 +161,12 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
+class ConverseCall(Iterator[pb.ConverseEvent], Protocol):
+    """A Converse call of the blocking client: its events, and `cancel()` to end the session."""
+
+    def cancel(self) -> bool: ...
+
+
 class ChatClient:
     """A blocking client; `metadata` carries identity (`x-api-key`, `x-user-id`); `retry`
     says how calls that fail before any output are tried again (`NO_RETRY`: never). Each
@@ -182,6 +188,12 @@ class ChatClient:
             self.retry,
             deadline,
         )
+
+    def converse(self, requests: Iterator[pb.ConverseRequest], timeout: float | None = None) -> ConverseCall:
+        """A Converse session: `requests` is read on gRPC's own thread as it yields, and the
+        result is both the event iterator and the call (`cancel()` ends the session). Never
+        retried: speech already sent cannot be taken back."""
+        return self.stub.Converse(requests, timeout=timeout, metadata=self.metadata)
 
     def count_tokens(self, request: pb.ChatRequest, timeout: float | None = None) -> pb.CountTokensResponse:
         return self._unary(self.stub.CountTokens, request, timeout)
