@@ -1,6 +1,7 @@
 """The gateway tier: the Serve ingress for gRPC (ChatService, grpc.health.v1) and HTTP.
 
-A thin shell: the request path lives in `Gateway`, `GrpcChatApi` and `OpenAIHttpApi`.
+A thin shell: the request path lives in `Gateway`, `GrpcChatApi`, `OpenAIHttpApi` and
+`RealtimeApi` (the Realtime WebSocket, which Serve's HTTP proxy passes through).
 Method names of the gRPC side must equal the RPC names; the proxy routes by them. The
 HTTP side is the OpenAI-compatible API; FastAPI serves its OpenAPI document at
 `/openapi.json`.
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import Query, Request
+from fastapi import Query, Request, WebSocket
 from fastapi.responses import Response
 from grpc_health.v1 import health_pb2
 from ray import serve
@@ -24,6 +25,7 @@ from museserve.api.grpc_api import GrpcChatApi
 from museserve.api.openai.body_limit import BodyLimit
 from museserve.api.openai.completions_schemas import CompletionRequest
 from museserve.api.openai.http_api import OpenAIHttpApi, install_error_handlers
+from museserve.api.openai.realtime import RealtimeApi
 from museserve.api.openai.responses import (
     CHAT_RESPONSES,
     COMPLETION_RESPONSES,
@@ -77,6 +79,7 @@ class GatewayIngress:
         self._api = GrpcChatApi(self._gateway)
         self._openai = OpenAIHttpApi(self._gateway)
         self._responses = ResponsesHttpApi(self._gateway)
+        self._realtime = RealtimeApi(self._gateway)
         self._direct = DirectGrpcIngress.from_config(self._api, config)
         if self._direct is not None:
             await self._direct.start()
@@ -126,6 +129,11 @@ class GatewayIngress:
 
     async def ChatStream(self, request: pb.ChatRequest, grpc_context) -> AsyncIterator[pb.ChatEvent]:
         async for event in self._api.chat_stream(request, grpc_context):
+            yield event
+
+    async def Converse(self, request_stream, grpc_context) -> AsyncIterator[pb.ConverseEvent]:
+        """Bidirectional: Serve's proxy hands the client's messages over as a `gRPCInputStream`."""
+        async for event in self._api.converse(request_stream, grpc_context):
             yield event
 
     async def CountTokens(self, request: pb.ChatRequest, grpc_context) -> pb.CountTokensResponse:
@@ -190,6 +198,11 @@ class GatewayIngress:
         order: Literal["asc", "desc"] = "desc",
     ) -> Response:
         return await self._responses.list_input_items(response_id, request, after, limit, order)
+
+    @http_app.websocket("/v1/realtime")
+    async def realtime(self, websocket: WebSocket) -> None:
+        """The Realtime API: speech in, text answers out (`?model=MODEL`)."""
+        await self._realtime.connect(websocket)
 
     @http_app.get("/v1/models", response_model=ModelList, responses=OPENAI_ERRORS)
     async def list_models(self, request: Request) -> Response:

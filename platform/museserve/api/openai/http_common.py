@@ -13,8 +13,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from fastapi import Request
 from fastapi.responses import Response
+from starlette.requests import HTTPConnection
 
 from museserve.api.grpc_api import REQUEST_ID
 from museserve.api.openai.errors import error_response
@@ -27,13 +27,13 @@ logger = logging.getLogger(__name__)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def request_id_of(request: Request) -> str:
+def request_id_of(request: HTTPConnection) -> str:
     """The client's `x-request-id` when it is a valid id, else a fresh one."""
     candidate = request.headers.get("x-request-id", "")
     return candidate if REQUEST_ID.fullmatch(candidate) else uuid.uuid4().hex
 
 
-def credentials_of(request: Request, body_user: str | None) -> Credentials:
+def credentials_of(request: HTTPConnection, body_user: str | None) -> Credentials:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     api_key = token.strip() if scheme.lower() == "bearer" else ""
     user = request.headers.get("x-user-id") or body_user or ""
