@@ -31,6 +31,7 @@ from tests.voice_support import (
 
 GREEDY = pb.SamplingParams(temperature=0.0, max_output_tokens=12)
 SYSTEM = "Answer the question you hear."
+RATE = 16_000
 
 
 async def whole_clip_answer(server: VoiceServer, samples, request_id: str = "whole") -> tuple[str, int]:
@@ -177,3 +178,18 @@ async def test_a_model_without_audio_input_is_refused_before_any_audio() -> None
     request.start.request.model = "nonexistent"
     error = await refused(server, [request])
     assert error.code == grpc.StatusCode.NOT_FOUND or error.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_server_detected_turns_open_on_speech_and_silence_never_cuts_an_answer() -> None:
+    import numpy as np
+
+    server = VoiceServer(voice_config())
+    sampling = pb.SamplingParams(temperature=0.0, max_output_tokens=12, ignore_eos=True)
+    quiet = np.zeros(RATE, "<i2")
+    audio_in = np.concatenate([quiet[: RATE // 2], speech(1.5, seed=9), quiet, quiet])  # a microphone left open
+    async with server.serving() as stub:
+        got = await converse(stub, [start(SYSTEM, sampling=sampling, server_vad_silence_ms=300),
+                                    *map(audio, chunks(audio_in, ms=20))])  # fmt: skip
+    (turn,) = got.turns.values()  # the silence before and after the speech opened no turn
+    assert turn.speech_ended.detected and 1.5 <= turn.speech_ended.audio_seconds <= 2.2
+    assert turn.finish == pb.FINISH_REASON_LENGTH and turn.usage.output_tokens == 12

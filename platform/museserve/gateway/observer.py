@@ -28,6 +28,10 @@ class GatewayObserver(Protocol):
         """outcome: recorded, candidate_failed, skipped, skipped_scaled_to_zero (the candidate has
         no replica) or record_failed; lag from the later of the two answers to the record written."""
 
+    def voice_turn(self, pool: str, end: str, audio_seconds: float) -> None:
+        """A voice session's turn ended (end: answered, interrupted by new speech or a cancel,
+        unanswered, failed) after `audio_seconds` of speech."""
+
     def request(self, api: str, code: str) -> None:
         """A chat request ended at the API edge (api: grpc or http) with this final status:
         a gRPC code name (OK, INVALID_ARGUMENT, ..., CANCELLED when the caller went away)."""
@@ -46,6 +50,8 @@ class CountingObserver:
         self.requests: Counter[tuple[str, str]] = Counter()  # by (api, code)
         self.degradations: Counter[tuple[str, str, str]] = Counter()  # by (pool, tier, kind)
         self.queue_estimates: list[tuple[str, float]] = []
+        self.voice_turns: Counter[tuple[str, str]] = Counter()  # by (pool, end)
+        self.voice_audio_seconds = 0.0
 
     def redis_error(self, component: str) -> None:
         self.redis_errors[component] += 1
@@ -66,6 +72,10 @@ class CountingObserver:
         self.mirrors[outcome] += 1
         if lag_s is not None:
             self.mirror_lags.append(lag_s)
+
+    def voice_turn(self, pool: str, end: str, audio_seconds: float) -> None:
+        self.voice_turns[pool, end] += 1
+        self.voice_audio_seconds += audio_seconds
 
     def request(self, api: str, code: str) -> None:
         self.requests[api, code] += 1

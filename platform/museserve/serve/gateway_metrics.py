@@ -54,6 +54,15 @@ class GatewayMetrics:
             QUEUE_ESTIMATE_BUCKETS,
             ("model",),
         )
+        self._voice_turns = Counter(
+            "museserve_voice_turns_total",
+            "Turns of live voice sessions by pool and how they ended: answered, interrupted (barge-in or a "
+            "cancel), unanswered, failed.",
+            ("model", "end"),
+        )
+        self._voice_audio = Counter(
+            "museserve_voice_audio_seconds_total", "Seconds of speech taken in by voice sessions.", ("model",)
+        )
         self._mirror_lag = Histogram(
             "museserve_gateway_mirror_lag_seconds",
             "From both answers in to the mirror record written.",
@@ -79,6 +88,11 @@ class GatewayMetrics:
 
     def redis_error(self, component: str) -> None:
         self._redis_errors.inc(1, {"component": component})
+
+    def voice_turn(self, pool: str, end: str, audio_seconds: float) -> None:
+        self._voice_turns.inc(1, {"model": pool, "end": end})
+        if audio_seconds > 0:
+            self._voice_audio.inc(audio_seconds, {"model": pool})
 
     def request(self, api: str, code: str) -> None:
         self._requests.inc(1, {"api": api, "code": code})

@@ -67,6 +67,7 @@ async def open_voice(
         charge_request=charge_request,
         charge_tokens=charge_tokens,
         settle=lambda tokens: gateway.settle_later(identity, tokens),
+        observe_turn=lambda end, seconds: gateway.observer.voice_turn(pool, end, seconds),
         request_timeout_s=gateway.config.server.request_timeout_s,
     )
     return VoiceSession(dataclasses.replace(settings, request=request), ports)

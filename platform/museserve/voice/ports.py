@@ -26,4 +26,5 @@ class VoicePorts:
     charge_request: Callable[[int], Awaitable[None]]  # a turn: one request and its prompt tokens
     charge_tokens: Callable[[int], Awaitable[None]]  # speech tokens as they arrive
     settle: Callable[[int], None]  # a turn's output tokens, once it ends
+    observe_turn: Callable[[str, float], None]  # how a turn ended, and its seconds of speech
     request_timeout_s: float  # the answer's bound, after the speech

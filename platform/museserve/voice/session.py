@@ -23,13 +23,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
+
 from museserve.domain import AudioPart, Finish, FinishReason, Message, Role, TextPart, Usage
 from museserve.errors import Cancelled, Internal, InvalidArgument, MuseError
 from museserve.gateway.capture import StreamCapture
 from museserve.gateway.events import StreamEvents
 from museserve.messages import MediaSegment
+from museserve.preprocess.audio_stream import StreamingAudioFeatures, pcm16_to_float
+from museserve.preprocess.speech_end import SpeechEndDetector
 from museserve.voice.events import AnswerEvent, SpeechEnded, SpeechStarted, VoiceEvent, VoiceSettings
 from museserve.voice.limits import ChunkGate
+from museserve.voice.onset import SpeechOnset
 from museserve.voice.ports import VoicePorts
 from museserve.voice.turn import LiveTurn
 
@@ -54,28 +59,42 @@ class VoiceSession:
         self._answer: asyncio.Task | None = None
         self._error: MuseError | None = None
         self._closed = False
+        self._onset = SpeechOnset(settings.sample_rate_hz, ports.config.vad_threshold_db)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     # -- the edge's calls ---------------------------------------------------------------
 
     async def audio(self, pcm: bytes) -> None:
+        """Speech of the open turn. With no turn open, audio opens one; it waits for speech
+        (`SpeechOnset`) where the server detects turns or an answer is streaming, so silence
+        neither opens a turn nor cuts the answer off; speech over an answer is barge-in."""
         self._check_open()
         try:
             self.gate.check_chunk(pcm)
             self.gate.check_session()
+            samples: np.ndarray | None = pcm16_to_float(pcm)
             if self._turn is None or self._turn.speech_ended:
+                if self.settings.vad_silence_ms is not None or self._answering:
+                    samples = self._onset.take(samples)
+                    if samples is None:
+                        return  # no speech yet
                 await self._next_turn()
-            from museserve.preprocess.audio_stream import pcm16_to_float
-
-            samples = pcm16_to_float(pcm)
-            turn = self._turn
-            turn.add(self._features.push(samples))
-            self.gate.check_turn(self._features.seconds)
-            if self._detector is not None and self._detector.push(samples):
-                await self._end_speech(detected=True)
+            await self._take(samples)
         except MuseError as e:
             await self._fail(e)
             raise
+
+    async def _take(self, samples: np.ndarray) -> None:
+        turn = self._turn
+        turn.add(self._features.push(samples))
+        turn.audio_seconds = self._features.seconds
+        self.gate.check_turn(turn.audio_seconds)
+        if self._detector is not None and self._detector.push(samples):
+            await self._end_speech(detected=True)
+
+    @property
+    def _answering(self) -> bool:
+        return self._answer is not None and not self._answer.done()
 
     async def end_of_speech(self) -> None:
         self._check_open()
@@ -145,19 +164,16 @@ class VoiceSession:
         self._watchdog.cancel()
         await self._cut_answer()
         if self._turn is not None:
-            await self._end_turn(self._turn, "")
+            await self._end_turn(self._turn, "", "unanswered")
         self._events.put_nowait(_END)
 
     # -- turns ----------------------------------------------------------------------------
 
     async def _next_turn(self) -> None:
         await self._cut_answer()  # barge-in: the user speaks over the answer
-        from museserve.preprocess.audio_stream import StreamingAudioFeatures
-        from museserve.preprocess.speech_end import SpeechEndDetector
-
         ports, settings = self.ports, self.settings
         if self._turn is not None and not self._turn.ended:
-            await self._end_turn(self._turn, "")  # speech that was never answered stays as history
+            await self._end_turn(self._turn, "", "unanswered")  # speech never answered stays as history
         index = self._turns
         request = settings.request
         messages = (*self._messages, Message(Role.USER, (SPEECH_PART,)))
@@ -202,6 +218,7 @@ class VoiceSession:
         pool = turn.prompt.prepared.pool
         events = StreamEvents(turn.prompt.prepared, pool, "", usage_in_stream=False)
         capture = StreamCapture(pool, keep_text=True)
+        end = "failed"
         try:
             async for chunk in turn.answer():
                 capture.observe(chunk)
@@ -209,7 +226,9 @@ class VoiceSession:
                     self._events.put_nowait(AnswerEvent(turn.index, event))
             if not capture.finish:
                 raise Internal(f"model {pool} ended the answer's stream early")
-        except asyncio.CancelledError:  # cut off: what was streamed is all the client got
+            end = "answered"
+        except asyncio.CancelledError:
+            end = "interrupted"  # cut off: what was streamed is all the client got
             usage = Usage(prompt_tokens=turn.num_prompt_tokens, output_tokens=capture.generated_tokens)
             self._events.put_nowait(AnswerEvent(turn.index, usage))
             self._events.put_nowait(AnswerEvent(turn.index, Finish(FinishReason.CANCELLED, pool)))
@@ -218,13 +237,15 @@ class VoiceSession:
             await self._fail(e)
         finally:
             self.ports.settle(capture.output_tokens)
-            await self._end_turn(turn, "".join(capture.text))
+            await self._end_turn(turn, "".join(capture.text), end)
 
-    async def _end_turn(self, turn: LiveTurn, answer_text: str) -> None:
-        """The turn leaves the replica; its speech and the answer heard stay as history."""
+    async def _end_turn(self, turn: LiveTurn, answer_text: str, end: str) -> None:
+        """The turn leaves the replica; its speech and the answer heard stay as history.
+        `end`: answered, interrupted, unanswered or failed (`GatewayObserver.voice_turn`)."""
         if turn.ended:
             return
         await turn.abort()
+        self.ports.observe_turn(end, turn.audio_seconds)
         if turn.num_sent_tokens:
             self._messages.append(Message(Role.USER, (SPEECH_PART,)))
             self._speech.append(tuple(turn.segments))
@@ -262,13 +283,13 @@ class VoiceSession:
         if self._answer is not None and asyncio.current_task() is not self._answer:
             await self._cut_answer()
         if self._turn is not None and self._answer is None:
-            await self._end_turn(self._turn, "")
+            await self._end_turn(self._turn, "", "failed")
 
     async def _watch(self) -> None:
         """The session's length and idle bounds, checked every half second."""
         while True:
             await asyncio.sleep(0.5)
-            answering = self._answer is not None and not self._answer.done()
+            answering = self._answering
             try:
                 self.gate.check_session()
                 if not answering:

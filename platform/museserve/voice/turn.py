@@ -62,6 +62,7 @@ class LiveTurn:
         self.num_sent_tokens = 0  # rows the replica has
         self.segments: list[MediaSegment] = []  # as sent; starts relative to the speech's first token
         self.speech_ended = False
+        self.audio_seconds = 0.0  # of speech taken in so far
         self._slot = slot
         self.ended = False
 
