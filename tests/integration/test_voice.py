@@ -88,3 +88,40 @@ def wait_for_phase(pool_handle, request_id: str, phases: set[str], timeout_s: fl
         if time.monotonic() > deadline:
             return record["phase"] if record is not None else "absent"
         time.sleep(0.05)
+
+
+async def test_the_realtime_websocket_through_serves_http_proxy_prompts_as_the_whole_clip(
+    app_config, grpc_address
+) -> None:
+    """The official client's `realtime.connect` to the app's HTTP port: speech sent as
+    `input_audio_buffer.append` makes the prompt the same audio as a clip makes (the GA session
+    has no temperature: the model's default samples the answer, so only its length is fixed)."""
+    import base64
+
+    import openai
+
+    samples = speech(1.5, seed=11)
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{app_config.server.http_port}/v1", api_key=TEST_KEY,
+                                max_retries=0)  # fmt: skip
+    async with client.realtime.connect(model="muse-tiny") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.session.update(session={"type": "realtime", "instructions": SYSTEM, "max_output_tokens": 16,
+                                           "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000},
+                                                               "turn_detection": None}}})  # fmt: skip
+        assert (await conn.recv()).type == "session.updated"
+        for data in chunks(samples, ms=100):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(data).decode())
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        text, usage = "", None
+        while True:
+            event = await asyncio.wait_for(conn.recv(), 60)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            elif event.type == "response.done":
+                usage = event.response.usage
+                break
+    async with grpc.aio.insecure_channel(grpc_address) as channel:
+        expected = await whole_clip(chat_pb2_grpc.ChatServiceStub(channel), samples, (("x-api-key", TEST_KEY),))
+    assert text and usage.output_tokens > 0
+    assert usage.input_tokens == expected[1]
