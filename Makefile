@@ -77,6 +77,7 @@ bench: install redis
 	$(PY) -m tests.bench.bench_kv_dtype --out .bench/kv_dtype.json
 	$(PY) -m tests.bench.bench_spec_decode --out .bench/spec_decode.json
 	$(PY) -m tests.bench.bench_lora --out .bench/lora.json
+	$(PY) -m tests.bench.bench_voice --out .bench/voice.json
 	$(PY) -m tests.bench.bench_gateway --out .bench/gateway.json
 	$(PY) -m tests.bench.bench_ingress --out .bench/ingress.json
 	$(PY) -m tests.bench.bench_modes --out .bench/modes.json
