@@ -20,23 +20,21 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import numpy as np
 
-from museserve.domain import AudioPart, Finish, FinishReason, Message, Role, TextPart, Usage
-from museserve.errors import Cancelled, Internal, InvalidArgument, MuseError
-from museserve.gateway.capture import StreamCapture
-from museserve.gateway.events import StreamEvents
+from museserve.domain import AudioPart, Message, Role, TextPart
+from museserve.errors import Cancelled, InvalidArgument, MuseError
 from museserve.messages import MediaSegment
 from museserve.preprocess.audio_stream import StreamingAudioFeatures, pcm16_to_float
 from museserve.preprocess.speech_end import SpeechEndDetector
-from museserve.voice.events import AnswerEvent, SpeechEnded, SpeechStarted, VoiceEvent, VoiceSettings
+from museserve.voice.answer import TurnAnswer
+from museserve.voice.events import SpeechEnded, SpeechStarted, VoiceEvent, VoiceSettings
 from museserve.voice.limits import ChunkGate
 from museserve.voice.onset import SpeechOnset
 from museserve.voice.ports import VoicePorts
-from museserve.voice.turn import LiveTurn
+from museserve.voice.turn import LiveTurn, open_turn
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +52,8 @@ class VoiceSession:
         self._speech: list[tuple[MediaSegment, ...]] = []  # per earlier turn, as sent
         self._turn: LiveTurn | None = None
         self._turns = 0
-        self._features = None  # the open turn's StreamingAudioFeatures
-        self._detector = None  # the open turn's SpeechEndDetector, with server end-of-speech detection
+        self._features: StreamingAudioFeatures | None = None  # the open turn's
+        self._detector: SpeechEndDetector | None = None  # the open turn's, with server end-of-speech detection
         self._answer: asyncio.Task | None = None
         self._error: MuseError | None = None
         self._closed = False
@@ -174,23 +172,9 @@ class VoiceSession:
         ports, settings = self.ports, self.settings
         if self._turn is not None and not self._turn.ended:
             await self._end_turn(self._turn, "", "unanswered")  # speech never answered stays as history
-        index = self._turns
         request = settings.request
         messages = (*self._messages, Message(Role.USER, (SPEECH_PART,)))
-        turn_request = dataclasses.replace(request, request_id=f"{request.request_id}-t{index}", messages=messages)
-        prompt = ports.prepare_live(turn_request, self._speech)
-        deadline = time.time() + ports.config.max_turn_seconds + ports.request_timeout_s
-        prepared = dataclasses.replace(prompt.prepared, deadline_unix_s=deadline, first_token_by_unix_s=0.0)
-        prompt = dataclasses.replace(prompt, prepared=prepared)
-        slot = ports.admit()
-        slot.__enter__()
-        turn = LiveTurn(index, prompt, ports.pool, ports.charge_tokens, ports.media.audio_feature_dim, slot)
-        try:
-            await ports.charge_request(prepared.num_prompt_tokens + len(prompt.tail_ids))
-            await turn.open()
-        except BaseException:
-            await turn.abort()
-            raise
+        turn = await open_turn(self._turns, dataclasses.replace(request, messages=messages), self._speech, ports)
         self._turn = turn
         self._turns += 1
         self._features = StreamingAudioFeatures(settings.sample_rate_hz, ports.media)
@@ -198,8 +182,8 @@ class VoiceSession:
         threshold = ports.config.vad_threshold_db
         self._detector = SpeechEndDetector(settings.sample_rate_hz, silence, threshold) if silence else None
         logger.info("voice session %s tenant=%s turn %d opened on pool %s", request.request_id,
-                    request.identity.tenant, index, prompt.prepared.pool)  # fmt: skip
-        self._events.put_nowait(SpeechStarted(index))
+                    request.identity.tenant, turn.index, turn.prompt.prepared.pool)  # fmt: skip
+        self._events.put_nowait(SpeechStarted(turn.index))
 
     async def _end_speech(self, *, detected: bool, respond: bool | None = None) -> None:
         turn = self._turn
@@ -215,29 +199,14 @@ class VoiceSession:
         self._answer = asyncio.get_running_loop().create_task(self._stream_answer(turn))
 
     async def _stream_answer(self, turn: LiveTurn) -> None:
-        pool = turn.prompt.prepared.pool
-        events = StreamEvents(turn.prompt.prepared, pool, "", usage_in_stream=False)
-        capture = StreamCapture(pool, keep_text=True)
-        end = "failed"
+        answer = TurnAnswer(turn, self._events.put_nowait)
         try:
-            async for chunk in turn.answer():
-                capture.observe(chunk)
-                for event in events.of(chunk):
-                    self._events.put_nowait(AnswerEvent(turn.index, event))
-            if not capture.finish:
-                raise Internal(f"model {pool} ended the answer's stream early")
-            end = "answered"
-        except asyncio.CancelledError:
-            end = "interrupted"  # cut off: what was streamed is all the client got
-            usage = Usage(prompt_tokens=turn.num_prompt_tokens, output_tokens=capture.generated_tokens)
-            self._events.put_nowait(AnswerEvent(turn.index, usage))
-            self._events.put_nowait(AnswerEvent(turn.index, Finish(FinishReason.CANCELLED, pool)))
-            raise
+            await answer.run()
         except MuseError as e:
             await self._fail(e)
         finally:
-            self.ports.settle(capture.output_tokens)
-            await self._end_turn(turn, "".join(capture.text), end)
+            self.ports.settle(answer.output_tokens)
+            await self._end_turn(turn, answer.text, answer.end)
 
     async def _end_turn(self, turn: LiveTurn, answer_text: str, end: str) -> None:
         """The turn leaves the replica; its speech and the answer heard stay as history.

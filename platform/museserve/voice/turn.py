@@ -14,15 +14,21 @@ it awaits each call before the next.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from museserve.domain import ChatRequest
 from museserve.engine.media import FEATURE_BYTES
 from museserve.errors import InvalidArgument
 from museserve.messages import GenerationChunk, MediaSegment, PreparedRequest
 from museserve.preprocess.preprocessor import LivePrompt
+
+if TYPE_CHECKING:
+    from museserve.voice.ports import VoicePorts  # ports names LivePool, defined here
 
 
 class LivePool(Protocol):
@@ -157,3 +163,26 @@ def speech_segments(segments: Sequence[MediaSegment], start: int) -> tuple[Media
     return tuple(
         MediaSegment(s.kind, start + s.start, s.num_tokens, s.feature_dim, s.features, s.digest) for s in segments
     )
+
+
+async def open_turn(
+    index: int, request: ChatRequest, speech: Sequence[Sequence[MediaSegment]], ports: VoicePorts
+) -> LiveTurn:
+    """Turn `index` of a session: `request` holds the conversation, its last message the user
+    turn whose speech is coming; `speech`, the earlier turns' segments. The turn takes the pool's
+    admission slot, is charged one request and its prompt, and its live request is admitted."""
+    request = dataclasses.replace(request, request_id=f"{request.request_id}-t{index}")
+    prompt = ports.prepare_live(request, speech)
+    deadline = time.time() + ports.config.max_turn_seconds + ports.request_timeout_s
+    prepared = dataclasses.replace(prompt.prepared, deadline_unix_s=deadline, first_token_by_unix_s=0.0)
+    prompt = dataclasses.replace(prompt, prepared=prepared)
+    slot = ports.admit()
+    slot.__enter__()
+    turn = LiveTurn(index, prompt, ports.pool, ports.charge_tokens, ports.media.audio_feature_dim, slot)
+    try:
+        await ports.charge_request(prepared.num_prompt_tokens + len(prompt.tail_ids))
+        await turn.open()
+    except BaseException:
+        await turn.abort()
+        raise
+    return turn
