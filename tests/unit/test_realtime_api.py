@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import openai
 import openai.types.realtime as ga
-import pytest
 from fastapi import FastAPI, WebSocket
 
 from museserve.api.openai.realtime import RealtimeApi
