@@ -86,6 +86,9 @@ async def test_barge_in_cuts_the_answer_charges_what_streamed_and_keeps_the_hist
     assert second.finish == pb.FINISH_REASON_LENGTH and second.usage.output_tokens == 400
     # The second turn's prompt repeats the first turn's speech and the answer heard: its KV came from the cache.
     assert second.usage.cached_tokens >= first.usage.prompt_tokens - 16
+    # Output charged: what each answer streamed, nothing past the cut.
+    charged = server.observer.token_counts["anonymous", "output"]
+    assert charged == first.usage.output_tokens + second.usage.output_tokens
 
 
 async def test_a_client_gone_mid_turn_frees_the_replicas_request_at_once() -> None:
