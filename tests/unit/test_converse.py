@@ -160,11 +160,22 @@ async def test_chunks_faster_than_the_rate_limit_are_refused() -> None:
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "voice.max_chunks_per_second" in error.details
 
 
+async def held_open(server: VoiceServer, messages: list[pb.ConverseRequest]) -> Refusal:
+    """Writes `messages`, then neither writes nor half-closes: reads until the server ends the call."""
+    async with server.serving() as stub:
+        call = stub.Converse()
+        for message in messages:
+            await call.write(message)
+        with pytest.raises(Refusal) as caught:
+            await read_all(call, Conversation())
+    return caught.value
+
+
 async def test_an_idle_session_and_a_session_past_its_length_end() -> None:
-    idle = await refused(VoiceServer(voice_config({"idle_timeout_s": 0.6})), [start(), audio(SECOND[0])], pace_s=1.6)
+    idle = await held_open(VoiceServer(voice_config({"idle_timeout_s": 0.6})), [start(), audio(SECOND[0])])
     assert idle.code == grpc.StatusCode.DEADLINE_EXCEEDED and "voice.idle_timeout_s" in idle.details
-    config = voice_config({"max_session_seconds": 0.6})
-    long = await refused(VoiceServer(config), [start(), *[audio(c) for c in SECOND[:3]]], pace_s=0.5)
+    config = voice_config({"max_session_seconds": 0.6, "idle_timeout_s": 60})
+    long = await held_open(VoiceServer(config), [start(), *[audio(c) for c in SECOND[:3]]])
     assert long.code == grpc.StatusCode.DEADLINE_EXCEEDED and "voice.max_session_seconds" in long.details
 
 

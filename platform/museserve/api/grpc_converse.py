@@ -87,7 +87,7 @@ class _Inbox:
     a client whose write is in flight when the call ends sees INTERNAL instead of the refusal."""
 
     QUIET_S = 0.1
-    DRAIN_S = 1.0
+    DRAIN_S = 2.0
 
     def __init__(self, messages: AsyncIterator[pb.ConverseRequest]):
         self._messages = messages
