@@ -29,7 +29,9 @@ from tests.support import free_port, start_local_app
 CHAOS_KEY = "sk-chaos"  # tier default
 GOLD_KEY = "sk-chaos-gold"  # tier gold: a better priority, for the two-tier overload
 GATEWAY_REPLICAS = 2  # as in production: a redeploy or a dead replica leaves one serving
-DRAIN_TIMEOUT_S = 20.0
+# A stopping gateway lets its streams finish for this long: a 300-token answer queued behind an
+# overloaded batch on two cores, while new replicas start beside it, can take over 20 s.
+DRAIN_TIMEOUT_S = 40.0
 REQUEST_TIMEOUT_S = 60.0
 SUMMARY_PATH = Path(".chaos") / "summary.json"
 
